@@ -1,0 +1,29 @@
+# `make run`: the main job. `make test`: the test suite. Both create .venv and install first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# The real HAM10000 beside the checkout, unless MEDROBUST_DATA says otherwise.
+export MEDROBUST_DATA ?= $(abspath ../shared/data/ham10000)
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	$(PY) -m medrobust main
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns

@@ -1,0 +1,109 @@
+"""`medrobust <step> [options]`: the only module that parses arguments. Each sub-command
+builds a config and calls its step's run_<step>; nothing else happens here."""
+
+import argparse
+import sys
+
+from .config import DataConfig, TrainConfig
+
+DATA = DataConfig()
+TRAIN = TrainConfig()
+
+
+def _none_or(kind):
+    def parse(text):
+        return None if text in ("", "none", "None") else kind(text)
+    return parse
+
+
+def _bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _fractions(text):
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated fractions (train,val,test), got {text!r}")
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers, got {text!r}") from None
+
+
+def _add_data_args(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--data", type=_none_or(str), default=DATA.path,
+                   help="HAM10000 or ISIC 2018 folder, or dermamnist*.npz (default: $MEDROBUST_DATA, else download DermaMNIST)")
+    g.add_argument("--image-size", type=int, default=DATA.image_size, help="square input size in pixels")
+    g.add_argument("--fractions", type=_fractions, default=DATA.fractions, help="train,val,test fractions")
+    g.add_argument("--per-class-limit", type=_none_or(int), default=DATA.per_class_limit,
+                   help="keep about this many images per class (whole lesions); default all")
+    g.add_argument("--health-map", choices=("clinical", "thesis"), default=DATA.health_map)
+    g.add_argument("--cache-dir", type=_none_or(str), default=DATA.cache_dir,
+                   help="decoded-image cache (default $MEDROBUST_CACHE or ~/.cache/medrobust)")
+    g.add_argument("--seed", type=int, default=DATA.seed, help="seed for the split, subset and training")
+
+
+def _add_train_args(p):
+    g = p.add_argument_group("training")
+    g.add_argument("--arch", default=TRAIN.arch, help="small_cnn | resnet50 | inception_v3")
+    g.add_argument("--weights", default=TRAIN.weights, help="none, or the path of a local ImageNet weights file")
+    g.add_argument("--epochs", type=int, default=TRAIN.epochs)
+    g.add_argument("--batch-size", type=int, default=TRAIN.batch_size)
+    g.add_argument("--learning-rate", type=float, default=TRAIN.learning_rate)
+    g.add_argument("--patience", type=int, default=TRAIN.patience, help="early-stopping patience (epochs)")
+    g.add_argument("--class-weight", choices=("balanced", "sqrt", "none"), default=TRAIN.class_weight)
+    g.add_argument("--augment", type=_bool, default=TRAIN.augment)
+    g.add_argument("--head-epochs", type=int, default=TRAIN.head_epochs)
+    g.add_argument("--experiment", default=TRAIN.experiment, help="MLflow experiment name")
+    g.add_argument("--run-name", type=_none_or(str), default=TRAIN.run_name)
+    g.add_argument("--register", type=_bool, default=TRAIN.register, help="register the model version")
+
+
+def _train_config(a):
+    data = DataConfig(path=a.data, image_size=a.image_size, fractions=a.fractions, seed=a.seed,
+                      per_class_limit=a.per_class_limit, health_map=a.health_map, cache_dir=a.cache_dir)
+    return TrainConfig(data=data, arch=a.arch, weights=a.weights, epochs=a.epochs, batch_size=a.batch_size,
+                       learning_rate=a.learning_rate, patience=a.patience, class_weight=a.class_weight,
+                       augment=a.augment, head_epochs=a.head_epochs, seed=a.seed, experiment=a.experiment,
+                       run_name=a.run_name, register=a.register)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="medrobust", description="Attack and defend medical image classifiers, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="step", required=True)
+    for name, text in (("train", "train a classifier and register it"),
+                       ("main", "the main job: train the baseline and print its clean metrics")):
+        p = sub.add_parser(name, help=text, description=text)
+        _add_data_args(p)
+        _add_train_args(p)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        config = _train_config(args)
+        if args.step == "train":
+            from .steps.train import run_train
+
+            result = run_train(config)
+            print(f"run {result.run_id}  model {result.model_uri}  "
+                  f"accuracy {result.metrics['clean_accuracy']:.3f}  macro recall {result.metrics['clean_macro_recall']:.3f}")
+        elif args.step == "main":
+            from .steps.main import run_main
+
+            run_main(config)
+    except (ValueError, OSError) as e:
+        # Bad input: one clear line naming the file, row or parameter, not a traceback.
+        print(f"medrobust {args.step}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

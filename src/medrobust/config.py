@@ -1,0 +1,74 @@
+"""Typed configuration: every default in one place.
+
+A step takes one of these dataclasses; the CLI, MLproject, a pipeline or a test builds it.
+`flatten` turns one into the flat parameter dict that MLflow logs.
+"""
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # A HAM10000 or ISIC 2018 folder, or a dermamnist*.npz. None: $MEDROBUST_DATA, else download DermaMNIST.
+    path: str | None = None
+    image_size: int = 64
+    fractions: tuple[float, float, float] = (0.70, 0.175, 0.125)  # train / val / test
+    seed: int = 0
+    # Keep about this many images per class (whole lesions), for quick runs and tests. None: all.
+    per_class_limit: int | None = None
+    health_map: str = "clinical"  # clinical | thesis
+    cache_dir: str | None = None  # None: $MEDROBUST_CACHE, else ~/.cache/medrobust
+
+    def __post_init__(self):
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if self.per_class_limit is not None and self.per_class_limit < 3:
+            raise ValueError(f"per_class_limit must be at least 3 (one image per split), got {self.per_class_limit}")
+        if self.health_map not in ("clinical", "thesis"):
+            raise ValueError(f"health_map must be 'clinical' or 'thesis', got {self.health_map!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: str = "small_cnn"  # a name in medrobust.models.ARCHITECTURES
+    weights: str = "none"  # none, or the path to a local ImageNet weights file (transfer learning)
+    epochs: int = 16
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    patience: int = 6  # early stopping on validation macro recall
+    class_weight: str = "balanced"  # balanced | sqrt | none
+    augment: bool = True  # flips and 90-degree rotations: a lesion has no up or left
+    head_epochs: int = 3  # with ImageNet weights: epochs on the head alone before fine-tuning
+    fine_tune_lr_factor: float = 0.1
+    seed: int = 0
+    experiment: str = "medrobust"
+    run_name: str | None = None
+    register: bool = True
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patience < 0 or self.head_epochs < 0:
+            raise ValueError("patience and head_epochs must be >= 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.class_weight not in ("balanced", "sqrt", "none"):
+            raise ValueError(f"class_weight must be balanced, sqrt or none, got {self.class_weight!r}")
+
+
+def flatten(config, prefix=""):
+    """Flat {name: value} of a (nested) config dataclass; nested names are dotted (data.image_size)."""
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            out.update(flatten(value, prefix=f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def to_dict(config):
+    return asdict(config)

@@ -1,0 +1,87 @@
+"""Data: sources, the lesion-grouped split, decoding with a cache, label maps.
+
+`load_dataset(DataConfig)` is the one call a step makes.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import download
+from .images import default_cache_dir, load_images
+from .labels import CLASSES, HEALTH_MAPS, N_CLASSES, class_index, malignant_mask
+from .sources import DataError, Source, check_all_classes, fingerprint, open_source
+from .split import SPLITS, check_fractions, grouped_stratified_split, subset_by_class
+
+__all__ = [
+    "CLASSES", "HEALTH_MAPS", "N_CLASSES", "SPLITS", "DataError", "Dataset", "Source",
+    "class_index", "load_dataset", "malignant_mask", "open_source", "resolve_data_path",
+]
+
+
+@dataclass
+class Dataset:
+    """Images as float32 in [0, 1], NHWC, and integer labels, per split.
+
+    table: one row per image (image_id, lesion_id, dx, label, split), aligned with the
+    concatenation of the splits in SPLITS order; it is what the split CSV artifact holds.
+    """
+
+    x: dict
+    y: dict
+    table: pd.DataFrame
+    fingerprint: str
+    layout: str
+    source: str
+    cache_path: str
+    from_cache: bool
+
+    @property
+    def image_size(self):
+        return int(self.x["train"].shape[1])
+
+
+def resolve_data_path(path, cache_dir=None, image_size=64):
+    """The data path to read: `path`, else $MEDROBUST_DATA, else DermaMNIST downloaded into the cache."""
+    path = path or os.environ.get("MEDROBUST_DATA")
+    if path:
+        return Path(path)
+    # The smallest official size that is not smaller than what the model needs.
+    sizes = sorted(download.DERMAMNIST)
+    size = next((s for s in sizes if s >= image_size), sizes[-1])
+    return download.dermamnist(Path(cache_dir) if cache_dir else default_cache_dir(), size=size)
+
+
+def load_dataset(config, progress=True):
+    """Read, subset, split, decode (or read from cache) and scale the data of a DataConfig."""
+    fractions = check_fractions(config.fractions)
+    source = open_source(resolve_data_path(config.path, config.cache_dir, config.image_size))
+    records = source.records
+    if config.per_class_limit:
+        keep = subset_by_class(records["label"], records["lesion_id"], config.per_class_limit, config.seed)
+        records = records.iloc[keep].reset_index(drop=True)
+        source = Source(source.layout, source.path, records, source.csv)
+    if "split" not in records:  # MedMNIST keeps its official split
+        sides = grouped_stratified_split(records["label"], records["lesion_id"], fractions, config.seed)
+        records = records.assign(split=np.asarray(SPLITS)[sides])
+        source = Source(source.layout, source.path, records, source.csv)
+    for side in SPLITS:
+        if not (records["split"] == side).any():
+            raise DataError(f"{source.path}: the {side} split is empty; use more images or other fractions")
+    digest = fingerprint(source)
+    images, cache_path, from_cache = load_images(source, digest, config.image_size, config.cache_dir, progress)
+    if progress:
+        print(f"data: {len(records)} images from {source.path} ({source.layout}), "
+              f"{'cache' if from_cache else 'decoded'}: {cache_path}", file=sys.stderr)
+    x, y, parts = {}, {}, []
+    for side in SPLITS:
+        mask = (records["split"] == side).to_numpy()
+        x[side] = images[mask].astype(np.float32) / 255.0
+        y[side] = records["label"].to_numpy()[mask]
+        parts.append(records[mask])
+    table = pd.concat(parts, ignore_index=True)[["image_id", "lesion_id", "dx", "label", "split"]]
+    return Dataset(x, y, table, digest, source.layout, str(source.path), str(cache_path), from_cache)

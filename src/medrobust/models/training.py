@@ -1,0 +1,140 @@
+"""Seeded, deterministic training with class weights, augmentation and early stopping."""
+
+import math
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from .. import metrics
+from .zoo import backbone
+
+
+def set_seed(seed):
+    """Seed Python, numpy and TensorFlow, and make TensorFlow's kernels deterministic."""
+    keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()
+
+
+def class_weights(y, n_classes, mode="balanced"):
+    """{class: weight} for the loss, the thesis' answer to HAM10000's imbalance.
+
+    balanced: n / (K * n_k), so every class carries the same total weight (sklearn's
+    "balanced"); sqrt: its square root, a softer push away from the majority class; none: 1.
+    Classes absent from y get weight 0 (nothing to weigh).
+    """
+    counts = np.bincount(np.asarray(y), minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(n_classes)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    if mode == "sqrt":
+        w = np.sqrt(w)
+    elif mode == "none":
+        w = present.astype(np.float64)
+    elif mode != "balanced":
+        raise ValueError(f"class_weight must be balanced, sqrt or none, got {mode!r}")
+    return {k: float(v) for k, v in enumerate(w)}
+
+
+def _augment(image, seed):
+    """Random flips and 90-degree rotation: a dermoscopic image has no up, down, left or right."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
+    k = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
+    return tf.image.rot90(image, k)
+
+
+def training_dataset(x, y, batch_size, seed, augment=True):
+    """Endless shuffled (and augmented) batches; each image draw has its own stateless seed,
+    so a run is reproducible and every epoch sees fresh augmentations."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+    if augment:
+        counter = tf.data.Dataset.counter()
+        ds = tf.data.Dataset.zip((ds, counter)).map(
+            lambda xy, i: (_augment(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        )
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_logits(model, x, batch_size=256):
+    """Logits of shape (N, K) for images x of shape (N, H, W, 3)."""
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds val_macro_recall to each epoch's logs, so early
+    stopping can watch what the task cares about (macro recall, not the majority class)."""
+
+    def __init__(self, x_val, y_val, n_classes, batch_size=256):
+        super().__init__()
+        self.x_val, self.y_val, self.n_classes, self.batch_size = x_val, y_val, n_classes, batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        pred = predict_logits(self.model, self.x_val, self.batch_size).argmax(axis=1)
+        cm = metrics.confusion_matrix(self.y_val, pred, self.n_classes)
+        logs["val_macro_recall"] = metrics.macro_recall(cm)
+
+
+class EpochHook(keras.callbacks.Callback):
+    def __init__(self, fn, offset=0):
+        super().__init__()
+        self.fn, self.offset = fn, offset
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.fn(epoch + self.offset, dict(logs or {}))
+
+
+def _compile(model, learning_rate, total_steps):
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1), alpha=0.05)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, verbose=2):
+    """Train `model` in place as TrainConfig `config` says; returns the per-epoch history.
+
+    With a pretrained backbone the base is frozen for `head_epochs` (only the new head learns,
+    so its random gradients cannot wreck the ImageNet features), then everything is fine-tuned
+    at `learning_rate * fine_tune_lr_factor`. Early stopping watches validation macro recall
+    and restores the best epoch's weights. on_epoch(epoch, logs) is called after every epoch.
+    Returns {metric: [value per epoch]} over all phases.
+    """
+    n_classes = int(model.output_shape[-1])
+    weights = class_weights(y_train, n_classes, config.class_weight)
+    steps = math.ceil(len(x_train) / config.batch_size)
+    data = training_dataset(x_train, y_train, config.batch_size, config.seed, config.augment)
+    base = backbone(model)
+    phases = []
+    if base is not None and config.weights not in (None, "none") and config.head_epochs > 0:
+        phases.append(("head", config.head_epochs, config.learning_rate, False))
+        phases.append(("fine_tune", config.epochs, config.learning_rate * config.fine_tune_lr_factor, True))
+    else:
+        phases.append(("train", config.epochs, config.learning_rate, True))
+    history, done = {}, 0
+    for name, epochs, lr, base_trainable in phases:
+        if base is not None:
+            base.trainable = base_trainable
+        _compile(model, lr, epochs * steps)
+        callbacks = [ValidationMetrics(x_val, y_val, n_classes)]
+        if name != "head":
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_macro_recall", mode="max", patience=config.patience or epochs,
+                restore_best_weights=True, verbose=1,
+            ))
+        if on_epoch:
+            callbacks.append(EpochHook(on_epoch, offset=done))
+        h = model.fit(
+            data, steps_per_epoch=steps, epochs=epochs, validation_data=(x_val, y_val),
+            class_weight=weights, callbacks=callbacks, verbose=verbose, shuffle=False,
+        )
+        for key, values in h.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        history.setdefault("phase", []).extend([name] * len(h.history["loss"]))
+        done += len(h.history["loss"])
+    return history

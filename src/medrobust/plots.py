@@ -1,0 +1,52 @@
+"""Figures: confusion matrices and training curves. Each returns a matplotlib Figure."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs log figures, nobody looks at a window
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def confusion_matrix_figure(cm, labels, title):
+    """Counts with row-normalised shading (each true class's recall reads along its row)."""
+    cm = np.asarray(cm)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    size = 1.0 + 0.75 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(history):
+    """Loss and accuracy / macro recall per epoch, train against validation."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    left.plot(epochs, history["loss"], label="train loss (class-weighted)")
+    if "val_loss" in history:
+        left.plot(epochs, history["val_loss"], label="val loss")
+    left.set_xlabel("epoch")
+    left.legend()
+    for key, label in (("accuracy", "train accuracy"), ("val_accuracy", "val accuracy"),
+                       ("val_macro_recall", "val macro recall")):
+        if key in history:
+            right.plot(epochs, history[key], label=label)
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1)
+    right.legend()
+    fig.tight_layout()
+    return fig
+
+
+def close(fig):
+    plt.close(fig)

@@ -1,0 +1,69 @@
+"""The `train` step: data -> trained network -> MLflow run + registered model version."""
+
+import sys
+from dataclasses import dataclass
+
+from .. import plots, tracking
+from ..config import TrainConfig, flatten
+from ..data import N_CLASSES, load_dataset
+from ..models.training import fit, predict_logits, set_seed
+from ..models.zoo import create_model
+from .report import log_evaluation
+
+# Keras' names per epoch -> ours (train_ / val_ prefixes make the MLflow charts readable).
+EPOCH_METRICS = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss",
+                 "val_accuracy": "val_accuracy", "val_macro_recall": "val_macro_recall"}
+# The figures a registered version carries as tags, so the registry shows why it exists.
+VERSION_TAGS = ("clean_accuracy", "clean_macro_recall", "clean_macro_specificity", "clean_fnr", "clean_npv")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str  # runs:/<run_id>/model
+    registered_name: str | None
+    version: int | None
+    metrics: dict
+
+
+def registered_name(arch):
+    return f"medrobust-{arch}"
+
+
+def run_train(config: TrainConfig) -> TrainResult:
+    """Train `config.arch` on `config.data`, log everything, register the model; see TrainResult."""
+    tags = {"medrobust.step": "train", "medrobust.arch": config.arch}
+    with tracking.run(config.experiment, run_name=config.run_name or f"train-{config.arch}", tags=tags) as run_id:
+        tracking.log_params(flatten(config))
+        set_seed(config.seed)
+        data = load_dataset(config.data)
+        tracking.log_params({
+            "data.fingerprint": data.fingerprint, "data.layout": data.layout, "data.source": data.source,
+            **{f"data.n_{side}": len(y) for side, y in data.y.items()},
+        })
+        tracking.set_tags({"medrobust.data_fingerprint": data.fingerprint})
+        tracking.log_text(data.table.to_csv(index=False), "data/split.csv")
+
+        model = create_model(config.arch, data.x["train"].shape[1:], N_CLASSES, weights=config.weights)
+
+        def log_epoch(epoch, logs):
+            tracking.log_metrics({EPOCH_METRICS[k]: v for k, v in logs.items() if k in EPOCH_METRICS}, step=epoch)
+
+        history = fit(model, data.x["train"], data.y["train"], data.x["val"], data.y["val"], config, on_epoch=log_epoch)
+        tracking.log_json(history, "training/history.json")
+        fig = plots.training_curves_figure(history)
+        tracking.log_figure(fig, "training/curves.png")
+        plots.close(fig)
+        tracking.log_metrics({"epochs_trained": len(history["loss"])})
+
+        print("evaluating on the test split", file=sys.stderr)
+        predictions = predict_logits(model, data.x["test"]).argmax(axis=1)
+        values = log_evaluation(data.y["test"], predictions, config.data.health_map, condition="clean")
+        model_uri = tracking.log_keras_model(model, data.x["test"][:4])
+        name = version = None
+        if config.register:  # last, so a failure anywhere above registers nothing
+            name = registered_name(config.arch)
+            version = tracking.register_model(
+                model_uri, name, tags={k: f"{values[k]:.4f}" for k in VERSION_TAGS} | {"data_fingerprint": data.fingerprint}
+            )
+    return TrainResult(run_id, model_uri, name, version, values)

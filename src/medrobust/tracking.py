@@ -1,0 +1,148 @@
+"""The only module that talks to MLflow: runs, parameters, metrics, artifacts, models, registry.
+
+Tracking goes to $MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the working folder
+(the registry needs a database store; a plain ./mlruns folder has none).
+"""
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri():
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _configure():
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+@contextmanager
+def run(experiment, run_name=None, nested=False, tags=None):
+    """Start a run (nested under the active one if `nested`); yields its run id.
+
+    An exception inside marks the run FAILED (MLflow's start_run does this on exit) and
+    propagates, so nothing after the failure, registration included, happens.
+    """
+    _configure()
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as active:
+        yield active.info.run_id
+
+
+def log_params(params):
+    """Log a flat {name: value} dict; None becomes the string 'None' so every field is visible."""
+    mlflow.log_params({k: ("None" if v is None else v) for k, v in params.items()})
+
+
+def log_metrics(values, step=None):
+    mlflow.log_metrics({k: float(v) for k, v in values.items()}, step=step)
+
+
+def set_tags(tags):
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_json(obj, path):
+    mlflow.log_dict(obj, path)
+
+
+def log_text(text, path):
+    mlflow.log_text(text, path)
+
+
+def log_figure(figure, path):
+    mlflow.log_figure(figure, path)
+
+
+def log_array(array, path):
+    """Save an array as .npy and log it as artifact `path`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(path).name
+        np.save(local, array)
+        mlflow.log_artifact(str(local), artifact_path=str(Path(path).parent) if Path(path).parent != Path(".") else None)
+
+
+def log_keras_model(model, example, name="model"):
+    """Log a Keras model in MLflow's Keras flavour with an inferred signature; returns its runs:/ URI."""
+    signature = infer_signature(example, np.asarray(model(example[:2], training=False)))
+    mlflow.keras.log_model(model, name=name, signature=signature)
+    return f"runs:/{mlflow.active_run().info.run_id}/{name}"
+
+
+def register_model(model_uri, name, tags=None):
+    """Register `model_uri` as a new version of `name`, tagged with `tags`; returns the version."""
+    version = mlflow.register_model(model_uri, name)
+    client = MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version.version, key, str(value))
+    return int(version.version)
+
+
+def load_keras_model(model_uri):
+    """Load a Keras model from `runs:/<id>/model`, `models:/<name>/<version>` or `models:/<name>@<alias>`."""
+    _configure()
+    return mlflow.keras.load_model(model_uri)
+
+
+def get_run(run_id):
+    """{'status', 'params', 'metrics', 'tags', 'artifact_uri'} of a run."""
+    _configure()
+    r = MlflowClient().get_run(run_id)
+    return {
+        "status": r.info.status,
+        "params": dict(r.data.params),
+        "metrics": dict(r.data.metrics),
+        "tags": dict(r.data.tags),
+        "artifact_uri": r.info.artifact_uri,
+    }
+
+
+def list_artifacts(run_id, path=None):
+    """Paths of every artifact of a run, recursively."""
+    _configure()
+    client = MlflowClient()
+    out, stack = [], [path]
+    while stack:
+        for item in client.list_artifacts(run_id, stack.pop()):
+            (stack.append(item.path) if item.is_dir else out.append(item.path))
+    return sorted(out)
+
+
+def load_json_artifact(run_id, path):
+    _configure()
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
+
+
+def model_versions(name):
+    """[{'version', 'run_id', 'tags'}] of a registered model, oldest first; [] if it does not exist."""
+    _configure()
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    return sorted(
+        ({"version": int(v.version), "run_id": v.run_id, "tags": dict(v.tags)} for v in versions),
+        key=lambda v: v["version"],
+    )
+
+
+def metric_history(run_id, key):
+    _configure()
+    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def json_dumps(obj):
+    return json.dumps(obj, indent=2, sort_keys=True)
