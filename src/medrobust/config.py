@@ -5,6 +5,7 @@ A step takes one of these dataclasses; the CLI, MLproject, a pipeline or a test 
 """
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError("patience and head_epochs must be >= 0")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weights not in ("none", "imagenet") and not Path(self.weights).is_file():
+            raise ValueError(f"weights file {self.weights} does not exist (give 'none' or a local weights file)")
         if self.class_weight not in ("balanced", "sqrt", "none"):
             raise ValueError(f"class_weight must be balanced, sqrt or none, got {self.class_weight!r}")
 

@@ -139,6 +139,19 @@ def model_versions(name):
     )
 
 
+def search_runs(experiment):
+    """[{'run_id', 'status', 'name'}] of an experiment's runs, oldest first."""
+    _configure()
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["attributes.start_time ASC"])
+    return [{"run_id": r.info.run_id, "status": r.info.status, "name": r.info.run_name} for r in found]
+
+
+def download_artifact(run_id, path, dst):
+    """Copy artifact `path` of a run into folder `dst`; returns the local path."""
+    _configure()
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst))
+
+
 def metric_history(run_id, key):
     _configure()
     return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]

@@ -36,27 +36,28 @@ def class_weights(y, n_classes, mode="balanced"):
     return {k: float(v) for k, v in enumerate(w)}
 
 
-def _augment(image, seed):
-    """Random flips and 90-degree rotation: a dermoscopic image has no up, down, left or right."""
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
-    k = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
-    return tf.image.rot90(image, k)
+def augment_batch(images, seed):
+    """Each image of a (B, H, W, C) batch gets one of the 8 flips and 90-degree rotations,
+    drawn from a stateless seed: a dermoscopic image has no up, down, left or right.
+    Done on the whole batch at once (three selects) rather than image by image, which on two
+    cores costs about as much as a training step."""
+    draws = tf.random.stateless_uniform([3, tf.shape(images)[0], 1, 1, 1], seed, 0, 2, dtype=tf.int32) > 0
+    images = tf.where(draws[0], tf.transpose(images, [0, 2, 1, 3]), images)
+    images = tf.where(draws[1], tf.reverse(images, axis=[2]), images)
+    return tf.where(draws[2], tf.reverse(images, axis=[1]), images)
 
 
 def training_dataset(x, y, batch_size, seed, augment=True):
-    """Endless shuffled (and augmented) batches; each image draw has its own stateless seed,
-    so a run is reproducible and every epoch sees fresh augmentations."""
+    """Endless shuffled (and augmented) batches; each batch has its own stateless seed, so a
+    run is reproducible and every epoch sees fresh augmentations."""
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat()
+    ds = ds.repeat().batch(batch_size)
     if augment:
-        counter = tf.data.Dataset.counter()
-        ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda xy, i: (_augment(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
+            lambda xy, i: (augment_batch(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def predict_logits(model, x, batch_size=256):
@@ -65,16 +66,20 @@ def predict_logits(model, x, batch_size=256):
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """Adds val_macro_recall to each epoch's logs, so early
-    stopping can watch what the task cares about (macro recall, not the majority class)."""
+    """Adds val_loss, val_accuracy and val_macro_recall to each epoch's logs from one pass over
+    the validation images, so early stopping can watch what the task cares about (macro
+    recall, not the majority class)."""
 
     def __init__(self, x_val, y_val, n_classes, batch_size=256):
         super().__init__()
         self.x_val, self.y_val, self.n_classes, self.batch_size = x_val, y_val, n_classes, batch_size
 
     def on_epoch_end(self, epoch, logs=None):
-        pred = predict_logits(self.model, self.x_val, self.batch_size).argmax(axis=1)
-        cm = metrics.confusion_matrix(self.y_val, pred, self.n_classes)
+        logits = predict_logits(self.model, self.x_val, self.batch_size)
+        cm = metrics.confusion_matrix(self.y_val, logits.argmax(axis=1), self.n_classes)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(self.y_val, logits)
+        logs["val_loss"] = float(loss)
+        logs["val_accuracy"] = metrics.accuracy(cm)
         logs["val_macro_recall"] = metrics.macro_recall(cm)
 
 
@@ -130,7 +135,7 @@ def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, verbose=2)
         if on_epoch:
             callbacks.append(EpochHook(on_epoch, offset=done))
         h = model.fit(
-            data, steps_per_epoch=steps, epochs=epochs, validation_data=(x_val, y_val),
+            data, steps_per_epoch=steps, epochs=epochs,
             class_weight=weights, callbacks=callbacks, verbose=verbose, shuffle=False,
         )
         for key, values in h.history.items():

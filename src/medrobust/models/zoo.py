@@ -15,7 +15,7 @@ _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 def _conv_bn_relu(x, filters, name):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -1,0 +1,50 @@
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ham10000_dir():
+    return Path(os.environ.get("MEDROBUST_DATA") or REPO.parent / "shared" / "data" / "ham10000")
+
+
+@pytest.fixture(scope="session")
+def ham_dir():
+    """The real HAM10000 folder; its absence is a failure, never a silent skip."""
+    path = ham10000_dir()
+    if not (path / "HAM10000_metadata.csv").exists():
+        pytest.fail(f"real HAM10000 not found at {path}; set MEDROBUST_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ham_metadata(ham_dir):
+    return pd.read_csv(ham_dir / "HAM10000_metadata.csv")
+
+
+@pytest.fixture(autouse=True)
+def isolated_stores(tmp_path, monkeypatch, tmp_path_factory):
+    """Each test tracks into its own SQLite store; decoded images share one session cache."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MEDROBUST_CACHE", str(tmp_path_factory.getbasetemp() / "image-cache"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def small_ham(tmp_path, ham_metadata, ham_dir):
+    """A HAM10000-layout folder with 5 real images of each class (whole lesions), in tmp."""
+    parts = []
+    for _, group in ham_metadata.groupby("dx", sort=True):
+        parts.append(group[group.lesion_id.isin(group.lesion_id.unique()[:4])].head(5))
+    rows = pd.concat(parts, ignore_index=True)
+    folder = tmp_path / "ham_small"
+    (folder / "images").mkdir(parents=True)
+    for image_id in rows.image_id:
+        shutil.copy(ham_dir / "images" / f"{image_id}.jpg", folder / "images")
+    rows.to_csv(folder / "HAM10000_metadata.csv", index=False)
+    return folder

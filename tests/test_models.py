@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import keras
+
+from medrobust.config import DataConfig, TrainConfig
+from medrobust.models import create_model
+from medrobust.models.training import augment_batch, class_weights, fit, set_seed
+
+
+@pytest.mark.parametrize("arch,size", [("small_cnn", 32), ("resnet50", 32), ("inception_v3", 75)])
+def test_each_architecture_outputs_logits(arch, size):
+    model = create_model(arch, (size, size, 3), 7)
+    x = np.random.default_rng(0).random((2, size, size, 3), dtype=np.float32)
+    out = np.asarray(model(x, training=False))
+    assert out.shape == (2, 7)
+    # logits, not probabilities: rows need not sum to one and may be negative
+    assert not np.allclose(out.sum(axis=1), 1.0)
+    assert model.layers[-1].get_config()["activation"] == "linear"
+
+
+def test_unknown_arch_and_bad_size_are_named():
+    with pytest.raises(ValueError, match="unknown arch 'vgg'"):
+        create_model("vgg", (32, 32, 3), 7)
+    with pytest.raises(ValueError, match="inception_v3 needs images of at least 75"):
+        create_model("inception_v3", (64, 64, 3), 7)
+    with pytest.raises(ValueError, match="local ImageNet weights"):
+        create_model("resnet50", (32, 32, 3), 7, weights="imagenet")
+
+
+def test_resnet50_preprocessing_matches_keras_applications():
+    model = create_model("resnet50", (32, 32, 3), 7)
+    x = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
+    ours = np.asarray(model.get_layer("imagenet_preprocess")(x))
+    theirs = keras.applications.resnet50.preprocess_input(x * 255.0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
+    donor = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "resnet50_notop.weights.h5"
+    donor.save_weights(path)
+    model = create_model("resnet50", (32, 32, 3), 7, weights=str(path))
+    for ours, theirs in zip(model.get_layer("backbone").get_weights()[:5], donor.get_weights()[:5]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_class_weights_balance_the_classes():
+    y = np.array([0] * 80 + [1] * 15 + [2] * 5)
+    w = class_weights(y, 4, "balanced")
+    assert w[3] == 0.0  # absent class
+    totals = [w[k] * (y == k).sum() for k in range(3)]
+    assert totals == pytest.approx([totals[0]] * 3)
+    assert class_weights(y, 4, "sqrt")[2] == pytest.approx(np.sqrt(w[2]))
+
+
+def test_augmentation_only_flips_and_rotates():
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
+    out = np.asarray(augment_batch(tf.constant(x), tf.constant([0, 1], tf.int64)))
+    for before, after in zip(x, out):
+        dihedral = [np.rot90(v, k) for v in (before, before[:, ::-1]) for k in range(4)]
+        assert any(np.array_equal(after, d) for d in dihedral)
+    assert not np.array_equal(out, x)
+
+
+def test_training_is_deterministic_by_seed():
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 16, 16, 3), dtype=np.float32)
+    y = np.arange(64) % 7
+    config = TrainConfig(data=DataConfig(image_size=16), epochs=2, batch_size=16, seed=5)
+
+    def train(seed):
+        set_seed(seed)
+        model = create_model("small_cnn", (16, 16, 3), 7)
+        fit(model, x, y, x[:14], y[:14], config, verbose=0)
+        return model.get_weights()
+
+    a, b, c = train(5), train(5), train(6)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c))

@@ -1,0 +1,59 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from medrobust.data.split import DEFAULT_FRACTIONS, grouped_stratified_split, subset_by_class
+
+
+@pytest.fixture(scope="module")
+def labels_groups(ham_metadata):
+    return ham_metadata["dx"].to_numpy(), ham_metadata["lesion_id"].to_numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_full_ham10000_split_is_grouped_and_stratified(labels_groups, seed):
+    labels, groups = labels_groups
+    sides = grouped_stratified_split(labels, groups, DEFAULT_FRACTIONS, seed)
+    # no lesion on two sides
+    assert pd.Series(sides).groupby(groups).nunique().max() == 1
+    # every class within one image of its target in every split
+    for cls in np.unique(labels):
+        n = (labels == cls).sum()
+        for side, fraction in enumerate(DEFAULT_FRACTIONS):
+            got = ((labels == cls) & (sides == side)).sum()
+            assert abs(got - fraction * n) <= 1, (cls, side, got, fraction * n)
+
+
+def test_split_is_deterministic_and_seed_dependent(labels_groups):
+    labels, groups = labels_groups
+    a = grouped_stratified_split(labels, groups, seed=3)
+    b = grouped_stratified_split(labels, groups, seed=3)
+    c = grouped_stratified_split(labels, groups, seed=4)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_split_respects_other_fractions(labels_groups):
+    labels, groups = labels_groups
+    sides = grouped_stratified_split(labels, groups, (0.5, 0.25, 0.25), seed=0)
+    assert np.bincount(sides) / len(sides) == pytest.approx([0.5, 0.25, 0.25], abs=0.002)
+
+
+def test_bad_fractions_are_rejected():
+    with pytest.raises(ValueError, match="fractions"):
+        grouped_stratified_split([0, 1], [0, 1], (0.7, 0.2, 0.2))
+    with pytest.raises(ValueError, match="fractions"):
+        grouped_stratified_split([0, 1], [0, 1], (1.0, 0.0, 0.0))
+
+
+def test_subset_takes_whole_lesions_of_each_class(labels_groups):
+    labels, groups = labels_groups
+    keep = subset_by_class(labels, groups, 40, seed=0)
+    kept_labels = labels[keep]
+    for cls in np.unique(labels):
+        assert 40 <= (kept_labels == cls).sum() <= 45
+    kept = set(keep)
+    for lesion in np.unique(groups[keep]):
+        members = np.flatnonzero(groups == lesion)
+        assert all(m in kept for m in members)
+    assert np.array_equal(keep, subset_by_class(labels, groups, 40, seed=0))
