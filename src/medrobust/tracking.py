@@ -5,6 +5,7 @@ Tracking goes to $MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the 
 """
 
 import json
+from importlib import metadata
 import os
 import tempfile
 from contextlib import contextmanager
@@ -36,14 +37,31 @@ def run(experiment, run_name=None, nested=False, tags=None):
     propagates, so nothing after the failure, registration included, happens.
     """
     _configure()
-    mlflow.set_experiment(experiment)
+    # Under `mlflow run` the run already exists (MLFLOW_RUN_ID) in the experiment that
+    # `mlflow run --experiment-name` chose; start_run resumes it, and setting another
+    # experiment would conflict.
+    if nested or not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as active:
         yield active.info.run_id
 
 
+def _param_text(value):
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def log_params(params):
-    """Log a flat {name: value} dict; None becomes the string 'None' so every field is visible."""
-    mlflow.log_params({k: ("None" if v is None else v) for k, v in params.items()})
+    """Log a flat {name: value} dict (None as 'none', booleans as 'true'/'false', like the CLI).
+
+    Keys that `mlflow run` already logged from the entry point's parameters are left as they
+    are: MLflow refuses to change a logged parameter, and they hold the same setting.
+    """
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: _param_text(v) for k, v in params.items() if k not in logged})
 
 
 def log_metrics(values, step=None):
@@ -77,8 +95,20 @@ def log_array(array, path):
 def log_keras_model(model, example, name="model"):
     """Log a Keras model in MLflow's Keras flavour with an inferred signature; returns its runs:/ URI."""
     signature = infer_signature(example, np.asarray(model(example[:2], training=False)))
-    mlflow.keras.log_model(model, name=name, signature=signature)
+    mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=_model_requirements())
     return f"runs:/{mlflow.active_run().info.run_id}/{name}"
+
+
+def _model_requirements():
+    """Pins of what loading the model needs, read from this environment. Given explicitly
+    because MLflow's inference reloads the model in a subprocess, ~10 s per logged model."""
+    out = []
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "numpy"):
+        try:
+            out.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 def register_model(model_uri, name, tags=None):

@@ -1,0 +1,71 @@
+"""The project files agree with each other, and `mlflow run` works end to end."""
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from medrobust import tracking
+from medrobust.config import DataConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pins(lines):
+    return dict(re.match(r"^([A-Za-z0-9_.\-\[\]]+)==(\S+)$", line.strip()).groups()
+                for line in lines if "==" in line)
+
+
+def test_environment_files_pin_the_same_versions():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    base = _pins(pyproject["project"]["dependencies"])
+    python_env = yaml.safe_load((REPO / "python_env.yaml").read_text())
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    conda_pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert _pins(python_env["dependencies"]) == base
+    assert _pins(conda_pip) == base
+    assert python_env["python"] == "3.11" and "python=3.11" in conda["dependencies"]
+    assert "tf-keras" not in " ".join(base)
+
+
+def test_mlproject_defaults_are_the_config_defaults():
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    params = project["entry_points"]["train"]["parameters"]
+    defaults = {f.name: f.default for f in fields(DataConfig) if f.name != "path"}
+    defaults |= {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "run_name")}
+    defaults["fractions"] = ",".join(str(x) for x in defaults["fractions"])
+    for name, spec in params.items():
+        if name in defaults:
+            expected = defaults[name]
+            expected = "none" if expected is None else expected
+            assert str(spec["default"]).lower() == str(expected).lower(), name
+
+
+def test_mlflow_run_train_end_to_end(ham_dir, tmp_path):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
+           "--experiment-name", "e2e",
+           "-P", f"data={ham_dir}", "-P", "image_size=32", "-P", "per_class_limit=20", "-P", "epochs=1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+    runs = tracking.search_runs("e2e")
+    assert [r["status"] for r in runs] == ["FINISHED"]
+    run = tracking.get_run(runs[0]["run_id"])
+    assert "clean_macro_recall" in run["metrics"]
+    assert run["params"]["data.per_class_limit"] == "20"
+    assert [v["version"] for v in tracking.model_versions("medrobust-small_cnn")] == [1]
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "medrobust", "train", "--data", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert f"{tmp_path / 'missing'} does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
