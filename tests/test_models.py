@@ -79,3 +79,28 @@ def test_training_is_deterministic_by_seed():
     a, b, c = train(5), train(5), train(6)
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     assert not all(np.array_equal(u, v) for u, v in zip(a, c))
+
+
+def test_transfer_learning_freezes_then_fine_tunes(tmp_path):
+    donor = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "resnet50_notop.weights.h5"
+    donor.save_weights(path)
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 32, 32, 3), dtype=np.float32)
+    y = np.arange(32) % 7
+    set_seed(0)
+    model = create_model("resnet50", (32, 32, 3), 7, weights=str(path))
+    head_before = model.get_layer("logits").get_weights()[0].copy()
+    config = TrainConfig(data=DataConfig(image_size=32), arch="resnet50", weights=str(path),
+                         epochs=1, head_epochs=1, batch_size=16)
+    seen = []
+
+    def snapshot(epoch, logs):
+        seen.append([w.copy() for w in model.get_layer("backbone").get_weights()[:3]])
+
+    history = fit(model, x, y, x[:14], y[:14], config, on_epoch=snapshot, verbose=0)
+    assert history["phase"] == ["head", "fine_tune"]
+    donor_weights = donor.get_weights()[:3]
+    assert all(np.array_equal(a, b) for a, b in zip(seen[0], donor_weights))  # frozen during the head phase
+    assert not all(np.array_equal(a, b) for a, b in zip(seen[1], donor_weights))  # then fine-tuned
+    assert not np.array_equal(model.get_layer("logits").get_weights()[0], head_before)

@@ -63,7 +63,10 @@ def _backbone_classifier(base_fn, preprocess, min_size, input_shape, n_classes, 
     x = preprocess(inputs)
     base = base_fn(include_top=False, weights=weights_path, input_shape=input_shape)
     base.name = "backbone"
-    x = base(x)
+    # With pretrained weights the backbone's BatchNorm stays in inference mode, also once
+    # unfrozen for fine-tuning: updating ImageNet statistics from small batches of lesions
+    # would wreck the features the transfer is for.
+    x = base(x, training=False) if weights_path else base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(n_classes, name="logits")(x)
