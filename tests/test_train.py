@@ -52,9 +52,10 @@ def test_split_artifact_and_registered_model_round_trip(ham_dir, tmp_path):
     # The registered model, loaded back, reproduces the logged test accuracy exactly.
     data = load_dataset(config.data, progress=False)
     assert list(split.loc[split.split == "test", "image_id"]) == list(data.table.loc[data.table.split == "test", "image_id"])
-    model = tracking.load_keras_model(f"models:/medrobust-small_cnn/{result.version}")
-    predictions = np.asarray(model.predict(data.x["test"], verbose=0)).argmax(axis=1)
-    assert (predictions == data.y["test"]).mean() == pytest.approx(result.metrics["clean_accuracy"])
+    for uri in (f"models:/medrobust-small_cnn/{result.version}", result.model_uri):
+        model = tracking.load_keras_model(uri)
+        predictions = np.asarray(model.predict(data.x["test"], verbose=0)).argmax(axis=1)
+        assert (predictions == data.y["test"]).mean() == pytest.approx(result.metrics["clean_accuracy"]), uri
 
 
 def test_failed_run_is_marked_failed_and_registers_nothing(small_ham):

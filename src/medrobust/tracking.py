@@ -93,10 +93,15 @@ def log_array(array, path):
 
 
 def log_keras_model(model, example, name="model"):
-    """Log a Keras model in MLflow's Keras flavour with an inferred signature; returns its runs:/ URI."""
+    """Log a Keras model in MLflow's Keras flavour with an inferred signature.
+
+    Returns (runs:/<run_id>/<name>, the logged model's models:/m-<id> URI). Both load the same
+    model; steps hand on the first (our convention) and register the second, which MLflow 3
+    resolves directly.
+    """
     signature = infer_signature(example, np.asarray(model(example[:2], training=False)))
-    mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=_model_requirements())
-    return f"runs:/{mlflow.active_run().info.run_id}/{name}"
+    info = mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=_model_requirements())
+    return f"runs:/{mlflow.active_run().info.run_id}/{name}", info.model_uri
 
 
 def _model_requirements():

@@ -59,11 +59,11 @@ def run_train(config: TrainConfig) -> TrainResult:
         print("evaluating on the test split", file=sys.stderr)
         predictions = predict_logits(model, data.x["test"]).argmax(axis=1)
         values = log_evaluation(data.y["test"], predictions, config.data.health_map, condition="clean")
-        model_uri = tracking.log_keras_model(model, data.x["test"][:4])
+        model_uri, logged_uri = tracking.log_keras_model(model, data.x["test"][:4])
         name = version = None
         if config.register:  # last, so a failure anywhere above registers nothing
             name = registered_name(config.arch)
             version = tracking.register_model(
-                model_uri, name, tags={k: f"{values[k]:.4f}" for k in VERSION_TAGS} | {"data_fingerprint": data.fingerprint}
+                logged_uri, name, tags={k: f"{values[k]:.4f}" for k in VERSION_TAGS} | {"data_fingerprint": data.fingerprint}
             )
     return TrainResult(run_id, model_uri, name, version, values)
