@@ -33,6 +33,9 @@ def isolated_stores(tmp_path, monkeypatch, tmp_path_factory):
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MEDROBUST_CACHE", str(tmp_path_factory.getbasetemp() / "image-cache"))
     monkeypatch.chdir(tmp_path)
+    yield
+    for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        os.environ.pop(leaked, None)  # mlflow sets these in-process; they point into this test's store
 
 
 @pytest.fixture

@@ -76,3 +76,15 @@ def test_summary_is_flat_and_prefixed():
     assert s["clean_fnr"] == pytest.approx(2 / 14)
     assert s["clean_recall_b"] == pytest.approx(0.6)
     assert all(k.startswith("clean_") and isinstance(v, float) for k, v in s.items())
+
+
+def test_fooling_and_success_rate_by_hand():
+    y_true = np.array([0, 1, 2, 2, 1, 0])
+    clean = np.array([0, 1, 2, 1, 0, 0])  # right on images 0, 1, 2, 5
+    adv = np.array([0, 2, 2, 2, 0, 1])  # changed on 1, 3, 5
+    assert metrics.fooling_rate(clean, adv) == pytest.approx(3 / 6)
+    # of the 4 right, images 1 and 5 became wrong
+    assert metrics.attack_success_rate(y_true, clean, adv) == pytest.approx(2 / 4)
+    # targeted at class 2: of the 4 right, images 1 and 2 end at class 2
+    assert metrics.attack_success_rate(y_true, clean, adv, target=2) == pytest.approx(2 / 4)
+    assert math.isnan(metrics.attack_success_rate([1], [0], [0]))

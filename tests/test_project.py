@@ -49,6 +49,8 @@ def test_mlproject_defaults_are_the_config_defaults():
 def test_mlflow_run_train_end_to_end(ham_dir, tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONUNBUFFERED="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for inherited in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(inherited, None)  # set by in-process runs; `mlflow run` must choose its own
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
            "--experiment-name", "e2e",
            "-P", f"data={ham_dir}", "-P", "image_size=32", "-P", "per_class_limit=20", "-P", "epochs=1"]

@@ -4,10 +4,11 @@ builds a config and calls its step's run_<step>; nothing else happens here."""
 import argparse
 import sys
 
-from .config import DataConfig, TrainConfig
+from .config import AttackConfig, DataConfig, TrainConfig
 
 DATA = DataConfig()
 TRAIN = TrainConfig()
+ATTACK = AttackConfig()
 
 
 def _none_or(kind):
@@ -73,6 +74,42 @@ def _train_config(a):
                        run_name=a.run_name, register=a.register)
 
 
+def _add_attack_args(p):
+    g = p.add_argument_group("attack")
+    g.add_argument("--model-uri", required=True, help="runs:/<id>/model or models:/<name>@<alias>")
+    g.add_argument("--method", default=ATTACK.method, help="fgsm | pgd | cw | deepfool | uap | uap_fast")
+    g.add_argument("--eps", type=float, default=ATTACK.eps, help="budget on [0, 1] images (default 2/255)")
+    g.add_argument("--norm", default=ATTACK.norm, help="inf | 2")
+    g.add_argument("--target", type=_none_or(str), default=ATTACK.target, help="class to push every image to")
+    g.add_argument("--attack-model-uri", type=_none_or(str), default=ATTACK.attack_model_uri,
+                   help="surrogate model for a transfer attack (default: the target, white-box)")
+    g.add_argument("--split", choices=("train", "val", "test"), default=ATTACK.split)
+    g.add_argument("--max-images", type=_none_or(int), default=ATTACK.max_images)
+    g.add_argument("--steps", type=int, default=ATTACK.steps)
+    g.add_argument("--step-size", type=_none_or(float), default=ATTACK.step_size)
+    g.add_argument("--random-start", type=_bool, default=ATTACK.random_start)
+    g.add_argument("--uap-attacker", default=ATTACK.uap_attacker)
+    g.add_argument("--uap-delta", type=float, default=ATTACK.uap_delta)
+    g.add_argument("--uap-max-iter", type=int, default=ATTACK.uap_max_iter)
+    g.add_argument("--max-steps", type=int, default=ATTACK.max_steps)
+    g.add_argument("--target-fooling-rate", type=float, default=ATTACK.target_fooling_rate)
+    g.add_argument("--batch-size", type=int, default=ATTACK.batch_size)
+    g.add_argument("--experiment", default=ATTACK.experiment)
+    g.add_argument("--run-name", type=_none_or(str), default=ATTACK.run_name)
+
+
+def _attack_config(a):
+    data = DataConfig(path=a.data, image_size=a.image_size, fractions=a.fractions, seed=a.seed,
+                      per_class_limit=a.per_class_limit, health_map=a.health_map, cache_dir=a.cache_dir)
+    return AttackConfig(
+        model_uri=a.model_uri, data=data, method=a.method, eps=a.eps, norm=a.norm, target=a.target,
+        attack_model_uri=a.attack_model_uri, split=a.split, max_images=a.max_images, steps=a.steps,
+        step_size=a.step_size, random_start=a.random_start, uap_attacker=a.uap_attacker, uap_delta=a.uap_delta,
+        uap_max_iter=a.uap_max_iter, max_steps=a.max_steps, target_fooling_rate=a.target_fooling_rate,
+        batch_size=a.batch_size, seed=a.seed, experiment=a.experiment, run_name=a.run_name,
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="medrobust", description="Attack and defend medical image classifiers, tracked in MLflow.")
     sub = parser.add_subparsers(dest="step", required=True)
@@ -81,12 +118,23 @@ def build_parser():
         p = sub.add_parser(name, help=text, description=text)
         _add_data_args(p)
         _add_train_args(p)
+    p = sub.add_parser("attack", help="attack a model and log clean and attacked metrics")
+    _add_data_args(p)
+    _add_attack_args(p)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.step == "attack":
+            from .steps.attack import run_attack
+
+            result = run_attack(_attack_config(args))
+            m = result.metrics
+            print(f"run {result.run_id}  accuracy {m['clean_accuracy']:.3f} -> {m['adv_accuracy']:.3f}  "
+                  f"fnr {m['clean_fnr']:.3f} -> {m['adv_fnr']:.3f}  fooling rate {m['fooling_rate']:.3f}")
+            return 0
         config = _train_config(args)
         if args.step == "train":
             from .steps.train import run_train

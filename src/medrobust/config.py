@@ -75,3 +75,38 @@ def flatten(config, prefix=""):
 
 def to_dict(config):
     return asdict(config)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    model_uri: str = ""  # runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>
+    data: DataConfig = field(default_factory=DataConfig)  # image_size follows the model's input
+    method: str = "fgsm"  # a name in medrobust.attacks.ATTACKS
+    eps: float = 2 / 255  # on [0, 1] images; the thesis' FGSM budget
+    norm: str = "inf"  # inf | 2
+    target: str | None = None  # a class name (e.g. nv) for a targeted attack
+    attack_model_uri: str | None = None  # surrogate for transfer attacks; None: white-box on the target
+    split: str = "test"
+    max_images: int | None = None  # attack only the first N images of the split
+    steps: int = 10  # pgd / cw / deepfool iterations
+    step_size: float | None = None  # pgd and uap_fast step; None: eps/4 (pgd), eps/5 (uap_fast)
+    random_start: bool = True  # pgd
+    uap_attacker: str = "fgsm"  # uap's inner attack: fgsm | pgd | deepfool
+    uap_delta: float = 0.2  # uap stops at fooling rate 1 - delta
+    uap_max_iter: int = 5  # uap passes over the attack set
+    max_steps: int = 200  # uap_fast mini-batch steps
+    target_fooling_rate: float = 0.8  # uap_fast stops there
+    batch_size: int = 128
+    seed: int = 0
+    experiment: str = "medrobust"
+    run_name: str | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps must be in [0, 1] (images are on [0, 1]; 2/255 = 0.0078), got {self.eps}")
+        if self.split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {self.split!r}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be at least 1, got {self.max_images}")
+        if not 0 < self.target_fooling_rate <= 1:
+            raise ValueError(f"target_fooling_rate must be in (0, 1], got {self.target_fooling_rate}")

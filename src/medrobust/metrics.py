@@ -170,3 +170,21 @@ def summary(cm, malignant, class_names=None, prefix=""):
     out["health_accuracy"] = health.pop("accuracy")
     out.update(health)
     return {f"{prefix}{k}": float(v) for k, v in out.items()}
+
+
+def fooling_rate(pred_clean, pred_adv):
+    """Share of all images whose prediction changed: mean(pred_clean != pred_adv), as the thesis
+    counts it (over every test image, right or wrong). pred_*: (N,) class indices."""
+    pred_clean, pred_adv = np.asarray(pred_clean), np.asarray(pred_adv)
+    return float(np.mean(pred_clean != pred_adv)) if pred_clean.size else float("nan")
+
+
+def attack_success_rate(y_true, pred_clean, pred_adv, target=None):
+    """Among the images the model got right, the share the attack made wrong (untargeted) or
+    sent to class `target` (targeted). NaN if the model got none right."""
+    y_true, pred_clean, pred_adv = map(np.asarray, (y_true, pred_clean, pred_adv))
+    right = pred_clean == y_true
+    if not right.any():
+        return float("nan")
+    hit = pred_adv[right] != y_true[right] if target is None else pred_adv[right] == target
+    return float(np.mean(hit))

@@ -50,3 +50,33 @@ def training_curves_figure(history):
 
 def close(fig):
     plt.close(fig)
+
+
+def examples_figure(x, x_adv, y_true, pred_clean, pred_adv, labels, eps, n=6):
+    """Columns of n images: clean, perturbation magnified to fill [0, 1], adversarial; titles
+    give true class and both predictions."""
+    n = min(n, len(x))
+    fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.4), squeeze=False)
+    scale = 0.5 / max(float(eps), 1e-12)
+    for j in range(n):
+        delta = np.clip(0.5 + (x_adv[j] - x[j]) * scale, 0, 1)
+        for i, (image, title) in enumerate((
+            (x[j], f"true {labels[y_true[j]]}\npred {labels[pred_clean[j]]}"),
+            (delta, "perturbation x{:.0f}".format(scale * 2)),
+            (x_adv[j], f"adv pred {labels[pred_adv[j]]}"),
+        )):
+            axes[i, j].imshow(image)
+            axes[i, j].set_title(title, fontsize=8)
+            axes[i, j].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def perturbation_figure(v, eps):
+    """A universal perturbation, scaled from [-eps, eps] to [0, 1]."""
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(np.clip(0.5 + np.asarray(v)[0] * (0.5 / max(float(eps), 1e-12)), 0, 1))
+    ax.set_title(f"universal perturbation (eps {eps:.4f})", fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig

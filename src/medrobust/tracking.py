@@ -126,9 +126,17 @@ def register_model(model_uri, name, tags=None):
 
 
 def load_keras_model(model_uri):
-    """Load a Keras model from `runs:/<id>/model`, `models:/<name>/<version>` or `models:/<name>@<alias>`."""
+    """Load a Keras model from `runs:/<id>/model`, `models:/<name>/<version>` or `models:/<name>@<alias>`.
+
+    A URI that does not resolve raises ValueError naming it.
+    """
     _configure()
-    return mlflow.keras.load_model(model_uri)
+    if not model_uri:
+        raise ValueError("no model URI given (runs:/<run_id>/model or models:/<name>@<alias>)")
+    try:
+        return mlflow.keras.load_model(model_uri)
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise ValueError(f"model URI {model_uri} does not resolve to a Keras model: {str(e).splitlines()[0]}") from e
 
 
 def get_run(run_id):

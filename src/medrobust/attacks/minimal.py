@@ -1,0 +1,31 @@
+"""Minimal-perturbation attacks through ART: Carlini-Wagner and DeepFool.
+
+They search for the smallest perturbation that flips the prediction; the step clips the result
+to the eps budget afterwards, so a perturbation that needed more than eps is cut back.
+"""
+
+import numpy as np
+from art.attacks.evasion import CarliniL2Method, CarliniLInfMethod, DeepFool
+
+from .art_wrapper import as_art_classifier
+from .budget import check_norm
+
+
+def cw(model, x, eps, norm="2", target=None, steps=10, search_steps=3, batch_size=64, **_):
+    """Carlini-Wagner (2017), L2 or L-inf: `steps` optimisation iterations (and, for L2,
+    `search_steps` binary-search steps over the trade-off constant)."""
+    classifier = as_art_classifier(model)
+    targeted = target is not None
+    if check_norm(norm) == "2":
+        attack = CarliniL2Method(classifier, targeted=targeted, max_iter=steps, binary_search_steps=search_steps,
+                                 batch_size=batch_size, verbose=False)
+    else:
+        attack = CarliniLInfMethod(classifier, targeted=targeted, max_iter=steps, batch_size=batch_size, verbose=False)
+    y = None if not targeted else np.eye(classifier.nb_classes, dtype=np.float32)[np.full(len(x), target)]
+    return attack.generate(x=x, y=y)
+
+
+def deepfool(model, x, eps, norm="2", steps=50, batch_size=64, **_):
+    """DeepFool (Moosavi-Dezfooli et al. 2016), untargeted, L2 linearisation."""
+    attack = DeepFool(as_art_classifier(model), max_iter=steps, batch_size=batch_size, verbose=False)
+    return attack.generate(x=x)

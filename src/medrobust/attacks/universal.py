@@ -1,0 +1,93 @@
+"""Universal adversarial perturbations: one perturbation shared by every image.
+
+`uap` is ART's UniversalPerturbation (Moosavi-Dezfooli et al. 2017), the thesis' attack: it
+visits one image at a time and runs an inner attack on it, which is why it is slow.
+`uap_fast` is ours: the shared perturbation climbs the loss by signed-gradient steps over
+mini-batches of the whole attack set, projected onto the budget after each step, and stops at
+a target fooling rate or a step limit.
+"""
+
+import numpy as np
+import keras
+import tensorflow as tf
+from art.attacks.evasion import UniversalPerturbation
+
+from .art_wrapper import as_art_classifier
+from .budget import art_norm, check_norm, project
+
+
+def uap(model, x, eps, norm="inf", attacker="fgsm", attacker_eps=None, delta=0.2, max_iter=5,
+        batch_size=128, **_):
+    """ART's UAP with inner `attacker` (fgsm | pgd | deepfool); stops at fooling rate
+    1 - delta or after max_iter passes. Returns (x_adv, perturbation of shape (1, H, W, C))."""
+    params = {"fgsm": {"eps": attacker_eps or eps, "norm": art_norm(norm)},
+              "pgd": {"eps": attacker_eps or eps, "norm": art_norm(norm), "verbose": False},
+              "deepfool": {"verbose": False}}
+    if attacker not in params:
+        raise ValueError(f"uap attacker must be one of {', '.join(params)}, got {attacker!r}")
+    attack = UniversalPerturbation(
+        as_art_classifier(model), attacker=attacker, attacker_params=params[attacker], delta=delta,
+        max_iter=max_iter, eps=eps, norm=art_norm(norm), batch_size=batch_size, verbose=False,
+    )
+    x_adv = attack.generate(x)
+    return x_adv, np.asarray(attack.noise, dtype=np.float32)
+
+
+def _predict(model, x, batch_size):
+    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False)).argmax(axis=1)
+                           for i in range(0, len(x), batch_size)])
+
+
+def uap_fast(model, x, eps, norm="inf", target=None, step_size=None, max_steps=200, target_fooling_rate=0.8,
+             batch_size=128, seed=0, eval_every=10, **_):
+    """Batched universal perturbation. Returns (x_adv, perturbation of shape (1, H, W, C)).
+
+    Untargeted, it raises the cross-entropy of the model's own clean predictions (so fooling
+    means pred(x + v) != pred(x), as the fooling rate counts it); targeted, it lowers the
+    cross-entropy of class `target`. One step = one mini-batch: v += step_size * sign(grad),
+    then v is projected onto the eps-ball. The fooling rate over all of x is checked every
+    `eval_every` steps; the best perturbation seen is returned.
+    """
+    norm = check_norm(norm)
+    step_size = step_size or eps / 5
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, dtype=np.float32)
+    clean = _predict(model, x, batch_size)
+    labels = clean if target is None else np.full(len(x), target)
+    sign = 1.0 if target is None else -1.0
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(reduce_retracing=True)
+    def gradient(v, xb, yb):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            logits = model(tf.clip_by_value(xb + v, 0.0, 1.0), training=False)
+            loss = loss_fn(yb, logits)
+        return tape.gradient(loss, v)
+
+    def fooling(v):
+        adv = _predict(model, np.clip(x + v, 0.0, 1.0), batch_size)
+        return float(np.mean(adv != clean)) if target is None else float(np.mean(adv == target))
+
+    v = np.zeros((1,) + x.shape[1:], dtype=np.float32)
+    best_v, best_rate = v, 0.0
+    order = rng.permutation(len(x))
+    cursor = 0
+    for step in range(1, max_steps + 1):
+        if cursor + batch_size > len(order):
+            order, cursor = rng.permutation(len(x)), 0
+        idx = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        g = gradient(tf.constant(v), tf.constant(x[idx]), tf.constant(labels[idx])).numpy()
+        if norm == "inf":
+            v = v + sign * step_size * np.sign(g)
+        else:
+            v = v + sign * step_size * g / max(float(np.linalg.norm(g)), 1e-12)
+        v = project(v, eps, norm)
+        if step % eval_every == 0 or step == max_steps:
+            rate = fooling(v)
+            if rate > best_rate:
+                best_v, best_rate = v.copy(), rate
+            if rate >= target_fooling_rate:
+                break
+    return np.clip(x + best_v, 0.0, 1.0).astype(np.float32), best_v

@@ -1,0 +1,99 @@
+"""The `attack` step: a model URI -> adversarial examples of a split -> clean and attacked metrics."""
+
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import attacks, metrics, plots, tracking
+from ..config import AttackConfig, flatten
+from ..data import CLASSES, class_index, load_dataset
+from ..models.training import predict_logits, set_seed
+from .report import log_evaluation
+
+
+@dataclass
+class AttackResult:
+    run_id: str
+    metrics: dict
+    perturbation: np.ndarray | None
+
+
+def _load_models(config):
+    """(target, attacking model) with every check done before any work."""
+    target = tracking.load_keras_model(config.model_uri)
+    if not config.attack_model_uri or config.attack_model_uri == config.model_uri:
+        return target, target
+    surrogate = tracking.load_keras_model(config.attack_model_uri)
+    if surrogate.input_shape[1:] != target.input_shape[1:] or surrogate.output_shape[-1] != target.output_shape[-1]:
+        raise ValueError(
+            f"surrogate {config.attack_model_uri} takes {surrogate.input_shape[1:]} and outputs "
+            f"{surrogate.output_shape[-1]} classes, but target {config.model_uri} takes {target.input_shape[1:]} "
+            f"and outputs {target.output_shape[-1]}"
+        )
+    return target, surrogate
+
+
+def method_params(config):
+    """The attack's own settings from the config (only those that method uses)."""
+    by_method = {
+        "fgsm": {},
+        "pgd": {"steps": config.steps, "step_size": config.step_size, "random_start": config.random_start},
+        "cw": {"steps": config.steps},
+        "deepfool": {"steps": config.steps},
+        "uap": {"attacker": config.uap_attacker, "delta": config.uap_delta, "max_iter": config.uap_max_iter},
+        "uap_fast": {"step_size": config.step_size, "max_steps": config.max_steps,
+                     "target_fooling_rate": config.target_fooling_rate},
+    }
+    return by_method[config.method] | {"batch_size": config.batch_size, "seed": config.seed}
+
+
+def run_attack(config: AttackConfig) -> AttackResult:
+    """Attack the model at config.model_uri on one split and log everything; see AttackResult."""
+    target_class = None if config.target is None else class_index(config.target)
+    norm = attacks.check_attack(config.method, config.eps, config.norm, target_class)
+    model, attacker = _load_models(config)
+    threat = "white-box" if attacker is model else "transfer"
+    tags = {"medrobust.step": "attack", "medrobust.method": config.method, "medrobust.threat_model": threat}
+    with tracking.run(config.experiment, run_name=config.run_name or f"attack-{config.method}", tags=tags) as run_id:
+        tracking.log_params(flatten(config) | {"threat_model": threat})
+        set_seed(config.seed)
+        data = load_dataset(replace(config.data, image_size=int(model.input_shape[1])))
+        x, y = data.x[config.split], data.y[config.split]
+        if config.max_images:
+            x, y = x[: config.max_images], y[: config.max_images]
+        tracking.log_params({"data.fingerprint": data.fingerprint, "n_images": len(x)})
+
+        pred_clean = predict_logits(model, x).argmax(axis=1)
+        print(f"attack: {config.method} ({threat}, eps {config.eps:.4f}, {norm}) on {len(x)} images", file=sys.stderr)
+        start = time.perf_counter()
+        x_adv, perturbation = attacks.craft(config.method, attacker, x, config.eps, norm, target=target_class,
+                                            **method_params(config))
+        seconds = time.perf_counter() - start
+        pred_adv = predict_logits(model, x_adv).argmax(axis=1)
+
+        values = log_evaluation(y, pred_clean, config.data.health_map, condition="clean")
+        values |= log_evaluation(y, pred_adv, config.data.health_map, condition="adv")
+        counts = np.bincount(pred_adv, minlength=len(CLASSES))
+        extra = {
+            "fooling_rate": metrics.fooling_rate(pred_clean, pred_adv),
+            "attack_success_rate": metrics.attack_success_rate(y, pred_clean, pred_adv, target_class),
+            "attack_seconds": seconds,
+            "attack_images_per_second": len(x) / max(seconds, 1e-9),
+            **{f"perturbation_{k}": v for k, v in attacks.perturbation_sizes(x, x_adv).items()},
+            **{f"adv_predicted_share_{c}": n / len(x) for c, n in zip(CLASSES, counts)},
+        }
+        tracking.log_metrics(extra)
+        values |= extra
+        tracking.log_json({"classes": list(CLASSES), "clean": np.bincount(pred_clean, minlength=len(CLASSES)).tolist(),
+                           "adversarial": counts.tolist()}, "predictions/class_histogram.json")
+        fig = plots.examples_figure(x, x_adv, y, pred_clean, pred_adv, CLASSES, config.eps)
+        tracking.log_figure(fig, "examples/grid.png")
+        plots.close(fig)
+        if perturbation is not None:
+            tracking.log_array(perturbation, "perturbation/uap.npy")
+            fig = plots.perturbation_figure(perturbation, config.eps)
+            tracking.log_figure(fig, "perturbation/uap.png")
+            plots.close(fig)
+    return AttackResult(run_id, values, perturbation)

@@ -1,0 +1,88 @@
+"""The attack step on a model trained on a real HAM10000 subset, tracked in a throwaway store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medrobust import tracking
+from medrobust.config import AttackConfig, DataConfig, TrainConfig
+from medrobust.steps.attack import run_attack
+from medrobust.steps.train import run_train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def trained(ham_dir):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40)
+    result = run_train(TrainConfig(data=data, epochs=6, batch_size=32, class_weight="balanced", experiment="test"))
+    return data, result
+
+
+def test_fgsm_attack_run_logs_everything(trained):
+    data, model = trained
+    result = run_attack(AttackConfig(model_uri=model.model_uri, data=data, method="fgsm", eps=8 / 255,
+                                     experiment="test"))
+    run = tracking.get_run(result.run_id)
+    m = run["metrics"]
+    assert run["status"] == "FINISHED" and run["tags"]["medrobust.threat_model"] == "white-box"
+    for key in ("clean_accuracy", "adv_accuracy", "adv_fnr", "adv_npv", "fooling_rate", "attack_success_rate",
+                "perturbation_linf_max", "perturbation_psnr", "attack_images_per_second"):
+        assert key in m, key
+    assert m["perturbation_linf_max"] <= 8 / 255 + 1e-6
+    assert m["fooling_rate"] > 0.2  # the harm on a real model is measured in test_attacks.py
+    shares = [m[f"adv_predicted_share_{c}"] for c in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")]
+    assert sum(shares) == pytest.approx(1.0)
+    artifacts = tracking.list_artifacts(result.run_id)
+    for path in ("confusion/adv_7x7.json", "confusion/adv_2x2.png", "examples/grid.png",
+                 "predictions/class_histogram.json"):
+        assert path in artifacts, path
+
+
+def test_transfer_uap_fast_logs_the_perturbation(trained, ham_dir):
+    data, target = trained
+    surrogate = run_train(TrainConfig(data=data, epochs=1, batch_size=32, seed=1, experiment="test"))
+    result = run_attack(AttackConfig(model_uri=target.model_uri, attack_model_uri=surrogate.model_uri, data=data,
+                                     method="uap_fast", eps=8 / 255, max_steps=20, experiment="test"))
+    run = tracking.get_run(result.run_id)
+    assert run["tags"]["medrobust.threat_model"] == "transfer"
+    assert "perturbation/uap.npy" in tracking.list_artifacts(result.run_id)
+    assert result.perturbation.shape == (1, 32, 32, 3)
+    assert np.abs(result.perturbation).max() <= 8 / 255 + 1e-6
+
+
+def test_bad_attack_requests_fail_before_any_run(trained):
+    data, model = trained
+    with pytest.raises(ValueError, match="does not resolve"):
+        run_attack(AttackConfig(model_uri="models:/no-such-model/1", data=data))
+    with pytest.raises(ValueError, match="deepfool has no inf norm"):
+        run_attack(AttackConfig(model_uri=model.model_uri, data=data, method="deepfool", norm="inf"))
+    with pytest.raises(ValueError, match="unknown class 'mole'"):
+        run_attack(AttackConfig(model_uri=model.model_uri, data=data, target="mole"))
+    with pytest.raises(ValueError, match="eps must be in"):
+        AttackConfig(model_uri=model.model_uri, eps=10.0)
+    assert [r["status"] for r in tracking.search_runs("test")] == ["FINISHED"]  # only the training run
+
+
+def test_mlflow_run_attack_uap_end_to_end(trained, ham_dir, tmp_path):
+    data, model = trained
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for inherited in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(inherited, None)  # set by in-process runs; `mlflow run` must choose its own
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "attack", "--env-manager", "local",
+           "--experiment-name", "e2e", "-P", f"model_uri={model.model_uri}", "-P", f"data={ham_dir}",
+           "-P", "method=uap", "-P", "per_class_limit=40", "-P", "max_images=24", "-P", "uap_max_iter=1",
+           "-P", "eps=0.05"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tracking.search_runs("e2e")
+    assert [r["status"] for r in runs] == ["FINISHED"]
+    run = tracking.get_run(runs[0]["run_id"])
+    assert run["params"]["method"] == "uap"
+    assert run["metrics"]["perturbation_linf_max"] <= 0.05 + 1e-6
+    assert "perturbation/uap.npy" in tracking.list_artifacts(runs[0]["run_id"])
