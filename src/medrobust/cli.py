@@ -4,7 +4,7 @@ builds a config and calls its step's run_<step>; nothing else happens here."""
 import argparse
 import sys
 
-from .config import AttackConfig, DataConfig, TrainConfig
+from .config import AttackConfig, DataConfig, PoisonConfig, TrainConfig
 
 DATA = DataConfig()
 TRAIN = TrainConfig()
@@ -110,6 +110,13 @@ def _attack_config(a):
     )
 
 
+def _fraction_list(text):
+    try:
+        return tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="medrobust", description="Attack and defend medical image classifiers, tracked in MLflow.")
     sub = parser.add_subparsers(dest="step", required=True)
@@ -118,6 +125,14 @@ def build_parser():
         p = sub.add_parser(name, help=text, description=text)
         _add_data_args(p)
         _add_train_args(p)
+    p = sub.add_parser("poison", help="train on labels flipped from a source to a target class")
+    _add_data_args(p)
+    _add_train_args(p)
+    g = p.add_argument_group("poisoning")
+    g.add_argument("--source", default=PoisonConfig.source, help="class whose labels are flipped")
+    g.add_argument("--target", default=PoisonConfig.target, help="class they are flipped to")
+    g.add_argument("--poison-fractions", type=_fraction_list, default=PoisonConfig.fractions, dest="poison_fractions",
+                   help="fractions of the source's training images, e.g. 0.05,0.1,0.2 (several: a sweep)")
     p = sub.add_parser("attack", help="attack a model and log clean and attacked metrics")
     _add_data_args(p)
     _add_attack_args(p)
@@ -136,6 +151,14 @@ def main(argv=None):
                   f"fnr {m['clean_fnr']:.3f} -> {m['adv_fnr']:.3f}  fooling rate {m['fooling_rate']:.3f}")
             return 0
         config = _train_config(args)
+        if args.step == "poison":
+            from .steps.poison import run_poison
+
+            result = run_poison(PoisonConfig(train=config, source=args.source, target=args.target,
+                                             fractions=args.poison_fractions))
+            for fraction, r in result.runs.items():
+                print(f"fraction {fraction:.2f}: run {r.run_id}  accuracy {r.metrics['clean_accuracy']:.3f}  "
+                      f"macro recall {r.metrics['clean_macro_recall']:.3f}  fnr {r.metrics['clean_fnr']:.3f}")
         if args.step == "train":
             from .steps.train import run_train
 

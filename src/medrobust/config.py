@@ -110,3 +110,20 @@ class AttackConfig:
             raise ValueError(f"max_images must be at least 1, got {self.max_images}")
         if not 0 < self.target_fooling_rate <= 1:
             raise ValueError(f"target_fooling_rate must be in (0, 1], got {self.target_fooling_rate}")
+
+
+@dataclass(frozen=True)
+class PoisonConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source: str = "nv"  # relabel images of this class ...
+    target: str = "bkl"  # ... as this one (the thesis' nv -> bkl)
+    fractions: tuple[float, ...] = (0.1,)  # of the source's training images; several: a sweep of nested runs
+
+    def __post_init__(self):
+        if self.source.lower() == self.target.lower():
+            raise ValueError(f"poison source and target are the same class ({self.source})")
+        if not self.fractions:
+            raise ValueError("give at least one poison fraction")
+        for f in self.fractions:
+            if not 0 < f <= 1:
+                raise ValueError(f"poison fraction must be in (0, 1], got {f}")

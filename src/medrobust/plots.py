@@ -80,3 +80,16 @@ def perturbation_figure(v, eps):
     ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def sweep_figure(xs, series, title, xlabel="poisoned fraction of the source class"):
+    """Each metric of `series` ({name: [value per x]}) against xs, on one axis."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, values in series.items():
+        ax.plot(xs, values, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

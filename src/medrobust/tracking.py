@@ -40,7 +40,8 @@ def run(experiment, run_name=None, nested=False, tags=None):
     # Under `mlflow run` the run already exists (MLFLOW_RUN_ID) in the experiment that
     # `mlflow run --experiment-name` chose; start_run resumes it, and setting another
     # experiment would conflict.
-    if nested or not os.environ.get("MLFLOW_RUN_ID"):
+    # A nested run joins its parent's experiment.
+    if not nested and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as active:
         yield active.info.run_id
@@ -52,6 +53,10 @@ def _param_text(value):
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def active_run_id():
+    return mlflow.active_run().info.run_id
 
 
 def log_params(params):

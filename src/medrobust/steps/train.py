@@ -34,36 +34,43 @@ def run_train(config: TrainConfig) -> TrainResult:
     """Train `config.arch` on `config.data`, log everything, register the model; see TrainResult."""
     tags = {"medrobust.step": "train", "medrobust.arch": config.arch}
     with tracking.run(config.experiment, run_name=config.run_name or f"train-{config.arch}", tags=tags) as run_id:
-        tracking.log_params(flatten(config))
         set_seed(config.seed)
         data = load_dataset(config.data)
-        tracking.log_params({
-            "data.fingerprint": data.fingerprint, "data.layout": data.layout, "data.source": data.source,
-            **{f"data.n_{side}": len(y) for side, y in data.y.items()},
-        })
-        tracking.set_tags({"medrobust.data_fingerprint": data.fingerprint})
-        tracking.log_text(data.table.to_csv(index=False), "data/split.csv")
+        return train_in_run(run_id, config, data)
 
-        model = create_model(config.arch, data.x["train"].shape[1:], N_CLASSES, weights=config.weights)
 
-        def log_epoch(epoch, logs):
-            tracking.log_metrics({EPOCH_METRICS[k]: v for k, v in logs.items() if k in EPOCH_METRICS}, step=epoch)
+def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_tags=None):
+    """Inside an active run: train on `data` (with `y_train` in place of the train labels if
+    given, as poisoning does), evaluate on the clean test split, log and register.
+    Returns a TrainResult."""
+    tracking.log_params(flatten(config))
+    tracking.log_params({
+        "data.fingerprint": data.fingerprint, "data.layout": data.layout, "data.source": data.source,
+        **{f"data.n_{side}": len(y) for side, y in data.y.items()},
+    })
+    tracking.set_tags({"medrobust.data_fingerprint": data.fingerprint})
+    tracking.log_text(data.table.to_csv(index=False), "data/split.csv")
+    y_train = data.y["train"] if y_train is None else y_train
+    set_seed(config.seed)
+    model = create_model(config.arch, data.x["train"].shape[1:], N_CLASSES, weights=config.weights)
 
-        history = fit(model, data.x["train"], data.y["train"], data.x["val"], data.y["val"], config, on_epoch=log_epoch)
-        tracking.log_json(history, "training/history.json")
-        fig = plots.training_curves_figure(history)
-        tracking.log_figure(fig, "training/curves.png")
-        plots.close(fig)
-        tracking.log_metrics({"epochs_trained": len(history["loss"])})
+    def log_epoch(epoch, logs):
+        tracking.log_metrics({EPOCH_METRICS[k]: v for k, v in logs.items() if k in EPOCH_METRICS}, step=epoch)
 
-        print("evaluating on the test split", file=sys.stderr)
-        predictions = predict_logits(model, data.x["test"]).argmax(axis=1)
-        values = log_evaluation(data.y["test"], predictions, config.data.health_map, condition="clean")
-        model_uri, logged_uri = tracking.log_keras_model(model, data.x["test"][:4])
-        name = version = None
-        if config.register:  # last, so a failure anywhere above registers nothing
-            name = registered_name(config.arch)
-            version = tracking.register_model(
-                logged_uri, name, tags={k: f"{values[k]:.4f}" for k in VERSION_TAGS} | {"data_fingerprint": data.fingerprint}
-            )
+    history = fit(model, data.x["train"], y_train, data.x["val"], data.y["val"], config, on_epoch=log_epoch)
+    tracking.log_json(history, "training/history.json")
+    fig = plots.training_curves_figure(history)
+    tracking.log_figure(fig, "training/curves.png")
+    plots.close(fig)
+    tracking.log_metrics({"epochs_trained": len(history["loss"])})
+
+    print("evaluating on the test split", file=sys.stderr)
+    predictions = predict_logits(model, data.x["test"]).argmax(axis=1)
+    values = log_evaluation(data.y["test"], predictions, config.data.health_map, condition="clean")
+    model_uri, logged_uri = tracking.log_keras_model(model, data.x["test"][:4])
+    name = version = None
+    if config.register:  # last, so a failure anywhere above registers nothing
+        name = registered_as or registered_name(config.arch)
+        tags = {k: f"{values[k]:.4f}" for k in VERSION_TAGS} | {"data_fingerprint": data.fingerprint}
+        version = tracking.register_model(logged_uri, name, tags=tags | (extra_tags or {}))
     return TrainResult(run_id, model_uri, name, version, values)

@@ -1,0 +1,73 @@
+"""The `poison` step: flip training labels from a source class to a target class, train on
+them, and measure the damage on the clean test split."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import plots, tracking
+from ..config import PoisonConfig
+from ..data import CLASSES, class_index, load_dataset
+from ..models.training import set_seed
+from .train import registered_name, train_in_run
+
+SWEEP_METRICS = ("clean_accuracy", "clean_macro_recall", "clean_macro_specificity", "clean_health_accuracy",
+                 "clean_fnr", "clean_npv")
+
+
+def poison_labels(y, source, target, fraction, seed=0):
+    """Relabel round(fraction * n_source) images of class `source` as `target`.
+
+    y: (N,) int labels. Returns (poisoned copy of y, sorted indices of the flipped images).
+    The images are drawn without replacement by a generator seeded with `seed`.
+    """
+    y = np.asarray(y)
+    candidates = np.flatnonzero(y == source)
+    n = int(round(fraction * len(candidates)))
+    flipped = np.sort(np.random.default_rng(seed).choice(candidates, size=n, replace=False))
+    poisoned = y.copy()
+    poisoned[flipped] = target
+    return poisoned, flipped
+
+
+@dataclass
+class PoisonResult:
+    run_id: str  # the sweep's parent run, or the single run
+    runs: dict  # fraction -> TrainResult
+
+
+def _one(config, data, source, target, fraction):
+    poisoned, flipped = poison_labels(data.y["train"], source, target, fraction, config.train.seed)
+    train_ids = data.table.loc[data.table["split"] == "train", "image_id"].to_numpy()
+    tracking.log_params({"poison.source": CLASSES[source], "poison.target": CLASSES[target],
+                         "poison.fraction": fraction, "poison.n_flipped": len(flipped)})
+    tracking.log_text("image_id\n" + "\n".join(train_ids[flipped]) + "\n", "poison/flipped.csv")
+    return train_in_run(tracking.active_run_id(), config.train, data, y_train=poisoned,
+                        registered_as=f"{registered_name(config.train.arch)}-poisoned",
+                        extra_tags={"poison": f"{CLASSES[source]}->{CLASSES[target]} {fraction}"})
+
+
+def run_poison(config: PoisonConfig) -> PoisonResult:
+    """One poisoned training per fraction; several fractions run as nested runs under a parent
+    that draws every metric against the fraction (the thesis' Figure 4.6)."""
+    source, target = class_index(config.source), class_index(config.target)
+    train = config.train
+    tags = {"medrobust.step": "poison", "medrobust.arch": train.arch}
+    name = train.run_name or f"poison-{config.source}-{config.target}"
+    with tracking.run(train.experiment, run_name=name, tags=tags) as parent:
+        set_seed(train.seed)
+        data = load_dataset(train.data)
+        if len(config.fractions) == 1:
+            return PoisonResult(parent, {config.fractions[0]: _one(config, data, source, target, config.fractions[0])})
+        tracking.log_params({"poison.source": config.source, "poison.target": config.target,
+                             "poison.fractions": ",".join(str(f) for f in config.fractions)})
+        runs = {}
+        for fraction in config.fractions:
+            with tracking.run(train.experiment, run_name=f"{name}-{fraction}", nested=True, tags=tags):
+                runs[fraction] = _one(config, data, source, target, fraction)
+        series = {k: [runs[f].metrics[k] for f in config.fractions] for k in SWEEP_METRICS}
+        tracking.log_json({"fractions": list(config.fractions), **series}, "poison/sweep.json")
+        fig = plots.sweep_figure(config.fractions, series, f"{config.source} relabelled as {config.target}")
+        tracking.log_figure(fig, "poison/sweep.png")
+        plots.close(fig)
+    return PoisonResult(parent, runs)
