@@ -1,0 +1,87 @@
+"""Attack speed, side by side in one run on one model and one set of images.
+
+1. FGSM images/s against the model's plain forward+backward images/s (the limit is 1.0):
+   FGSM costs one input gradient per image, so the ratio shows the wrapper's overhead.
+2. ART's `uap` against our `uap_fast` at the same eps: ART's UAP runs first; uap_fast is then
+   asked for the fooling rate ART reached, and the two times are compared.
+
+Run by hand (never in the test suite), against a trained model in the tracking store:
+  MLFLOW_TRACKING_URI=sqlite:///mlflow.db .venv/bin/python benchmarks/bench_attacks.py \\
+      --model-uri models:/medrobust-small_cnn/1 --data ../shared/data/ham10000
+"""
+
+import argparse
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from medrobust import tracking
+from medrobust.attacks import craft
+from medrobust.config import DataConfig
+from medrobust.data import load_dataset
+from medrobust.models.training import predict_logits
+
+
+def forward_backward_images_per_s(model, x, batch_size):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def grad(xb, yb):
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            loss = loss_fn(yb, model(xb, training=False))
+        return tape.gradient(loss, xb)
+
+    y = predict_logits(model, x).argmax(axis=1)
+    grad(tf.constant(x[:batch_size]), tf.constant(y[:batch_size]))  # trace once
+    start = time.perf_counter()
+    for i in range(0, len(x), batch_size):
+        grad(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])).numpy()
+    return len(x) / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-uri", default="models:/medrobust-small_cnn/1")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--eps", type=float, default=8 / 255)
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+    model = tracking.load_keras_model(args.model_uri)
+    data = load_dataset(DataConfig(path=args.data, image_size=int(model.input_shape[1])), progress=False)
+    x = data.x["test"][: args.images]
+    clean = predict_logits(model, x).argmax(axis=1)
+    print(f"model {args.model_uri}, {len(x)} test images of {x.shape[1]} px, eps {args.eps:.4f} (L-inf)\n")
+
+    craft("fgsm", model, x[:8], args.eps)  # warm-up
+    fb = forward_backward_images_per_s(model, x, args.batch_size)
+    start = time.perf_counter()
+    craft("fgsm", model, x, args.eps, batch_size=args.batch_size)
+    fgsm = len(x) / (time.perf_counter() - start)
+    print("| measurement | images/s |\n|---|---|")
+    print(f"| forward + backward (input gradient) | {fb:.0f} |\n| FGSM through ART | {fgsm:.0f} |")
+    print(f"| ratio FGSM / forward+backward | {fgsm / fb:.2f} |\n")
+
+    def fooling(x_adv):
+        return float(np.mean(predict_logits(model, x_adv).argmax(axis=1) != clean))
+
+    start = time.perf_counter()
+    x_uap, _ = craft("uap", model, x, args.eps, attacker="fgsm", max_iter=5, delta=0.2)
+    art_s = time.perf_counter() - start
+    art_rate = fooling(x_uap)
+    start = time.perf_counter()
+    x_fast, _ = craft("uap_fast", model, x, args.eps, target_fooling_rate=max(art_rate, 1e-6), max_steps=500,
+                      eval_every=5, batch_size=args.batch_size)
+    fast_s = time.perf_counter() - start
+    fast_rate = fooling(x_fast)
+    print("| universal attack | fooling rate | seconds |\n|---|---|---|")
+    print(f"| ART `uap` (fgsm inner, max_iter 5) | {art_rate:.3f} | {art_s:.1f} |")
+    print(f"| our `uap_fast` (stops at ART's rate) | {fast_rate:.3f} | {fast_s:.1f} |")
+    print(f"| time ratio uap_fast / uap | | {fast_s / art_s:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
