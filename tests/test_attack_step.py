@@ -86,3 +86,15 @@ def test_mlflow_run_attack_uap_end_to_end(trained, ham_dir, tmp_path):
     assert run["params"]["method"] == "uap"
     assert run["metrics"]["perturbation_linf_max"] <= 0.05 + 1e-6
     assert "perturbation/uap.npy" in tracking.list_artifacts(runs[0]["run_id"])
+
+
+def test_surrogate_of_another_shape_is_refused(trained):
+    data, model = trained
+    from medrobust.models import create_model
+
+    with tracking.run("test", run_name="other-shape"):
+        other = create_model("small_cnn", (16, 16, 3), 7)
+        other_uri, _ = tracking.log_keras_model(other, np.zeros((2, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match=r"surrogate .* takes \(16, 16, 3\) .* target .* takes \(32, 32, 3\)"):
+        run_attack(AttackConfig(model_uri=model.model_uri, attack_model_uri=other_uri, data=data))
+    assert len(tracking.search_runs("test")) == 2  # the training run and the logged model, no attack run
