@@ -23,6 +23,8 @@ def test_train_logs_metrics_artifacts_and_registers(ham_dir):
                 "clean_sensitivity", "clean_macro_f1", "train_loss", "val_macro_recall"):
         assert key in run["metrics"], key
     assert 0.0 <= run["metrics"]["clean_accuracy"] <= 1.0
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_recall"):
+        assert len(tracking.metric_history(result.run_id, key)) == 1, key  # one value per epoch
     assert run["params"]["arch"] == "small_cnn" and run["params"]["data.image_size"] == "32"
     assert len(run["params"]["data.fingerprint"]) == 64
 

@@ -4,7 +4,7 @@ A step takes one of these dataclasses; the CLI, MLproject, a pipeline or a test 
 `flatten` turns one into the flat parameter dict that MLflow logs.
 """
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 
@@ -72,9 +72,6 @@ def flatten(config, prefix=""):
             out[f"{prefix}{f.name}"] = value
     return out
 
-
-def to_dict(config):
-    return asdict(config)
 
 
 @dataclass(frozen=True)

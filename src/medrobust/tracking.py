@@ -4,7 +4,6 @@ Tracking goes to $MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the 
 (the registry needs a database store; a plain ./mlruns folder has none).
 """
 
-import json
 from importlib import metadata
 import os
 import tempfile
@@ -204,6 +203,3 @@ def metric_history(run_id, key):
     _configure()
     return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
 
-
-def json_dumps(obj):
-    return json.dumps(obj, indent=2, sort_keys=True)
