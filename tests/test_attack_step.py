@@ -34,6 +34,7 @@ def test_fgsm_attack_run_logs_everything(trained):
                 "perturbation_linf_max", "perturbation_psnr", "attack_images_per_second"):
         assert key in m, key
     assert m["perturbation_linf_max"] <= 8 / 255 + 1e-6
+    assert run["params"]["data.image_size"] == "32"  # the model's input size, not the CLI default
     assert m["fooling_rate"] > 0.2  # the harm on a real model is measured in test_attacks.py
     shares = [m[f"adv_predicted_share_{c}"] for c in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")]
     assert sum(shares) == pytest.approx(1.0)

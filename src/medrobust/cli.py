@@ -65,10 +65,13 @@ def _add_train_args(p):
     g.add_argument("--register", type=_bool, default=TRAIN.register, help="register the model version")
 
 
-def _train_config(a):
-    data = DataConfig(path=a.data, image_size=a.image_size, fractions=a.fractions, seed=a.seed,
+def _data_config(a):
+    return DataConfig(path=a.data, image_size=a.image_size, fractions=a.fractions, seed=a.seed,
                       per_class_limit=a.per_class_limit, health_map=a.health_map, cache_dir=a.cache_dir)
-    return TrainConfig(data=data, arch=a.arch, weights=a.weights, epochs=a.epochs, batch_size=a.batch_size,
+
+
+def _train_config(a):
+    return TrainConfig(data=_data_config(a), arch=a.arch, weights=a.weights, epochs=a.epochs, batch_size=a.batch_size,
                        learning_rate=a.learning_rate, patience=a.patience, class_weight=a.class_weight,
                        augment=a.augment, head_epochs=a.head_epochs, seed=a.seed, experiment=a.experiment,
                        run_name=a.run_name, register=a.register)
@@ -99,10 +102,8 @@ def _add_attack_args(p):
 
 
 def _attack_config(a):
-    data = DataConfig(path=a.data, image_size=a.image_size, fractions=a.fractions, seed=a.seed,
-                      per_class_limit=a.per_class_limit, health_map=a.health_map, cache_dir=a.cache_dir)
     return AttackConfig(
-        model_uri=a.model_uri, data=data, method=a.method, eps=a.eps, norm=a.norm, target=a.target,
+        model_uri=a.model_uri, data=_data_config(a), method=a.method, eps=a.eps, norm=a.norm, target=a.target,
         attack_model_uri=a.attack_model_uri, split=a.split, max_images=a.max_images, steps=a.steps,
         step_size=a.step_size, random_start=a.random_start, uap_attacker=a.uap_attacker, uap_delta=a.uap_delta,
         uap_max_iter=a.uap_max_iter, max_steps=a.max_steps, target_fooling_rate=a.target_fooling_rate,

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 from art.attacks.evasion import UniversalPerturbation
 
+from ..models.training import predict_logits
 from .art_wrapper import as_art_classifier
 from .budget import art_norm, check_norm, project
 
@@ -34,8 +35,7 @@ def uap(model, x, eps, norm="inf", attacker="fgsm", attacker_eps=None, delta=0.2
 
 
 def _predict(model, x, batch_size):
-    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False)).argmax(axis=1)
-                           for i in range(0, len(x), batch_size)])
+    return predict_logits(model, x, batch_size).argmax(axis=1)
 
 
 def uap_fast(model, x, eps, norm="inf", target=None, step_size=None, max_steps=200, target_fooling_rate=0.8,

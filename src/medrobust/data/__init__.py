@@ -5,7 +5,7 @@
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +64,11 @@ def load_dataset(config, progress=True):
     if config.per_class_limit:
         keep = subset_by_class(records["label"], records["lesion_id"], config.per_class_limit, config.seed)
         records = records.iloc[keep].reset_index(drop=True)
-        source = Source(source.layout, source.path, records, source.csv)
+        source = replace(source, records=records)
     if "split" not in records:  # MedMNIST keeps its official split
         sides = grouped_stratified_split(records["label"], records["lesion_id"], fractions, config.seed)
         records = records.assign(split=np.asarray(SPLITS)[sides])
-        source = Source(source.layout, source.path, records, source.csv)
+        source = replace(source, records=records)
     for side in SPLITS:
         if not (records["split"] == side).any():
             raise DataError(f"{source.path}: the {side} split is empty; use more images or other fractions")

@@ -56,10 +56,12 @@ def run_attack(config: AttackConfig) -> AttackResult:
     model, attacker = _load_models(config)
     threat = "white-box" if attacker is model else "transfer"
     tags = {"medrobust.step": "attack", "medrobust.method": config.method, "medrobust.threat_model": threat}
+    # The images follow the model's input size; log that size, not the CLI default.
+    config = replace(config, data=replace(config.data, image_size=int(model.input_shape[1])))
     with tracking.run(config.experiment, run_name=config.run_name or f"attack-{config.method}", tags=tags) as run_id:
         tracking.log_params(flatten(config) | {"threat_model": threat})
         set_seed(config.seed)
-        data = load_dataset(replace(config.data, image_size=int(model.input_shape[1])))
+        data = load_dataset(config.data)
         x, y = data.x[config.split], data.y[config.split]
         if config.max_images:
             x, y = x[: config.max_images], y[: config.max_images]
