@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from medrobust import tracking
-from medrobust.config import DataConfig, TrainConfig
+from medrobust.config import DataConfig, MainConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +44,11 @@ def test_mlproject_defaults_are_the_config_defaults():
             expected = defaults[name]
             expected = "none" if expected is None else expected
             assert str(spec["default"]).lower() == str(expected).lower(), name
+    main = project["entry_points"]["main"]["parameters"]
+    assert main["attacks"]["default"] == ",".join(MainConfig().attacks)
+    assert float(main["eps"]["default"]) == MainConfig().eps
+    assert int(main["uap_max_steps"]["default"]) == MainConfig().uap_max_steps
+    assert main["epochs"]["default"] == str(TrainConfig().epochs)
 
 
 def test_mlflow_run_train_end_to_end(ham_dir, tmp_path):

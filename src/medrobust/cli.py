@@ -4,11 +4,12 @@ builds a config and calls its step's run_<step>; nothing else happens here."""
 import argparse
 import sys
 
-from .config import AttackConfig, DataConfig, PoisonConfig, TrainConfig
+from .config import AttackConfig, DataConfig, MainConfig, PoisonConfig, TrainConfig
 
 DATA = DataConfig()
 TRAIN = TrainConfig()
 ATTACK = AttackConfig()
+MAIN = MainConfig()
 
 
 def _none_or(kind):
@@ -118,14 +119,25 @@ def _fraction_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
 
 
+def _name_list(text):
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="medrobust", description="Attack and defend medical image classifiers, tracked in MLflow.")
     sub = parser.add_subparsers(dest="step", required=True)
-    for name, text in (("train", "train a classifier and register it"),
-                       ("main", "the main job: train the baseline and print its clean metrics")):
-        p = sub.add_parser(name, help=text, description=text)
-        _add_data_args(p)
-        _add_train_args(p)
+    text = "train a classifier and register it"
+    p = sub.add_parser("train", help=text, description=text)
+    _add_data_args(p)
+    _add_train_args(p)
+    text = "the main job: train the baseline, attack it, print clean against attacked metrics"
+    p = sub.add_parser("main", help=text, description=text)
+    _add_data_args(p)
+    _add_train_args(p)
+    g = p.add_argument_group("attacks")
+    g.add_argument("--attacks", type=_name_list, default=MAIN.attacks, help="comma-separated attack methods")
+    g.add_argument("--eps", type=float, default=MAIN.eps, help="budget of every attack (default 2/255)")
+    g.add_argument("--uap-max-steps", type=int, default=MAIN.uap_max_steps, help="uap_fast's step limit")
     p = sub.add_parser("poison", help="train on labels flipped from a source to a target class")
     _add_data_args(p)
     _add_train_args(p)
@@ -169,7 +181,7 @@ def main(argv=None):
         elif args.step == "main":
             from .steps.main import run_main
 
-            run_main(config)
+            run_main(MainConfig(train=config, attacks=args.attacks, eps=args.eps, uap_max_steps=args.uap_max_steps))
     except (ValueError, OSError) as e:
         # Bad input: one clear line naming the file, row or parameter, not a traceback.
         print(f"medrobust {args.step}: error: {e}", file=sys.stderr)

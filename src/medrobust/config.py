@@ -124,3 +124,22 @@ class PoisonConfig:
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise ValueError(f"poison fraction must be in (0, 1], got {f}")
+
+
+@dataclass(frozen=True)
+class MainConfig:
+    """The main job (`make run`): train the baseline, then attack it with each of `attacks`."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attacks: tuple[str, ...] = ("fgsm", "uap_fast")
+    eps: float = 2 / 255  # the thesis' FGSM budget, used for every attack of the job
+    # uap_fast's step limit here: 60 steps of 128 images cost about a minute on 2 cores and
+    # keep `make run` inside its time budget (the attack step's own default is 200).
+    uap_max_steps: int = 60
+
+    def __post_init__(self):
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps must be in [0, 1] (images are on [0, 1]; 2/255 = 0.0078), got {self.eps}")
+        if self.uap_max_steps < 1:
+            raise ValueError(f"uap_max_steps must be at least 1, got {self.uap_max_steps}")
+

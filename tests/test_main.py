@@ -1,0 +1,41 @@
+"""The main job on a real HAM10000 subset: train, attack, one table of clean against attacked."""
+
+import pytest
+
+from medrobust import tracking
+from medrobust.config import DataConfig, MainConfig, TrainConfig
+from medrobust.steps.main import format_table, run_main
+
+
+def test_format_table_puts_each_condition_in_a_column():
+    table = format_table({"clean": {"accuracy": 0.75, "fnr": 0.25},
+                          "fgsm 2/255": {"accuracy": 0.5, "fnr": 0.5, "fooling_rate": 0.4}})
+    lines = table.splitlines()
+    assert lines[0].split() == ["clean", "fgsm", "2/255"]
+    assert lines[2].split() == ["accuracy", "0.750", "0.500"]
+    assert "false-negative rate" in table and "0.250" in table
+    fooling = next(line for line in lines if "fooling rate" in line)
+    assert fooling.split()[2:] == ["-", "0.400"]  # no fooling rate without an attack
+    assert "macro recall" not in table  # rows no column has are left out
+
+
+def test_main_trains_attacks_and_prints_the_table(ham_dir, capsys):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
+    config = MainConfig(train=TrainConfig(data=data, epochs=2, batch_size=32, experiment="main"), uap_max_steps=3)
+    columns = run_main(config)
+    assert list(columns) == ["clean", "fgsm 2/255", "uap_fast 2/255"]
+    runs = tracking.search_runs("main")
+    assert [r["name"] for r in runs] == ["train-small_cnn", "attack-fgsm", "attack-uap_fast"]
+    assert all(r["status"] == "FINISHED" for r in runs)
+    fgsm = tracking.get_run(runs[1]["run_id"])
+    assert fgsm["metrics"]["adv_accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
+    assert fgsm["metrics"]["clean_accuracy"] == pytest.approx(columns["clean"]["accuracy"])
+    out = capsys.readouterr().out
+    assert "uap_fast 2/255" in out and "fooling rate" in out
+
+
+def test_main_refuses_a_bad_attack_before_training(ham_dir):
+    config = MainConfig(train=TrainConfig(data=DataConfig(path=str(ham_dir)), experiment="main"), attacks=("nope",))
+    with pytest.raises(ValueError, match="unknown attack method 'nope'"):
+        run_main(config)
+    assert tracking.search_runs("main") == []
