@@ -4,12 +4,13 @@ builds a config and calls its step's run_<step>; nothing else happens here."""
 import argparse
 import sys
 
-from .config import AttackConfig, DataConfig, MainConfig, PoisonConfig, TrainConfig
+from .config import AttackConfig, DataConfig, DefendConfig, MainConfig, PoisonConfig, TrainConfig
 
 DATA = DataConfig()
 TRAIN = TrainConfig()
 ATTACK = AttackConfig()
 MAIN = MainConfig()
+DEFEND = DefendConfig()
 
 
 def _none_or(kind):
@@ -123,6 +124,57 @@ def _name_list(text):
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def _add_defend_args(p):
+    g = p.add_argument_group("defence")
+    g.add_argument("--model-uri", required=True, help="the undefended model: runs:/<id>/model or models:/<name>@<alias>")
+    g.add_argument("--defense", default=DEFEND.defense,
+                   help="distill | retrain | detector | squeeze | smooth | jpeg | llt, joined by '+' (e.g. retrain+llt)")
+    g.add_argument("--rounds", type=int, default=DEFEND.rounds, help="retrain: rounds of fresh adversarial examples")
+    g.add_argument("--ratio", type=float, default=DEFEND.ratio, help="retrain: share of the images perturbed per round")
+    g.add_argument("--epochs-per-round", type=int, default=DEFEND.epochs_per_round)
+    g.add_argument("--retrain-attacks", type=_name_list, default=DEFEND.retrain_attacks,
+                   help="retrain: attack(s), comma-separated (fgsm, pgd, uap, uap_fast)")
+    g.add_argument("--retrain-eps", type=float, default=DEFEND.retrain_eps)
+    g.add_argument("--retrain-on", choices=("train", "train+val"), default=DEFEND.retrain_on)
+    g.add_argument("--on-the-fly", type=_bool, default=DEFEND.on_the_fly,
+                   help="retrain Madry-style: fresh perturbations every batch")
+    g.add_argument("--learning-rate", type=float, default=DEFEND.learning_rate)
+    g.add_argument("--batch-size", type=int, default=DEFEND.batch_size)
+    g.add_argument("--llt-quality", type=int, default=DEFEND.llt_quality, help="llt: WebP quality 1..100")
+    g.add_argument("--jpeg-quality", type=int, default=DEFEND.jpeg_quality)
+    g.add_argument("--smooth-window", type=int, default=DEFEND.smooth_window)
+    g.add_argument("--squeeze-bits", type=int, default=DEFEND.squeeze_bits)
+    g.add_argument("--temperature", type=float, default=DEFEND.temperature, help="distill: temperature")
+    g.add_argument("--distill-epochs", type=int, default=DEFEND.distill_epochs)
+    g.add_argument("--detector-attacks", type=_name_list, default=DEFEND.detector_attacks)
+    g.add_argument("--detector-eps", type=float, default=DEFEND.detector_eps)
+    g.add_argument("--detector-epochs", type=int, default=DEFEND.detector_epochs)
+    g.add_argument("--detector-threshold", type=float, default=DEFEND.detector_threshold)
+    g.add_argument("--eval-attacks", type=_name_list, default=DEFEND.eval_attacks,
+                   help="attacks measured at once, transfer and white-box")
+    g.add_argument("--eval-eps", type=float, default=DEFEND.eval_eps)
+    g.add_argument("--uap-max-steps", type=int, default=DEFEND.uap_max_steps)
+    g.add_argument("--max-images", type=_none_or(int), default=DEFEND.max_images)
+    g.add_argument("--experiment", default=DEFEND.experiment)
+    g.add_argument("--run-name", type=_none_or(str), default=DEFEND.run_name)
+    g.add_argument("--register", type=_bool, default=DEFEND.register)
+    g.add_argument("--alias", default=DEFEND.alias, help="registry alias of the defended version")
+
+
+def _defend_config(a):
+    return DefendConfig(
+        model_uri=a.model_uri, data=_data_config(a), defense=a.defense, rounds=a.rounds, ratio=a.ratio,
+        epochs_per_round=a.epochs_per_round, retrain_attacks=a.retrain_attacks, retrain_eps=a.retrain_eps,
+        retrain_on=a.retrain_on, on_the_fly=a.on_the_fly, learning_rate=a.learning_rate, batch_size=a.batch_size,
+        llt_quality=a.llt_quality, jpeg_quality=a.jpeg_quality, smooth_window=a.smooth_window,
+        squeeze_bits=a.squeeze_bits, temperature=a.temperature, distill_epochs=a.distill_epochs,
+        detector_attacks=a.detector_attacks, detector_eps=a.detector_eps, detector_epochs=a.detector_epochs,
+        detector_threshold=a.detector_threshold, eval_attacks=a.eval_attacks, eval_eps=a.eval_eps,
+        uap_max_steps=a.uap_max_steps, max_images=a.max_images, seed=a.seed, experiment=a.experiment,
+        run_name=a.run_name, register=a.register, alias=a.alias,
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="medrobust", description="Attack and defend medical image classifiers, tracked in MLflow.")
     sub = parser.add_subparsers(dest="step", required=True)
@@ -149,6 +201,14 @@ def build_parser():
     p = sub.add_parser("attack", help="attack a model and log clean and attacked metrics")
     _add_data_args(p)
     _add_attack_args(p)
+    p = sub.add_parser("defend", help="defend a model, register the defended model and measure it")
+    _add_data_args(p)
+    _add_defend_args(p)
+    p = sub.add_parser("predict", help="class probabilities and the health call for image files, as CSV")
+    p.add_argument("--model-uri", required=True, help="runs:/<id>/model or models:/<name>@<alias> (defended or not)")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--output", default="-", help="CSV file to write (default: standard output)")
+    p.add_argument("--health-map", choices=("clinical", "thesis"), default=DATA.health_map)
     return parser
 
 
@@ -162,6 +222,20 @@ def main(argv=None):
             m = result.metrics
             print(f"run {result.run_id}  accuracy {m['clean_accuracy']:.3f} -> {m['adv_accuracy']:.3f}  "
                   f"fnr {m['clean_fnr']:.3f} -> {m['adv_fnr']:.3f}  fooling rate {m['fooling_rate']:.3f}")
+            return 0
+        if args.step == "defend":
+            from .steps.defend import run_defend
+
+            result = run_defend(_defend_config(args))
+            print(f"run {result.run_id}  defended model {result.model_uri}"
+                  + (f"  registered {result.registered_name} v{result.version} @{args.alias}" if result.version else ""))
+            return 0
+        if args.step == "predict":
+            from . import tracking
+            from .predict import predict_files
+
+            frame = predict_files(tracking.load_classifier(args.model_uri), args.inputs, args.health_map)
+            frame.to_csv(sys.stdout if args.output == "-" else args.output, index=False)
             return 0
         config = _train_config(args)
         if args.step == "poison":

@@ -143,3 +143,67 @@ class MainConfig:
         if self.uap_max_steps < 1:
             raise ValueError(f"uap_max_steps must be at least 1, got {self.uap_max_steps}")
 
+
+
+@dataclass(frozen=True)
+class DefendConfig:
+    model_uri: str = ""  # the undefended parent: runs:/<id>/model or models:/<name>@<alias>
+    data: DataConfig = field(default_factory=DataConfig)  # image_size follows the model's input
+    defense: str = "retrain+llt"  # names from medrobust.defenses.DEFENSES joined by '+'
+    # retrain: the thesis' rounds of offline adversarial examples
+    rounds: int = 5
+    ratio: float = 0.5  # of the retraining images perturbed each round
+    epochs_per_round: int = 5
+    retrain_attacks: tuple[str, ...] = ("fgsm",)  # several: the perturbed images are split between them
+    retrain_eps: float = 2 / 255
+    retrain_on: str = "train+val"  # the thesis retrained on both; "train" keeps val held out
+    on_the_fly: bool = False  # Madry-style: fresh fgsm/pgd perturbations every batch instead of rounds
+    learning_rate: float = 5e-4  # a quarter of training's: it refines a trained network
+    batch_size: int = 64
+    # input transformations
+    llt_quality: int = 75
+    jpeg_quality: int = 75
+    smooth_window: int = 3
+    squeeze_bits: int = 5
+    # distill
+    temperature: float = 20.0
+    distill_epochs: int = 4
+    # detector
+    detector_attacks: tuple[str, ...] = ("fgsm",)
+    detector_eps: float = 2 / 255
+    detector_epochs: int = 5
+    detector_threshold: float = 0.5
+    # the attack suite measured at once, transfer (crafted on the parent) and white-box
+    eval_attacks: tuple[str, ...] = ("fgsm", "uap_fast")
+    eval_eps: float = 2 / 255
+    uap_max_steps: int = 60
+    max_images: int | None = None  # evaluate on the first N test images only
+    seed: int = 0
+    experiment: str = "medrobust"
+    run_name: str | None = None
+    register: bool = True
+    alias: str = "candidate"
+
+    def __post_init__(self):
+        for name in ("llt_quality", "jpeg_quality"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and 1 <= value <= 100):
+                raise ValueError(f"{name} must be an integer in 1..100, got {value!r}")
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        for name in ("rounds", "epochs_per_round", "batch_size", "distill_epochs", "detector_epochs", "uap_max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("retrain_eps", "detector_eps", "eval_eps"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1] (images are on [0, 1]), got {getattr(self, name)}")
+        if not 0 < self.detector_threshold < 1:
+            raise ValueError(f"detector_threshold must be in (0, 1), got {self.detector_threshold}")
+        if self.retrain_on not in ("train", "train+val"):
+            raise ValueError(f"retrain_on must be 'train' or 'train+val', got {self.retrain_on!r}")
+        if self.smooth_window < 2 or not 1 <= self.squeeze_bits <= 8:
+            raise ValueError("smooth_window must be >= 2 and squeeze_bits in 1..8")
+        if not self.temperature > 0 or not self.learning_rate > 0:
+            raise ValueError("temperature and learning_rate must be > 0")
+        if not self.retrain_attacks or not self.detector_attacks:
+            raise ValueError("retrain_attacks and detector_attacks need at least one attack")

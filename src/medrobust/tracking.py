@@ -120,13 +120,86 @@ def _model_requirements():
     return out
 
 
-def register_model(model_uri, name, tags=None):
-    """Register `model_uri` as a new version of `name`, tagged with `tags`; returns the version."""
+def register_model(model_uri, name, tags=None, alias=None):
+    """Register `model_uri` as a new version of `name`, tagged with `tags` and, if given,
+    pointed to by `alias` (e.g. candidate); returns the version."""
     version = mlflow.register_model(model_uri, name)
     client = MlflowClient()
     for key, value in (tags or {}).items():
         client.set_model_version_tag(name, version.version, key, str(value))
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
     return int(version.version)
+
+
+class DefendedPyfunc(mlflow.pyfunc.PythonModel):
+    """A defended classifier as an MLflow pyfunc model: predict takes images (an (N, H, W, 3)
+    array in [0, 1]) or a DataFrame with a `path` column of image files, applies the defence
+    and returns one row per image (medrobust.predict.predict_frame)."""
+
+    def load_context(self, context):
+        from .defenses import load_defended
+
+        self.classifier = load_defended(context.artifacts["defended"])
+
+    def predict(self, context, model_input, params=None):
+        from .predict import predict_frame
+
+        return predict_frame(self.classifier, model_input)
+
+
+def log_defended_model(classifier, name="model"):
+    """Log a DefendedClassifier (network, input transformations, detector) as one pyfunc model.
+    Returns (runs:/<run_id>/<name>, the logged model's models:/m-<id> URI)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = classifier.save(Path(tmp) / "defended")
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=DefendedPyfunc(), artifacts={"defended": str(folder)},
+            pip_requirements=_model_requirements() + _own_requirements(),
+            # Our package travels with the model, so the pyfunc loads wherever MLflow does.
+            code_paths=[str(Path(__file__).resolve().parent)],
+        )
+    return f"runs:/{mlflow.active_run().info.run_id}/{name}", info.model_uri
+
+
+def _own_requirements():
+    """What the defended model's code (medrobust, shipped as code) imports beyond TensorFlow."""
+    out = []
+    for dist in ("adversarial-robustness-toolbox", "pillow", "pandas", "scikit-learn", "tqdm"):
+        try:
+            out.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def load_classifier(model_uri):
+    """A DefendedClassifier from any model URI: a plain Keras network (no defence) or a model
+    the defend step logged. Raises ValueError naming a URI that does not resolve or holds
+    something else."""
+    from .defenses import DefendedClassifier
+
+    _configure()
+    if not model_uri:
+        raise ValueError("no model URI given (runs:/<run_id>/model or models:/<name>@<alias>)")
+    try:
+        flavors = mlflow.models.get_model_info(model_uri).flavors
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise ValueError(f"model URI {model_uri} does not resolve: {str(e).splitlines()[0]}") from e
+    if "keras" in flavors:
+        return DefendedClassifier(load_keras_model(model_uri))
+    python_model = flavors.get("python_function", {}).get("python_model")
+    if python_model:
+        loaded = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+        if isinstance(loaded, DefendedPyfunc):
+            return loaded.classifier
+    raise ValueError(f"model URI {model_uri} is not a medrobust classifier (flavours: {', '.join(flavors)})")
+
+
+def pyfunc_predict(model_uri, model_input):
+    """Predict through MLflow's generic pyfunc loader, as `mlflow models predict` and serving do."""
+    _configure()
+    return mlflow.pyfunc.load_model(model_uri).predict(model_input)
 
 
 def load_keras_model(model_uri):

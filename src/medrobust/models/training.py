@@ -92,26 +92,31 @@ class EpochHook(keras.callbacks.Callback):
         self.fn(epoch + self.offset, dict(logs or {}))
 
 
-def _compile(model, learning_rate, total_steps):
+def _compile(model, learning_rate, total_steps, loss=None):
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1), alpha=0.05)
+    sparse = loss is None
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy" if sparse else "categorical_accuracy"],
     )
 
 
-def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, verbose=2):
+def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, verbose=2, loss=None, labels_for_weights=None):
     """Train `model` in place as TrainConfig `config` says; returns the per-epoch history.
 
     With a pretrained backbone the base is frozen for `head_epochs` (only the new head learns,
     so its random gradients cannot wreck the ImageNet features), then everything is fine-tuned
     at `learning_rate * fine_tune_lr_factor`. Early stopping watches validation macro recall
     and restores the best epoch's weights. on_epoch(epoch, logs) is called after every epoch.
+    `loss` replaces the sparse cross-entropy, e.g. for soft targets y_train of shape (N, K);
+    class weights then come from the integer `labels_for_weights` (Keras weighs each soft
+    target by its argmax class).
     Returns {metric: [value per epoch]} over all phases.
     """
     n_classes = int(model.output_shape[-1])
-    weights = class_weights(y_train, n_classes, config.class_weight)
+    weights = class_weights(y_train if labels_for_weights is None else labels_for_weights, n_classes,
+                            config.class_weight)
     steps = math.ceil(len(x_train) / config.batch_size)
     data = training_dataset(x_train, y_train, config.batch_size, config.seed, config.augment)
     base = backbone(model)
@@ -125,11 +130,11 @@ def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, verbose=2)
     for name, epochs, lr, base_trainable in phases:
         if base is not None:
             base.trainable = base_trainable
-        _compile(model, lr, epochs * steps)
+        _compile(model, lr, epochs * steps, loss)
         callbacks = [ValidationMetrics(x_val, y_val, n_classes)]
-        if name != "head":
+        if name != "head" and config.patience:  # patience 0: every epoch, the last weights kept
             callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_macro_recall", mode="max", patience=config.patience or epochs,
+                monitor="val_macro_recall", mode="max", patience=config.patience,
                 restore_best_weights=True, verbose=1,
             ))
         if on_epoch:
@@ -139,7 +144,7 @@ def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, verbose=2)
             class_weight=weights, callbacks=callbacks, verbose=verbose, shuffle=False,
         )
         for key, values in h.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
+            history.setdefault(key.replace("categorical_accuracy", "accuracy"), []).extend(float(v) for v in values)
         history.setdefault("phase", []).extend([name] * len(h.history["loss"]))
         done += len(h.history["loss"])
     return history

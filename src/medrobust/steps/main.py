@@ -5,33 +5,8 @@ from dataclasses import replace
 from ..attacks import check_attack
 from ..config import AttackConfig, MainConfig
 from .attack import run_attack
+from .report import format_table
 from .train import run_train
-
-# (label, metric name without its condition prefix); fooling_rate exists only under attack.
-TABLE_ROWS = (
-    ("multi-class", (("accuracy", "accuracy"), ("macro recall", "macro_recall"),
-                     ("macro specificity", "macro_specificity"), ("macro F1", "macro_f1"))),
-    ("health", (("accuracy", "health_accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
-                ("NPV", "npv"), ("PPV", "ppv"), ("false-negative rate", "fnr"))),
-    ("attack", (("fooling rate", "fooling_rate"),)),
-)
-
-
-def format_table(columns):
-    """{column title: {condition-free metric name: value}} as a plain-text table, one metric per
-    line and one column per condition; a metric a column lacks is shown as '-', one no column
-    has is left out."""
-    titles = list(columns)
-    width = max(12, *(len(t) + 2 for t in titles))
-    lines = [f"{'':<22}" + "".join(f"{t:>{width}}" for t in titles)]
-    for group, rows in TABLE_ROWS:
-        rows = [(label, key) for label, key in rows if any(key in values for values in columns.values())]
-        if rows:
-            lines.append(group)
-        for label, key in rows:
-            cells = "".join(f"{columns[t][key]:>{width}.3f}" if key in columns[t] else f"{'-':>{width}}" for t in titles)
-            lines.append(f"  {label:<20}{cells}")
-    return "\n".join(lines)
 
 
 def strip_prefix(values, prefix):

@@ -1,0 +1,108 @@
+"""Adversarial retraining (modify the data): the thesis' rounds of offline adversarial examples,
+and Madry-style on-the-fly adversarial training as the stronger variant."""
+
+import math
+from dataclasses import replace
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .. import attacks
+from ..models.training import class_weights, fit, training_dataset
+
+
+def adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params=None):
+    """Perturb a random `ratio` of (x, y) with the attacks `methods` (the chosen images split
+    evenly between them), each crafted on `model` as it is now. Returns (x_adv, y_adv)."""
+    chosen = rng.choice(len(x), size=max(1, round(ratio * len(x))), replace=False)
+    parts = np.array_split(chosen, len(methods))
+    xs, ys = [], []
+    for method, idx in zip(methods, parts):
+        if len(idx) == 0:
+            continue
+        params = (attack_params or {}).get(method, {})
+        x_adv, _ = attacks.craft(method, model, x[idx], eps, **params)
+        xs.append(x_adv)
+        ys.append(y[idx])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def retrain_rounds(model, x, y, x_val, y_val, train_config, methods=("fgsm",), eps=2 / 255, rounds=5, ratio=0.5,
+                   epochs_per_round=5, seed=0, attack_params=None, on_epoch=None):
+    """The thesis' adversarial retraining, in place on `model`: each round crafts a fresh
+    adversarial set from a `ratio` of (x, y) against the current model, adds it to the clean
+    images with their true labels and trains `epochs_per_round` epochs (no early stopping:
+    x may include the validation images, as in the thesis). Returns the per-epoch history."""
+    rng = np.random.default_rng(seed)
+    config = replace(train_config, epochs=epochs_per_round, patience=0)
+    history = {}
+    for r in range(rounds):
+        x_adv, y_adv = adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params)
+        print(f"retrain round {r + 1}/{rounds}: {len(x_adv)} adversarial + {len(x)} clean images")
+
+        def hook(epoch, logs, offset=r * epochs_per_round):
+            if on_epoch:
+                on_epoch(epoch + offset, logs)
+
+        h = fit(model, np.concatenate([x, x_adv]), np.concatenate([y, y_adv]), x_val, y_val,
+                replace(config, seed=seed + r), on_epoch=hook)
+        for key, values in h.items():
+            history.setdefault(key, []).extend(values)
+        history.setdefault("round", []).extend([r + 1] * len(h["loss"]))
+    return history
+
+
+def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epochs=5, pgd_steps=5, seed=0,
+                     on_epoch=None):
+    """Madry-style adversarial training, in place: every batch is attacked afresh against the
+    current weights (FGSM, or PGD with `pgd_steps` steps of eps/4 from a random start) and the
+    model learns on the clean and the adversarial half together. Our own loop, since crafting
+    through ART per batch would leave TensorFlow's graph each step. Returns {'loss': [...]}."""
+    if method not in ("fgsm", "pgd"):
+        raise ValueError(f"on-the-fly adversarial training supports fgsm and pgd, got {method!r}")
+    n_classes = int(model.output_shape[-1])
+    weights = class_weights(y, n_classes, train_config.class_weight)
+    weight_of = tf.constant([weights[k] for k in range(n_classes)], dtype=tf.float32)
+    steps = math.ceil(len(x) / train_config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(train_config.learning_rate, steps * epochs, alpha=0.05)
+    optimizer = keras.optimizers.Adam(schedule)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    data = training_dataset(x, y, train_config.batch_size, seed, train_config.augment)
+    n_steps = 1 if method == "fgsm" else pgd_steps
+    step_size = eps if method == "fgsm" else eps / 4
+
+    @tf.function
+    def attack(xb, yb, start):
+        x_adv = tf.clip_by_value(xb + start, 0.0, 1.0)
+        for _ in range(n_steps):
+            with tf.GradientTape() as tape:
+                tape.watch(x_adv)
+                loss = loss_fn(yb, model(x_adv, training=False))
+            x_adv = x_adv + step_size * tf.sign(tape.gradient(loss, x_adv))
+            x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, xb - eps, xb + eps), 0.0, 1.0)
+        return x_adv
+
+    @tf.function
+    def train_step(xb, yb):
+        start = tf.zeros_like(xb) if method == "fgsm" else tf.random.uniform(tf.shape(xb), -eps, eps, seed=seed)
+        x_all = tf.concat([xb, attack(xb, yb, start)], axis=0)
+        y_all = tf.concat([yb, yb], axis=0)
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y_all, model(x_all, training=True), sample_weight=tf.gather(weight_of, y_all))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    history = {"loss": []}
+    batches = iter(data)
+    for epoch in range(epochs):
+        total = 0.0
+        for _ in range(steps):
+            xb, yb = next(batches)
+            total += float(train_step(xb, tf.cast(yb, tf.int32)))
+        history["loss"].append(total / steps)
+        print(f"adversarial training epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}")
+        if on_epoch:
+            on_epoch(epoch, {"loss": history["loss"][-1]})
+    return history

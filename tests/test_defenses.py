@@ -1,0 +1,126 @@
+"""Defences on synthetic arrays and on a small model trained on real HAM10000 images."""
+
+import numpy as np
+import pytest
+
+from medrobust.defenses import DEFENSES, DefendedClassifier, apply_chain, input_chain, load_defended, parse_spec
+from medrobust.defenses import transforms
+from medrobust.models.zoo import small_cnn
+from medrobust.steps.defend import with_rejection
+
+
+@pytest.fixture
+def images():
+    # Smooth gradients plus texture: compression changes them, but not beyond recognition.
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, 32, dtype=np.float32)
+    base = np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1)
+    return np.clip(base[None] + 0.1 * rng.random((4, 32, 32, 3), dtype=np.float32), 0, 1)
+
+
+def test_llt_keeps_shape_dtype_range_and_flips(images):
+    out = transforms.llt(images, quality=75)
+    assert out.shape == images.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    # The flip: the output is the mirror of the WebP round trip, and the ramp runs the other way.
+    np.testing.assert_array_equal(out, transforms.webp(images, 75)[:, :, ::-1, :])
+    assert np.abs(out - images[:, :, ::-1, :]).mean() < np.abs(out - images).mean()
+
+
+def test_llt_output_changes_with_quality(images):
+    low, high = transforms.llt(images, quality=5), transforms.llt(images, quality=95)
+    assert not np.array_equal(low, high)
+    flipped = images[:, :, ::-1, :]
+    assert np.abs(high - flipped).mean() < np.abs(low - flipped).mean()  # higher quality, closer
+
+
+@pytest.mark.parametrize("name", ["llt", "jpeg", "smooth", "squeeze"])
+def test_every_transform_keeps_shape_dtype_and_range(images, name):
+    fn, defaults, _ = transforms.TRANSFORMS[name]
+    out = fn(images, **defaults)
+    assert out.shape == images.shape and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+    assert not np.array_equal(out, images)
+
+
+def test_squeeze_leaves_only_the_bit_depth_levels(images):
+    out = transforms.squeeze(images, bits=2)
+    assert set(np.unique(np.round(out * 3, 5))) <= {0.0, 1.0, 2.0, 3.0}
+
+
+@pytest.mark.parametrize("bad", [0, 101, 7.5, "75"])
+def test_quality_outside_1_to_100_is_refused(images, bad):
+    with pytest.raises(ValueError, match="quality must be an integer in 1..100"):
+        transforms.llt(images, quality=bad)
+
+
+def test_spec_parts_apply_in_the_documented_order():
+    assert parse_spec("llt+retrain") == ("retrain", "llt")
+    assert parse_spec("LLT + Detector + distill") == ("distill", "detector", "llt")
+    assert parse_spec("jpeg+squeeze+smooth") == ("squeeze", "smooth", "jpeg")
+    assert parse_spec("none") == ()
+    assert list(DEFENSES) == ["distill", "retrain", "detector", "squeeze", "smooth", "jpeg", "llt"]
+
+
+@pytest.mark.parametrize("spec, message", [("retrain+blur", "unknown defence 'blur'"),
+                                           ("llt+llt", "names a defence twice"),
+                                           ("retrain+", "unknown defence ''")])
+def test_bad_spec_is_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_spec(spec)
+
+
+def test_chain_applies_transforms_in_order(images):
+    chain = input_chain(parse_spec("llt+squeeze"), {"llt": {"quality": 60}, "squeeze": {"bits": 3}})
+    assert [name for name, _ in chain] == ["squeeze", "llt"]
+    expected = transforms.llt(transforms.squeeze(images, bits=3), quality=60)
+    np.testing.assert_array_equal(apply_chain(images, chain), expected)
+    # The other order gives other pixels, so the order is really what is applied.
+    assert not np.array_equal(expected, transforms.squeeze(transforms.llt(images, quality=60), bits=3))
+
+
+def test_defended_classifier_predicts_through_its_chain_and_saves(tmp_path, images):
+    network = small_cnn((32, 32, 3), 7, widths=(8, 16))
+    chain = (("llt", {"quality": 50}),)
+    defended = DefendedClassifier(network, chain, info={"spec": "llt"})
+    expected = network.predict(transforms.llt(images, 50), verbose=0)
+    np.testing.assert_allclose(defended.logits(images), expected, rtol=1e-5, atol=1e-6)
+    # The attack view: the same forward pass, and a gradient (BPDA) that flows to the input.
+    np.testing.assert_allclose(defended.as_keras().predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    loaded = load_defended(defended.save(tmp_path / "defended"))
+    assert loaded.chain == chain and loaded.info == {"spec": "llt"} and loaded.detector is None
+    np.testing.assert_allclose(loaded.logits(images), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bpda_gradient_reaches_the_input_through_the_flip(images):
+    import tensorflow as tf
+
+    network = small_cnn((32, 32, 3), 7, widths=(8, 16))
+    model = DefendedClassifier(network, (("llt", {"quality": 75}),)).as_keras()
+    x = tf.constant(images)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(model(x)[:, 0])
+    grad = tape.gradient(loss, x).numpy()
+    # BPDA: identity through WebP, exact through the flip, i.e. the network's gradient at
+    # the transformed image, mirrored back.
+    t = tf.constant(transforms.llt(images, 75))
+    with tf.GradientTape() as tape:
+        tape.watch(t)
+        inner = tf.reduce_sum(network(t)[:, 0])
+    np.testing.assert_allclose(grad, tape.gradient(inner, t).numpy()[:, :, ::-1, :], rtol=1e-4, atol=1e-7)
+
+
+def test_rejection_counts_both_ways():
+    # clinical map: akiec(0), bcc(1), mel(4) malignant. Two rejected: a mel and an nv.
+    y_true = np.array([4, 5, 5, 1])
+    y_pred = np.array([4, 5, 2, 5])
+    rejected = np.array([True, True, False, False])
+    strict, referred = with_rejection(y_true, y_pred, rejected, "clinical")
+    # strict: each rejected image is an error whose health call is wrong too, so the
+    # rejected melanoma counts as a missed cancer (benign bkl) and the nv as a false alarm.
+    assert strict.tolist() == [2, 0, 2, 5]
+    # referred: a rejected image goes to a doctor, counted as correctly handled.
+    assert referred.tolist() == [4, 5, 2, 5]
+    thesis_strict, _ = with_rejection(y_true, y_pred, rejected, "thesis")  # nv malignant there
+    assert thesis_strict.tolist()[:2] == [2, 2]
