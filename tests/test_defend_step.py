@@ -1,5 +1,6 @@
 """The defend step and `predict` on a model trained on a real HAM10000 subset."""
 
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,14 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     pyfunc = tracking.pyfunc_predict("models:/medrobust-small_cnn@candidate", pd.DataFrame({"path": map(str, files)}))
     assert list(pyfunc["path"]) == [str(f) for f in files]
     assert np.allclose(pyfunc.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
+    # And from the command line, in MLflow's own CLI.
+    (tmp_path / "input.csv").write_text("path\n" + "\n".join(map(str, files)) + "\n")
+    done = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", "models:/medrobust-small_cnn@candidate",
+                           "-i", str(tmp_path / "input.csv"), "-t", "csv", "--env-manager", "local",
+                           "-o", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    served = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
+    np.testing.assert_allclose(served.filter(like="p_").to_numpy(), pyfunc.filter(like="p_").to_numpy(), rtol=1e-5)
     registered = tracking.model_versions("medrobust-small_cnn")[-1]
     assert registered["tags"]["defense"] == "retrain+llt" and registered["tags"]["parent_model_uri"] == model.model_uri
 

@@ -19,23 +19,40 @@ def test_format_table_puts_each_condition_in_a_column():
     assert "macro recall" not in table  # rows no column has are left out
 
 
-def test_main_trains_attacks_and_prints_the_table(ham_dir, capsys):
+def test_main_trains_attacks_defends_and_prints_the_tables(ham_dir, capsys):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
-    config = MainConfig(train=TrainConfig(data=data, epochs=2, batch_size=32, experiment="main"), uap_max_steps=3)
-    columns = run_main(config)
+    config = MainConfig(train=TrainConfig(data=data, epochs=2, batch_size=32, experiment="main"), uap_max_steps=3,
+                        rounds=1, epochs_per_round=1)
+    out = run_main(config)
+    columns = out["attacks"]
     assert list(columns) == ["clean", "fgsm 2/255", "uap_fast 2/255"]
     runs = tracking.search_runs("main")
-    assert [r["name"] for r in runs] == ["train-small_cnn", "attack-fgsm", "attack-uap_fast"]
+    assert [r["name"] for r in runs] == ["train-small_cnn", "attack-fgsm", "attack-uap_fast", "defend-retrain+llt"]
     assert all(r["status"] == "FINISHED" for r in runs)
     fgsm = tracking.get_run(runs[1]["run_id"])
     assert fgsm["metrics"]["adv_accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
     assert fgsm["metrics"]["clean_accuracy"] == pytest.approx(columns["clean"]["accuracy"])
-    out = capsys.readouterr().out
-    assert "uap_fast 2/255" in out and "fooling rate" in out
+    # The defend run re-attacks the parent the same way: the same white-box FGSM figures.
+    assert out["defence"]["parent fgsm"]["accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
+    assert list(out["defence"]) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box",
+                                    "parent uap_fast", "uap_fast transfer", "uap_fast white-box"]
+    printed = capsys.readouterr().out
+    assert "uap_fast 2/255" in printed and "fooling rate" in printed and "fgsm white-box" in printed
+    assert [v["version"] for v in tracking.model_versions("medrobust-small_cnn")] == [1, 2]
 
 
-def test_main_refuses_a_bad_attack_before_training(ham_dir):
-    config = MainConfig(train=TrainConfig(data=DataConfig(path=str(ham_dir)), experiment="main"), attacks=("nope",))
-    with pytest.raises(ValueError, match="unknown attack method 'nope'"):
+def test_main_without_a_defence_stops_after_the_attacks(ham_dir):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
+    config = MainConfig(train=TrainConfig(data=data, epochs=1, batch_size=32, experiment="main"), attacks=("fgsm",),
+                        defense="none")
+    assert run_main(config)["defence"] is None
+    assert [r["name"] for r in tracking.search_runs("main")] == ["train-small_cnn", "attack-fgsm"]
+
+
+@pytest.mark.parametrize("change, message", [({"attacks": ("nope",)}, "unknown attack method 'nope'"),
+                                             ({"defense": "retrain+nope"}, "unknown defence 'nope'")])
+def test_main_refuses_a_bad_request_before_training(ham_dir, change, message):
+    config = MainConfig(train=TrainConfig(data=DataConfig(path=str(ham_dir)), experiment="main"), **change)
+    with pytest.raises(ValueError, match=message):
         run_main(config)
     assert tracking.search_runs("main") == []

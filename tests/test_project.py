@@ -8,10 +8,11 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
 import yaml
 
 from medrobust import tracking
-from medrobust.config import DataConfig, MainConfig, TrainConfig
+from medrobust.config import DataConfig, DefendConfig, MainConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,10 +46,27 @@ def test_mlproject_defaults_are_the_config_defaults():
             expected = "none" if expected is None else expected
             assert str(spec["default"]).lower() == str(expected).lower(), name
     main = project["entry_points"]["main"]["parameters"]
-    assert main["attacks"]["default"] == ",".join(MainConfig().attacks)
-    assert float(main["eps"]["default"]) == MainConfig().eps
-    assert int(main["uap_max_steps"]["default"]) == MainConfig().uap_max_steps
+    _assert_defaults(main, MainConfig())
     assert main["epochs"]["default"] == str(TrainConfig().epochs)
+    _assert_defaults(project["entry_points"]["defend"]["parameters"], DefendConfig())
+
+
+def _assert_defaults(params, config):
+    """Every MLproject parameter named like a field of `config` has that field's default."""
+    checked = 0
+    for name, spec in params.items():
+        if not hasattr(config, name) or name == "data" or "default" not in spec:
+            continue
+        expected = getattr(config, name)
+        text = str(spec["default"])
+        if isinstance(expected, tuple):
+            assert text == ",".join(expected), name
+        elif isinstance(expected, float):
+            assert float(text) == pytest.approx(expected), name
+        else:
+            assert text.lower() == ("none" if expected is None else str(expected).lower()), name
+        checked += 1
+    assert checked >= 5
 
 
 def test_mlflow_run_train_end_to_end(ham_dir, tmp_path):

@@ -190,6 +190,9 @@ def build_parser():
     g.add_argument("--attacks", type=_name_list, default=MAIN.attacks, help="comma-separated attack methods")
     g.add_argument("--eps", type=float, default=MAIN.eps, help="budget of every attack (default 2/255)")
     g.add_argument("--uap-max-steps", type=int, default=MAIN.uap_max_steps, help="uap_fast's step limit")
+    g.add_argument("--defense", default=MAIN.defense, help="defence to build and measure after the attacks; none: skip")
+    g.add_argument("--rounds", type=int, default=MAIN.rounds, help="retrain rounds")
+    g.add_argument("--epochs-per-round", type=int, default=MAIN.epochs_per_round)
     p = sub.add_parser("poison", help="train on labels flipped from a source to a target class")
     _add_data_args(p)
     _add_train_args(p)
@@ -255,7 +258,8 @@ def main(argv=None):
         elif args.step == "main":
             from .steps.main import run_main
 
-            run_main(MainConfig(train=config, attacks=args.attacks, eps=args.eps, uap_max_steps=args.uap_max_steps))
+            run_main(MainConfig(train=config, attacks=args.attacks, eps=args.eps, uap_max_steps=args.uap_max_steps,
+                                defense=args.defense, rounds=args.rounds, epochs_per_round=args.epochs_per_round))
     except (ValueError, OSError) as e:
         # Bad input: one clear line naming the file, row or parameter, not a traceback.
         print(f"medrobust {args.step}: error: {e}", file=sys.stderr)

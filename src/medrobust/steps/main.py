@@ -1,10 +1,13 @@
-"""The main job (`make run`): train the baseline, attack it, print clean against attacked."""
+"""The main job (`make run`): train the baseline, attack it, defend it, attack it again, and
+print clean against attacked, before against after."""
 
 from dataclasses import replace
 
 from ..attacks import check_attack
-from ..config import AttackConfig, MainConfig
+from ..config import AttackConfig, DefendConfig, MainConfig
+from ..defenses import parse_spec
 from .attack import run_attack
+from .defend import run_defend
 from .report import format_table
 from .train import run_train
 
@@ -18,9 +21,12 @@ def strip_prefix(values, prefix):
 
 
 def run_main(config: MainConfig):
-    """Train, then run each attack white-box on the test split; returns {column title: metrics}."""
-    for method in config.attacks:  # refuse a bad attack before 17 minutes of training
+    """Train, run each attack white-box on the test split, then defend and measure the
+    defended model (transfer and white-box). Returns {'attacks': {column: metrics},
+    'defence': the defend step's before/after table or None}."""
+    for method in config.attacks:  # refuse a bad request before minutes of training
         check_attack(method, config.eps, "inf")
+    defended = bool(parse_spec(config.defense))
     train = config.train
     result = run_train(train)
     print(f"\nrun {result.run_id}  model {result.model_uri}"
@@ -32,5 +38,19 @@ def run_main(config: MainConfig):
         outcome = run_attack(replace(attack, run_name=f"attack-{method}"))
         columns[f"{method} {config.eps * 255:g}/255"] = strip_prefix(outcome.metrics, "adv_")
         print(f"attack run {outcome.run_id}: {method}")
+    print("\nthe baseline, clean and attacked (white-box)")
     print(format_table(columns))
-    return columns
+    table = None
+    if defended:
+        defence = run_defend(DefendConfig(
+            model_uri=result.model_uri, data=train.data, defense=config.defense, rounds=config.rounds,
+            epochs_per_round=config.epochs_per_round, retrain_eps=config.eps, eval_attacks=config.attacks,
+            eval_eps=config.eps, uap_max_steps=config.uap_max_steps, seed=train.seed, experiment=train.experiment,
+            register=train.register,
+        ))
+        table = defence.table
+        print(f"\ndefend run {defence.run_id}: {config.defense}, model {defence.model_uri}"
+              + (f"  registered {defence.registered_name} v{defence.version} @candidate" if defence.version else ""))
+        print("before (parent) and after (defended); transfer = the parent's adversarial images")
+        print(format_table(table))
+    return {"attacks": columns, "defence": table}
