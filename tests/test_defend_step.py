@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from medrobust import tracking
-from medrobust.config import DataConfig, DefendConfig, TrainConfig
-from medrobust.data import load_dataset
+from medrobust.config import AttackConfig, DataConfig, DefendConfig, TrainConfig
+from medrobust.data import CLASSES, load_dataset
 from medrobust.predict import predict_frame
+from medrobust.steps.attack import run_attack
 from medrobust.steps.defend import run_defend
 from medrobust.steps.train import run_train
 
@@ -91,6 +92,11 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     served = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
     np.testing.assert_allclose(served.filter(like="p_").to_numpy(), pyfunc.filter(like="p_").to_numpy(), rtol=1e-5)
+    # The attack step takes the defended model by its URI and attacks it whole (LLT by BPDA).
+    attacked = run_attack(AttackConfig(model_uri="models:/medrobust-small_cnn@candidate", data=data, method="fgsm",
+                                       eps=EPS, max_images=16, experiment="test"))
+    assert attacked.metrics["clean_accuracy"] == pytest.approx(
+        float(np.mean(frame["predicted"].to_numpy() == np.asarray(CLASSES)[load_dataset(data).y["test"][:16]])))
     registered = tracking.model_versions("medrobust-small_cnn")[-1]
     assert registered["tags"]["defense"] == "retrain+llt" and registered["tags"]["parent_model_uri"] == model.model_uri
 

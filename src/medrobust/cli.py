@@ -228,8 +228,10 @@ def main(argv=None):
             return 0
         if args.step == "defend":
             from .steps.defend import run_defend
+            from .steps.report import format_table
 
             result = run_defend(_defend_config(args))
+            print(format_table(result.table))
             print(f"run {result.run_id}  defended model {result.model_uri}"
                   + (f"  registered {result.registered_name} v{result.version} @{args.alias}" if result.version else ""))
             return 0

@@ -21,11 +21,16 @@ class AttackResult:
 
 
 def _load_models(config):
-    """(target, attacking model) with every check done before any work."""
-    target = tracking.load_keras_model(config.model_uri)
+    """(target, attacking model) with every check done before any work.
+
+    A defended model (from the defend step) is attacked as a whole: its input
+    transformations run in the forward pass and are passed by BPDA in the backward pass
+    (DefendedClassifier.as_keras). Its detector, if any, is measured by the defend step.
+    """
+    target = tracking.load_classifier(config.model_uri).as_keras()
     if not config.attack_model_uri or config.attack_model_uri == config.model_uri:
         return target, target
-    surrogate = tracking.load_keras_model(config.attack_model_uri)
+    surrogate = tracking.load_classifier(config.attack_model_uri).as_keras()
     if surrogate.input_shape[1:] != target.input_shape[1:] or surrogate.output_shape[-1] != target.output_shape[-1]:
         raise ValueError(
             f"surrogate {config.attack_model_uri} takes {surrogate.input_shape[1:]} and outputs "

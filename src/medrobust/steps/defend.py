@@ -129,10 +129,9 @@ def with_rejection(y_true, y_pred, rejected, health_map):
 
 
 def measure(condition, y, pred, rejected, health_map, reference=None):
-    """Log the metrics of one condition; returns its {metric: value} without the prefix.
+    """Log the metrics of one condition; returns (them, them without the condition prefix).
     rejected: the detector's verdicts (None without a detector); reference: the clean
     predictions, for the fooling rate of an attacked condition."""
-    out = {}
     if rejected is not None:
         strict, referred = with_rejection(y, pred, rejected, health_map)
         values = log_evaluation(y, strict, health_map, condition=condition)
@@ -146,8 +145,7 @@ def measure(condition, y, pred, rejected, health_map, reference=None):
         values[f"{condition}_fooling_rate"] = metrics.fooling_rate(reference, pred)
         tracking.log_metrics({f"{condition}_fooling_rate": values[f"{condition}_fooling_rate"]})
     prefix = f"{condition}_"
-    out = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-    return values, out
+    return values, {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
 
 
 def attack_suite(parent, defended, x, y, config):
@@ -209,7 +207,6 @@ def run_defend(config: DefendConfig) -> DefendResult:
         text = format_table(table)
         tracking.log_text(text, "report/before_after.txt")
         tracking.log_json(table, "report/before_after.json")
-        print(text)
         model_uri, logged_uri = tracking.log_defended_model(defended)
         name = version = None
         if config.register:  # last, so a failure anywhere above registers nothing
