@@ -24,6 +24,8 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_attacks.py
+	$(PY) benchmarks/bench_defences.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns

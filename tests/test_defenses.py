@@ -124,3 +124,55 @@ def test_rejection_counts_both_ways():
     assert referred.tolist() == [4, 5, 2, 5]
     thesis_strict, _ = with_rejection(y_true, y_pred, rejected, "thesis")  # nv malignant there
     assert thesis_strict.tolist()[:2] == [2, 2]
+
+
+def _toy_problem(n=96, size=16, seed=0):
+    """Two classes told apart by brightness, with noise: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = np.clip(0.3 + 0.4 * y[:, None, None, None] + 0.15 * rng.standard_normal((n, size, size, 3)), 0, 1)
+    return x.astype(np.float32), y
+
+
+def _trained_toy_model(x, y):
+    from medrobust.config import TrainConfig
+    from medrobust.models.training import fit, set_seed
+
+    set_seed(0)
+    model = small_cnn(x.shape[1:], 2, widths=(8, 16))
+    fit(model, x, y, x, y, TrainConfig(epochs=4, batch_size=16, patience=0, class_weight="none"), verbose=0)
+    return model
+
+
+def test_distilled_student_keeps_its_predictions_and_saturates_its_softmax():
+    import tensorflow as tf
+
+    from medrobust.config import TrainConfig
+    from medrobust.defenses.distill import distill
+
+    x, y = _toy_problem()
+    teacher = _trained_toy_model(x, y)
+    student, history = distill(teacher, x, y, x, y, TrainConfig(batch_size=16, learning_rate=2e-3, class_weight="none"),
+                               temperature=20.0, epochs=6)
+    assert len(history["loss"]) == 6
+    t_logits, s_logits = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    assert np.mean(t_logits.argmax(1) == s_logits.argmax(1)) > 0.9
+    # Trained at T = 20 and deployed at T = 1, the student's logits spread much wider.
+    spread = lambda z: float(np.mean(np.abs(z[:, 1] - z[:, 0])))  # noqa: E731
+    assert spread(s_logits) > 2 * spread(t_logits)  # measured: 2.5x after 36 steps
+    assert float(np.mean(np.max(tf.nn.softmax(s_logits), axis=1))) > float(np.mean(np.max(tf.nn.softmax(t_logits), axis=1)))
+
+
+def test_on_the_fly_adversarial_training_learns_and_changes_the_weights():
+    from medrobust.config import TrainConfig
+    from medrobust.defenses.retrain import train_on_the_fly
+
+    x, y = _toy_problem()
+    model = _trained_toy_model(x, y)
+    before = [w.copy() for w in model.get_weights()]
+    history = train_on_the_fly(model, x, y, TrainConfig(batch_size=16, learning_rate=1e-3, class_weight="none"),
+                               method="pgd", eps=8 / 255, epochs=3, pgd_steps=2)
+    assert len(history["loss"]) == 3 and history["loss"][-1] < history["loss"][0]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    with pytest.raises(ValueError, match="supports fgsm and pgd"):
+        train_on_the_fly(model, x, y, TrainConfig(), method="uap", epochs=1)

@@ -166,7 +166,9 @@ class DefendConfig:
     retrain_attacks: tuple[str, ...] = ("fgsm",)  # several: the perturbed images are split between them
     retrain_eps: float = 2 / 255
     retrain_on: str = "train+val"  # the thesis retrained on both; "train" keeps val held out
-    on_the_fly: bool = False  # Madry-style: fresh fgsm/pgd perturbations every batch instead of rounds
+    # Madry-style instead of rounds: fresh fgsm/pgd perturbations every batch, for
+    # rounds x epochs_per_round epochs over the retraining images
+    on_the_fly: bool = False
     learning_rate: float = 5e-4  # a quarter of training's: it refines a trained network
     batch_size: int = 64
     # input transformations

@@ -1,6 +1,15 @@
-"""Defensive distillation (modify the model; Papernot et al. 2016), our own: ART's
-DefensiveDistillation trains on the teacher's probabilities at temperature 1, while the defence
-needs both the teacher's soft labels and the student's training at temperature T."""
+"""Defensive distillation (modify the model; Papernot et al. 2016), our own.
+
+Papernot's teacher is trained with its logits divided by T, which makes them about T times
+larger than a network trained at T = 1; its softmax at T gives the student's soft labels, the
+student is trained at T too and deployed at T = 1, where its softmax saturates and its input
+gradients vanish. Our parent is already trained at T = 1, so its probabilities play the
+teacher's softened output, and the student, trained with its logits divided by T, learns
+logits about T times the parent's: the same end point without training a teacher again.
+ART's DefensiveDistillation has no temperature of its own (it expects the classifier to carry
+one), hence ours. The defence is known to mask gradients rather than remove adversarial
+examples (Carlini & Wagner 2016): the transfer rows of its report show what is left.
+"""
 
 from dataclasses import replace
 
@@ -12,15 +21,13 @@ from ..models.training import fit, predict_logits
 
 
 def distill(teacher, x, y, x_val, y_val, train_config, temperature=20.0, epochs=4, on_epoch=None):
-    """A student network trained on softmax(teacher logits / T) with its own logits divided by
-    T, deployed at T = 1 (which saturates its softmax and flattens its input gradients).
-
-    The student starts from the teacher's weights, so a few epochs suffice on a CPU; it is
-    returned with the same architecture and input as the teacher. Returns (student, history).
-    """
+    """A student trained on the teacher's probabilities with its own logits divided by
+    `temperature`, deployed as is (T = 1). It starts from the teacher's weights, so a few
+    epochs suffice on a CPU, and keeps the teacher's architecture and input.
+    Returns (student, per-epoch history)."""
     if not temperature > 0:
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
-    soft = np.asarray(tf.nn.softmax(predict_logits(teacher, x) / temperature, axis=-1), dtype=np.float32)
+    soft = np.asarray(tf.nn.softmax(predict_logits(teacher, x), axis=-1), dtype=np.float32)
     student = keras.models.clone_model(teacher)
     student.set_weights(teacher.get_weights())
     # Training sees logits / T through a scaling layer that shares the student's weights.
