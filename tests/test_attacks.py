@@ -38,6 +38,17 @@ def test_every_attack_keeps_budget_and_box(tiny, method, norm):
         np.testing.assert_allclose(x_adv, np.clip(x + perturbation, 0, 1), atol=1e-6)
 
 
+@pytest.mark.parametrize("norm,eps,target", [("inf", 8 / 255, None), ("inf", 8 / 255, 5), ("2", 0.5, None)])
+def test_our_fgsm_gives_arts_images(tiny, norm, eps, target):
+    model, x = tiny
+    ours, _ = craft("fgsm", model, x, eps, norm, target=target)
+    art, _ = craft("fgsm_art", model, x, eps, norm, target=target)
+    np.testing.assert_allclose(ours, art, atol=1e-5)  # float32 gradient arithmetic differs in order
+    delta = (ours - x).reshape(len(x), -1)
+    size = np.abs(delta).max() if norm == "inf" else np.linalg.norm(delta, axis=1).max()
+    assert size > eps / 2  # and both really moved the images
+
+
 def test_uap_is_one_perturbation_for_all_images(tiny):
     model, x = tiny
     x_adv, v = craft("uap_fast", model, x, 8 / 255, "inf", max_steps=10, eval_every=5)

@@ -9,13 +9,14 @@ budget whatever the underlying method does.
 import numpy as np
 
 from .budget import NORMS, apply_budget, check_norm, perturbation_sizes, project
-from .gradient import fgsm, pgd
+from .gradient import fgsm, fgsm_art, pgd
 from .minimal import cw, deepfool
 from .universal import uap, uap_fast
 
 # name -> (function, norms it supports, whether it can be targeted, whether it is universal)
 ATTACKS = {
     "fgsm": (fgsm, ("inf", "2"), True, False),
+    "fgsm_art": (fgsm_art, ("inf", "2"), True, False),
     "pgd": (pgd, ("inf", "2"), True, False),
     "cw": (cw, ("inf", "2"), True, False),
     "deepfool": (deepfool, ("2",), False, False),
