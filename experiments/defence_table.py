@@ -7,6 +7,7 @@ Data from $MEDROBUST_DATA, tracking to $MLFLOW_TRACKING_URI (default sqlite:///m
 `defend` run per defence lands in the experiment `defences`; the table goes to standard output.
 """
 
+import contextlib
 import sys
 
 from medrobust.config import DataConfig, DefendConfig
@@ -43,7 +44,8 @@ def markdown(rows):
 def main(model_uri):
     rows = []
     for spec in SPECS:
-        result = run_defend(DefendConfig(model_uri=model_uri, data=DataConfig(), defense=spec, **SETTINGS))
+        with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines; standard output is the table
+            result = run_defend(DefendConfig(model_uri=model_uri, data=DataConfig(), defense=spec, **SETTINGS))
         if not rows:
             rows += rows_of("none", result.table)
         rows += rows_of(spec, result.table)

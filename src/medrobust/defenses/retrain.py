@@ -2,6 +2,7 @@
 and Madry-style on-the-fly adversarial training as the stronger variant."""
 
 import math
+import sys
 from dataclasses import replace
 
 import keras
@@ -39,7 +40,7 @@ def retrain_rounds(model, x, y, x_val, y_val, train_config, methods=("fgsm",), e
     history = {}
     for r in range(rounds):
         x_adv, y_adv = adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params)
-        print(f"retrain round {r + 1}/{rounds}: {len(x_adv)} adversarial + {len(x)} clean images")
+        print(f"retrain round {r + 1}/{rounds}: {len(x_adv)} adversarial + {len(x)} clean images", file=sys.stderr)
 
         def hook(epoch, logs, offset=r * epochs_per_round):
             if on_epoch:
@@ -102,7 +103,7 @@ def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epoc
             xb, yb = next(batches)
             total += float(train_step(xb, tf.cast(yb, tf.int32)))
         history["loss"].append(total / steps)
-        print(f"adversarial training epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}")
+        print(f"adversarial training epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}", file=sys.stderr)
         if on_epoch:
             on_epoch(epoch, {"loss": history["loss"][-1]})
     return history
