@@ -160,3 +160,23 @@ def test_a_model_that_is_not_a_lesion_classifier_is_refused(ham_dir):
         uri, _ = tracking.log_keras_model(small_cnn((32, 32, 3), 2, widths=(8,)), np.zeros((2, 32, 32, 3), np.float32))
     with pytest.raises(ValueError, match="is not a skin-lesion classifier"):
         run_defend(DefendConfig(model_uri=uri, data=DataConfig(path=str(ham_dir)), defense="llt", experiment="test"))
+
+
+def test_mlflow_run_defend_end_to_end(ham_dir):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
+    model = run_train(TrainConfig(data=data, epochs=1, batch_size=32, experiment="test"))
+    env = dict(_env(), PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "defend", "--env-manager", "local",
+           "--experiment-name", "e2e", "-P", f"model_uri={model.model_uri}", "-P", f"data={ham_dir}",
+           "-P", "defense=llt", "-P", "llt_quality=50", "-P", "per_class_limit=20", "-P", "max_images=16",
+           "-P", "eval_attacks=fgsm"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tracking.search_runs("e2e")
+    assert [r["status"] for r in runs] == ["FINISHED"]
+    run = tracking.get_run(runs[0]["run_id"])
+    assert run["params"]["defense"] == "llt" and run["params"]["llt_quality"] == "50"
+    assert "adv_fgsm_whitebox_accuracy" in run["metrics"]
+    assert tracking.load_classifier("models:/medrobust-small_cnn@candidate").chain == (("llt", {"quality": 50}),)
