@@ -1,5 +1,7 @@
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -51,3 +53,31 @@ def small_ham(tmp_path, ham_metadata, ham_dir):
         shutil.copy(ham_dir / "images" / f"{image_id}.jpg", folder / "images")
     rows.to_csv(folder / "HAM10000_metadata.csv", index=False)
     return folder
+
+
+def subprocess_env():
+    """This test's environment for a child process: its tracking store, the venv's tools on
+    PATH, and none of the run ids in-process MLflow leaves behind (a child must choose its own)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for inherited in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(inherited, None)
+    return env
+
+
+@pytest.fixture
+def child_env():
+    return subprocess_env
+
+
+@pytest.fixture
+def mlflow_project():
+    """run(entry point, {parameter: value}) -> the finished `mlflow run` of this repository,
+    with the local environment manager, into the experiment 'e2e' of this test's store."""
+    def run(entry, params):
+        cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
+               "--experiment-name", "e2e"]
+        for name, value in params.items():
+            cmd += ["-P", f"{name}={value}"]
+        return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    return run

@@ -1,10 +1,5 @@
 """The attack step on a model trained on a real HAM10000 subset, tracked in a throwaway store."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,8 +7,6 @@ from medrobust import tracking
 from medrobust.config import AttackConfig, DataConfig, TrainConfig
 from medrobust.steps.attack import run_attack
 from medrobust.steps.train import run_train
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -69,17 +62,10 @@ def test_bad_attack_requests_fail_before_any_run(trained):
     assert [r["status"] for r in tracking.search_runs("test")] == ["FINISHED"]  # only the training run
 
 
-def test_mlflow_run_attack_uap_end_to_end(trained, ham_dir, tmp_path):
+def test_mlflow_run_attack_uap_end_to_end(trained, ham_dir, mlflow_project):
     data, model = trained
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    for inherited in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        env.pop(inherited, None)  # set by in-process runs; `mlflow run` must choose its own
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "attack", "--env-manager", "local",
-           "--experiment-name", "e2e", "-P", f"model_uri={model.model_uri}", "-P", f"data={ham_dir}",
-           "-P", "method=uap", "-P", "per_class_limit=40", "-P", "max_images=24", "-P", "uap_max_iter=1",
-           "-P", "eps=0.05"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = mlflow_project("attack", {"model_uri": model.model_uri, "data": ham_dir, "method": "uap",
+                                     "per_class_limit": 40, "max_images": 24, "uap_max_iter": 1, "eps": 0.05})
     assert done.returncode == 0, done.stderr[-3000:]
     runs = tracking.search_runs("e2e")
     assert [r["status"] for r in runs] == ["FINISHED"]

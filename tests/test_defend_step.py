@@ -1,10 +1,8 @@
 """The defend step and `predict` on a model trained on a real HAM10000 subset."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +16,6 @@ from medrobust.steps.attack import run_attack
 from medrobust.steps.defend import run_defend
 from medrobust.steps.train import run_train
 
-REPO = Path(__file__).resolve().parents[1]
 EPS = 8 / 255  # large enough that FGSM clearly hurts the small test model
 
 
@@ -64,14 +61,15 @@ def test_detector_flags_held_out_fgsm_images(trained):
     assert m["adv_fgsm_transfer_referred_fnr"] <= m["adv_fgsm_transfer_fnr"]
 
 
-def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_path):
+def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_path, child_env):
     data, model = trained
     result = _defend(data, model, "retrain+llt", rounds=1, epochs_per_round=1, llt_quality=60)
     assert result.version == 2 and result.registered_name == "medrobust-small_cnn"
     loaded = tracking.load_classifier("models:/medrobust-small_cnn@candidate")
     assert loaded.chain == (("llt", {"quality": 60}),)
     assert loaded.info["parent_model_uri"] == model.model_uri
-    x = load_dataset(data).x["test"][:16]
+    test = load_dataset(data)
+    x = test.x["test"][:16]
     frame = predict_frame(loaded, x)
     in_process = tracking.load_classifier(result.model_uri)
     np.testing.assert_allclose(frame.filter(like="p_").to_numpy(), predict_frame(in_process, x).filter(like="p_").to_numpy(),
@@ -88,7 +86,7 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     (tmp_path / "input.csv").write_text("path\n" + "\n".join(map(str, files)) + "\n")
     done = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", "models:/medrobust-small_cnn@candidate",
                            "-i", str(tmp_path / "input.csv"), "-t", "csv", "--env-manager", "local",
-                           "-o", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300, env=_env())
+                           "-o", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300, env=child_env())
     assert done.returncode == 0, done.stderr[-2000:]
     served = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
     np.testing.assert_allclose(served.filter(like="p_").to_numpy(), pyfunc.filter(like="p_").to_numpy(), rtol=1e-5)
@@ -96,12 +94,12 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     attacked = run_attack(AttackConfig(model_uri="models:/medrobust-small_cnn@candidate", data=data, method="fgsm",
                                        eps=EPS, max_images=16, experiment="test"))
     assert attacked.metrics["clean_accuracy"] == pytest.approx(
-        float(np.mean(frame["predicted"].to_numpy() == np.asarray(CLASSES)[load_dataset(data).y["test"][:16]])))
+        float(np.mean(frame["predicted"].to_numpy() == np.asarray(CLASSES)[test.y["test"][:16]])))
     registered = tracking.model_versions("medrobust-small_cnn")[-1]
     assert registered["tags"]["defense"] == "retrain+llt" and registered["tags"]["parent_model_uri"] == model.model_uri
 
 
-def test_predict_cli_on_real_images(trained, ham_dir, tmp_path):
+def test_predict_cli_on_real_images(trained, ham_dir, tmp_path, child_env):
     _, model = trained
     folder = tmp_path / "some images"
     folder.mkdir()
@@ -110,7 +108,7 @@ def test_predict_cli_on_real_images(trained, ham_dir, tmp_path):
         (folder / f.name).write_bytes(f.read_bytes())  # 200x150 originals; the model takes 32x32
     out = tmp_path / "predictions.csv"
     done = subprocess.run([sys.executable, "-m", "medrobust", "predict", "--model-uri", model.model_uri, str(folder),
-                           "--output", str(out)], capture_output=True, text=True, timeout=300, env=_env())
+                           "--output", str(out)], capture_output=True, text=True, timeout=300, env=child_env())
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(out)
     assert len(frame) == 4 and list(frame["path"]) == [str(folder / f.name) for f in files]
@@ -121,15 +119,8 @@ def test_predict_cli_on_real_images(trained, ham_dir, tmp_path):
 
     (folder / "broken.jpg").write_bytes(b"not a picture")
     done = subprocess.run([sys.executable, "-m", "medrobust", "predict", "--model-uri", model.model_uri, str(folder)],
-                          capture_output=True, text=True, timeout=300, env=_env())
+                          capture_output=True, text=True, timeout=300, env=child_env())
     assert done.returncode == 2 and "broken.jpg: cannot decode image" in done.stderr, done.stderr[-2000:]
-
-
-def _env():
-    env = dict(os.environ)
-    for inherited in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        env.pop(inherited, None)
-    return env
 
 
 @pytest.mark.parametrize("change, message", [
@@ -162,17 +153,11 @@ def test_a_model_that_is_not_a_lesion_classifier_is_refused(ham_dir):
         run_defend(DefendConfig(model_uri=uri, data=DataConfig(path=str(ham_dir)), defense="llt", experiment="test"))
 
 
-def test_mlflow_run_defend_end_to_end(ham_dir):
+def test_mlflow_run_defend_end_to_end(ham_dir, mlflow_project):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
     model = run_train(TrainConfig(data=data, epochs=1, batch_size=32, experiment="test"))
-    env = dict(_env(), PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "defend", "--env-manager", "local",
-           "--experiment-name", "e2e", "-P", f"model_uri={model.model_uri}", "-P", f"data={ham_dir}",
-           "-P", "defense=llt", "-P", "llt_quality=50", "-P", "per_class_limit=20", "-P", "max_images=16",
-           "-P", "eval_attacks=fgsm"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = mlflow_project("defend", {"model_uri": model.model_uri, "data": ham_dir, "defense": "llt", "llt_quality": 50,
+                                     "per_class_limit": 20, "max_images": 16, "eval_attacks": "fgsm"})
     assert done.returncode == 0, done.stderr[-3000:]
     runs = tracking.search_runs("e2e")
     assert [r["status"] for r in runs] == ["FINISHED"]

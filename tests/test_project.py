@@ -1,6 +1,5 @@
 """The project files agree with each other, and `mlflow run` works end to end."""
 
-import os
 import re
 import subprocess
 import sys
@@ -69,17 +68,9 @@ def _assert_defaults(params, config):
     assert checked >= 5
 
 
-def test_mlflow_run_train_end_to_end(ham_dir, tmp_path):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    for inherited in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        env.pop(inherited, None)  # set by in-process runs; `mlflow run` must choose its own
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
-           "--experiment-name", "e2e",
-           "-P", f"data={ham_dir}", "-P", "image_size=32", "-P", "per_class_limit=20", "-P", "epochs=1"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+def test_mlflow_run_train_end_to_end(ham_dir, mlflow_project):
+    done = mlflow_project("train", {"data": ham_dir, "image_size": 32, "per_class_limit": 20, "epochs": 1})
     assert done.returncode == 0, done.stderr[-3000:]
-    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
     runs = tracking.search_runs("e2e")
     assert [r["status"] for r in runs] == ["FINISHED"]
     run = tracking.get_run(runs[0]["run_id"])

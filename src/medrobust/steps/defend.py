@@ -173,10 +173,11 @@ def attack_suite(parent, defended, x, y, config):
                                                  _rejected(defended, x_transfer), health_map, reference=clean)
         values |= v
         x_white, _ = attacks.craft(method, attacked_model, x, config.eval_eps, **params)
-        v, table[f"{method} white-box"] = measure(f"adv_{method}_whitebox", y, defended.logits(x_white).argmax(axis=1),
-                                                  _rejected(defended, x_white), health_map, reference=clean)
+        white = defended.logits(x_white).argmax(axis=1)
+        v, table[f"{method} white-box"] = measure(f"adv_{method}_whitebox", y, white, _rejected(defended, x_white),
+                                                  health_map, reference=clean)
         values |= v
-        fig = plots.examples_figure(x, x_white, y, clean, defended.logits(x_white).argmax(axis=1), CLASSES, config.eval_eps)
+        fig = plots.examples_figure(x, x_white, y, clean, white, CLASSES, config.eval_eps)
         tracking.log_figure(fig, f"examples/{method}_whitebox.png")
         plots.close(fig)
     return values, table
