@@ -25,7 +25,7 @@ bench: install
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_attacks.py
-	$(PY) benchmarks/bench_defences.py
+	$(PY) benchmarks/bench_defenses.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns

@@ -74,7 +74,7 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     in_process = tracking.load_classifier(result.model_uri)
     np.testing.assert_allclose(frame.filter(like="p_").to_numpy(), predict_frame(in_process, x).filter(like="p_").to_numpy(),
                                rtol=1e-5, atol=1e-6)
-    # The defence is really applied: without the LLT the network answers otherwise.
+    # The defense is really applied: without the LLT the network answers otherwise.
     bare = predict_frame(type(loaded)(loaded.network), x)
     assert not np.allclose(bare.filter(like="p_").to_numpy(), frame.filter(like="p_").to_numpy())
     # Through MLflow's own pyfunc loader, from image paths, as `mlflow models predict` does.
@@ -124,7 +124,7 @@ def test_predict_cli_on_real_images(trained, ham_dir, tmp_path, child_env):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"defense": "retrain+blur"}, "unknown defence 'blur'"),
+    ({"defense": "retrain+blur"}, "unknown defense 'blur'"),
     ({"retrain_attacks": ("nope",)}, "unknown attack method 'nope'"),
     ({"defense": "retrain", "on_the_fly": True, "retrain_attacks": ("uap",)}, "on-the-fly retraining takes one attack"),
     ({"model_uri": "runs:/0123456789abcdef/model"}, "does not resolve"),

@@ -1,4 +1,4 @@
-"""Defences on synthetic arrays and on a small model trained on real HAM10000 images."""
+"""Defenses on synthetic arrays and on a small model trained on real HAM10000 images."""
 
 import numpy as np
 import pytest
@@ -62,9 +62,9 @@ def test_spec_parts_apply_in_the_documented_order():
     assert list(DEFENSES) == ["distill", "retrain", "detector", "squeeze", "smooth", "jpeg", "llt"]
 
 
-@pytest.mark.parametrize("spec, message", [("retrain+blur", "unknown defence 'blur'"),
-                                           ("llt+llt", "names a defence twice"),
-                                           ("retrain+", "unknown defence ''")])
+@pytest.mark.parametrize("spec, message", [("retrain+blur", "unknown defense 'blur'"),
+                                           ("llt+llt", "names a defense twice"),
+                                           ("retrain+", "unknown defense ''")])
 def test_bad_spec_is_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_spec(spec)

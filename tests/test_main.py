@@ -33,24 +33,24 @@ def test_main_trains_attacks_defends_and_prints_the_tables(ham_dir, capsys):
     assert fgsm["metrics"]["adv_accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
     assert fgsm["metrics"]["clean_accuracy"] == pytest.approx(columns["clean"]["accuracy"])
     # The defend run re-attacks the parent the same way: the same white-box FGSM figures.
-    assert out["defence"]["parent fgsm"]["accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
-    assert list(out["defence"]) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box",
+    assert out["defense"]["parent fgsm"]["accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
+    assert list(out["defense"]) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box",
                                     "parent uap_fast", "uap_fast transfer", "uap_fast white-box"]
     printed = capsys.readouterr().out
     assert "uap_fast 2/255" in printed and "fooling rate" in printed and "fgsm white-box" in printed
     assert [v["version"] for v in tracking.model_versions("medrobust-small_cnn")] == [1, 2]
 
 
-def test_main_without_a_defence_stops_after_the_attacks(ham_dir):
+def test_main_without_a_defense_stops_after_the_attacks(ham_dir):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
     config = MainConfig(train=TrainConfig(data=data, epochs=1, batch_size=32, experiment="main"), attacks=("fgsm",),
                         defense="none")
-    assert run_main(config)["defence"] is None
+    assert run_main(config)["defense"] is None
     assert [r["name"] for r in tracking.search_runs("main")] == ["train-small_cnn", "attack-fgsm"]
 
 
 @pytest.mark.parametrize("change, message", [({"attacks": ("nope",)}, "unknown attack method 'nope'"),
-                                             ({"defense": "retrain+nope"}, "unknown defence 'nope'")])
+                                             ({"defense": "retrain+nope"}, "unknown defense 'nope'")])
 def test_main_refuses_a_bad_request_before_training(ham_dir, change, message):
     config = MainConfig(train=TrainConfig(data=DataConfig(path=str(ham_dir)), experiment="main"), **change)
     with pytest.raises(ValueError, match=message):

@@ -125,7 +125,7 @@ def _name_list(text):
 
 
 def _add_defend_args(p):
-    g = p.add_argument_group("defence")
+    g = p.add_argument_group("defense")
     g.add_argument("--model-uri", required=True, help="the undefended model: runs:/<id>/model or models:/<name>@<alias>")
     g.add_argument("--defense", default=DEFEND.defense,
                    help="distill | retrain | detector | squeeze | smooth | jpeg | llt, joined by '+' (e.g. retrain+llt)")
@@ -190,7 +190,7 @@ def build_parser():
     g.add_argument("--attacks", type=_name_list, default=MAIN.attacks, help="comma-separated attack methods")
     g.add_argument("--eps", type=float, default=MAIN.eps, help="budget of every attack (default 2/255)")
     g.add_argument("--uap-max-steps", type=int, default=MAIN.uap_max_steps, help="uap_fast's step limit")
-    g.add_argument("--defense", default=MAIN.defense, help="defence to build and measure after the attacks; none: skip")
+    g.add_argument("--defense", default=MAIN.defense, help="defense to build and measure after the attacks; none: skip")
     g.add_argument("--rounds", type=int, default=MAIN.rounds, help="retrain rounds")
     g.add_argument("--epochs-per-round", type=int, default=MAIN.epochs_per_round)
     p = sub.add_parser("poison", help="train on labels flipped from a source to a target class")

@@ -1,4 +1,4 @@
-"""`medrobust predict`: images in, one row per image out, with the model's defence applied."""
+"""`medrobust predict`: images in, one row per image out, with the model's defense applied."""
 
 from pathlib import Path
 

@@ -134,7 +134,7 @@ def register_model(model_uri, name, tags=None, alias=None):
 
 class DefendedPyfunc(mlflow.pyfunc.PythonModel):
     """A defended classifier as an MLflow pyfunc model: predict takes images (an (N, H, W, 3)
-    array in [0, 1]) or a DataFrame with a `path` column of image files, applies the defence
+    array in [0, 1]) or a DataFrame with a `path` column of image files, applies the defense
     and returns one row per image (medrobust.predict.predict_frame)."""
 
     def load_context(self, context):
@@ -174,7 +174,7 @@ def _own_requirements():
 
 
 def load_classifier(model_uri):
-    """A DefendedClassifier from any model URI: a plain Keras network (no defence) or a model
+    """A DefendedClassifier from any model URI: a plain Keras network (no defense) or a model
     the defend step logged. Raises ValueError naming a URI that does not resolve or holds
     something else."""
     from .defenses import DefendedClassifier

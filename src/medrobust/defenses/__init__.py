@@ -1,4 +1,4 @@
-"""Defences: a name picks a family and a builder; a spec such as `retrain+llt` combines them.
+"""Defenses: a name picks a family and a builder; a spec such as `retrain+llt` combines them.
 
 The three families of the thesis' related work:
 - modify the model: `distill` (defensive distillation);
@@ -30,7 +30,7 @@ DEFENSES = {
 def parse_spec(spec):
     """`retrain+llt` -> ('retrain', 'llt') in application order; 'none' -> ().
 
-    Raises ValueError for an empty part, an unknown defence or one named twice.
+    Raises ValueError for an empty part, an unknown defense or one named twice.
     """
     text = str(spec).strip().lower()
     if text in ("none", ""):
@@ -38,10 +38,10 @@ def parse_spec(spec):
     parts = [p.strip() for p in text.split("+")]
     for part in parts:
         if part not in DEFENSES:
-            raise ValueError(f"unknown defence {part!r} in {spec!r}; expected names from {', '.join(DEFENSES)} "
+            raise ValueError(f"unknown defense {part!r} in {spec!r}; expected names from {', '.join(DEFENSES)} "
                              "joined by '+' (e.g. retrain+llt)")
     if len(set(parts)) != len(parts):
-        raise ValueError(f"defence spec {spec!r} names a defence twice")
+        raise ValueError(f"defense spec {spec!r} names a defense twice")
     return tuple(name for name in DEFENSES if name in parts)
 
 

@@ -2,7 +2,7 @@
 an adversarial-example detector beside it. This is what the `defend` step logs as one MLflow
 model and what `predict` and the attack step load.
 
-Saved as a folder: network.keras, detector.keras (if any) and defence.json (the chain, the
+Saved as a folder: network.keras, detector.keras (if any) and defense.json (the chain, the
 detector threshold, the spec and where the network came from).
 """
 
@@ -66,15 +66,15 @@ class DefendedClassifier:
             self.detector.save(folder / "detector.keras")
         spec = {"format": FORMAT_VERSION, "chain": [[n, p] for n, p in self.chain], "threshold": self.threshold,
                 "detector": self.detector is not None, "info": self.info}
-        (folder / "defence.json").write_text(json.dumps(spec, indent=2))
+        (folder / "defense.json").write_text(json.dumps(spec, indent=2))
         return folder
 
 
 def load_defended(folder):
     folder = Path(folder)
-    spec = json.loads((folder / "defence.json").read_text())
+    spec = json.loads((folder / "defense.json").read_text())
     if spec.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{folder / 'defence.json'}: unknown defended-model format {spec.get('format')!r}")
+        raise ValueError(f"{folder / 'defense.json'}: unknown defended-model format {spec.get('format')!r}")
     network = keras.models.load_model(folder / "network.keras", compile=False)
     detector = keras.models.load_model(folder / "detector.keras", compile=False) if spec["detector"] else None
     chain = tuple((name, dict(params)) for name, params in spec["chain"])

@@ -7,7 +7,7 @@ gradients vanish. Our parent is already trained at T = 1, so its probabilities p
 teacher's softened output, and the student, trained with its logits divided by T, learns
 logits about T times the parent's: the same end point without training a teacher again.
 ART's DefensiveDistillation has no temperature of its own (it expects the classifier to carry
-one), hence ours. The defence is known to mask gradients rather than remove adversarial
+one), hence ours. The defense is known to mask gradients rather than remove adversarial
 examples (Carlini & Wagner 2016): the transfer rows of its report show what is left.
 """
 

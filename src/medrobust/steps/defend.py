@@ -1,4 +1,4 @@
-"""The `defend` step: a model URI and a defence spec -> a defended model (one MLflow model,
+"""The `defend` step: a model URI and a defense spec -> a defended model (one MLflow model,
 registered @candidate), measured at once, clean and under a small attack suite."""
 
 import sys
@@ -25,7 +25,7 @@ VERSION_TAGS = ("clean_accuracy", "clean_fnr", "adv_fgsm_transfer_accuracy", "ad
 @dataclass
 class DefendResult:
     run_id: str
-    model_uri: str  # runs:/<run_id>/model, a pyfunc model that applies the defence
+    model_uri: str  # runs:/<run_id>/model, a pyfunc model that applies the defense
     registered_name: str | None
     version: int | None
     metrics: dict
@@ -33,10 +33,10 @@ class DefendResult:
 
 
 def check_request(config):
-    """Every check before any work: (defence names, parent network)."""
+    """Every check before any work: (defense names, parent network)."""
     names = parse_spec(config.defense)
     if not names:
-        raise ValueError("no defence given; name one or more of " + ", ".join(DEFENSES) + " joined by '+'")
+        raise ValueError("no defense given; name one or more of " + ", ".join(DEFENSES) + " joined by '+'")
     requests = [(m, config.eval_eps) for m in config.eval_attacks]
     if "retrain" in names:
         requests += [(m, config.retrain_eps) for m in config.retrain_attacks]
@@ -77,7 +77,7 @@ def _log_history(history, name):
         plots.close(fig)
 
 
-def build_defence(names, parent, data, config):
+def build_defense(names, parent, data, config):
     """The DefendedClassifier of spec `names` made from network `parent`, in DEFENSES' order;
     every training curve is logged as it goes."""
     train = TrainConfig(data=config.data, epochs=1, batch_size=config.batch_size, learning_rate=config.learning_rate,
@@ -188,7 +188,7 @@ def _rejected(defended, x):
 
 
 def run_defend(config: DefendConfig) -> DefendResult:
-    """Build the defence `config.defense` on the model at `config.model_uri`, measure it, log
+    """Build the defense `config.defense` on the model at `config.model_uri`, measure it, log
     and register it; see DefendResult."""
     names, parent = check_request(config)
     spec = "+".join(names)
@@ -200,7 +200,7 @@ def run_defend(config: DefendConfig) -> DefendResult:
         set_seed(config.seed)
         data = load_dataset(config.data)
         tracking.log_params({"data.fingerprint": data.fingerprint})
-        defended = build_defence(names, parent, data, config)
+        defended = build_defense(names, parent, data, config)
         x, y = data.x["test"], data.y["test"]
         if config.max_images:
             x, y = x[: config.max_images], y[: config.max_images]

@@ -23,7 +23,7 @@ def strip_prefix(values, prefix):
 def run_main(config: MainConfig):
     """Train, run each attack white-box on the test split, then defend and measure the
     defended model (transfer and white-box). Returns {'attacks': {column: metrics},
-    'defence': the defend step's before/after table or None}."""
+    'defense': the defend step's before/after table or None}."""
     for method in config.attacks:  # refuse a bad request before minutes of training
         check_attack(method, config.eps, "inf")
     defended = bool(parse_spec(config.defense))
@@ -42,15 +42,15 @@ def run_main(config: MainConfig):
     print(format_table(columns))
     table = None
     if defended:
-        defence = run_defend(DefendConfig(
+        defense = run_defend(DefendConfig(
             model_uri=result.model_uri, data=train.data, defense=config.defense, rounds=config.rounds,
             epochs_per_round=config.epochs_per_round, retrain_eps=config.eps, eval_attacks=config.attacks,
             eval_eps=config.eps, uap_max_steps=config.uap_max_steps, seed=train.seed, experiment=train.experiment,
             register=train.register,
         ))
-        table = defence.table
-        print(f"\ndefend run {defence.run_id}: {config.defense}, model {defence.model_uri}"
-              + (f"  registered {defence.registered_name} v{defence.version} @candidate" if defence.version else ""))
+        table = defense.table
+        print(f"\ndefend run {defense.run_id}: {config.defense}, model {defense.model_uri}"
+              + (f"  registered {defense.registered_name} v{defense.version} @candidate" if defense.version else ""))
         print("before (parent) and after (defended); transfer = the parent's adversarial images")
         print(format_table(table))
-    return {"attacks": columns, "defence": table}
+    return {"attacks": columns, "defense": table}

@@ -1,8 +1,8 @@
-"""What an input-transformation defence costs at prediction time, side by side in one run:
+"""What an input-transformation defense costs at prediction time, side by side in one run:
 images/s of the bare network against the same network behind each transformation.
 
 Run by hand (never in the test suite), against a trained model in the tracking store:
-  MLFLOW_TRACKING_URI=sqlite:///mlflow.db .venv/bin/python benchmarks/bench_defences.py \\
+  MLFLOW_TRACKING_URI=sqlite:///mlflow.db .venv/bin/python benchmarks/bench_defenses.py \\
       --model-uri models:/medrobust-small_cnn/1 --data ../shared/data/ham10000
 """
 
