@@ -77,7 +77,7 @@ def main():
         return float(np.mean(predict_logits(model, x_adv).argmax(axis=1) != clean))
 
     start = time.perf_counter()
-    x_uap, _ = craft("uap", model, x, args.eps, attacker="fgsm", max_iter=5, delta=0.2)
+    x_uap, _ = craft("uap", model, x, args.eps, uap_attacker="fgsm", uap_max_iter=5, uap_delta=0.2)
     art_s = time.perf_counter() - start
     art_rate = fooling(x_uap)
     start = time.perf_counter()

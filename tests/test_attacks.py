@@ -1,16 +1,22 @@
 """Attacks keep their budget, a UAP is shared, and FGSM / uap_fast hurt a real HAM10000 model."""
 
+import inspect
+import random
+from dataclasses import fields
+
 import numpy as np
 import pytest
 
-from medrobust.attacks import ATTACKS, check_attack, craft, perturbation_sizes
-from medrobust.config import DataConfig, TrainConfig
+from medrobust.attacks import ATTACKS, AttackSpec, check_attack, craft, perturbation_sizes
+from medrobust.attacks.minimal import deepfool
+from medrobust.config import AttackConfig, DataConfig, TrainConfig
+from medrobust.errors import ConfigError
 from medrobust.data import load_dataset
 from medrobust.models import create_model
 from medrobust.models.training import fit, predict_logits, set_seed
 
 FAST_PARAMS = {"pgd": {"steps": 3}, "cw": {"steps": 2}, "deepfool": {"steps": 3},
-               "uap": {"max_iter": 1}, "uap_fast": {"max_steps": 5, "eval_every": 5}}
+               "uap": {"uap_max_iter": 1}, "uap_fast": {"max_steps": 5, "eval_every": 5}}
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +29,7 @@ def tiny():
     return model, x
 
 
-@pytest.mark.parametrize("method,norm", [(m, n) for m in sorted(ATTACKS) for n in ATTACKS[m][1]])
+@pytest.mark.parametrize("method,norm", [(m, n) for m in sorted(ATTACKS) for n in ATTACKS[m].norms])
 def test_every_attack_keeps_budget_and_box(tiny, method, norm):
     model, x = tiny
     eps = 8 / 255 if norm == "inf" else 0.5
@@ -33,7 +39,7 @@ def test_every_attack_keeps_budget_and_box(tiny, method, norm):
     delta = (x_adv.astype(np.float64) - x).reshape(len(x), -1)
     size = np.abs(delta).max(axis=1) if norm == "inf" else np.linalg.norm(delta, axis=1)
     assert size.max() <= eps + 1e-6
-    if ATTACKS[method][3]:
+    if ATTACKS[method].universal:
         assert perturbation.shape == (1, 16, 16, 3)
         np.testing.assert_allclose(x_adv, np.clip(x + perturbation, 0, 1), atol=1e-6)
 
@@ -60,18 +66,125 @@ def test_uap_is_one_perturbation_for_all_images(tiny):
 
 
 def test_bad_requests_are_refused():
-    with pytest.raises(ValueError, match="unknown attack method 'bim'"):
+    with pytest.raises(ConfigError, match="unknown attack method 'bim'"):
         check_attack("bim", 0.1, "inf")
-    with pytest.raises(ValueError, match="eps must be in"):
+    with pytest.raises(ConfigError, match=r"eps must be in \[0, 1\]"):
         check_attack("fgsm", 2.0, "inf")
-    with pytest.raises(ValueError, match="eps must be in"):
+    with pytest.raises(ConfigError, match="eps must be in"):
         check_attack("fgsm", -0.1, "inf")
-    with pytest.raises(ValueError, match="deepfool has no inf norm"):
+    with pytest.raises(ConfigError, match="eps must be a number"):
+        check_attack("fgsm", "big", "inf")
+    with pytest.raises(ConfigError, match="deepfool has no inf norm; it supports 2"):
         check_attack("deepfool", 0.1, "inf")
-    with pytest.raises(ValueError, match="norm must be"):
+    with pytest.raises(ConfigError, match="norm must be 'inf' or '2', got '1'"):
         check_attack("fgsm", 0.1, "1")
-    with pytest.raises(ValueError, match="uap has no targeted mode"):
+    with pytest.raises(ConfigError, match="uap has no targeted mode"):
         check_attack("uap", 0.1, "inf", target=5)
+    assert check_attack("pgd", 0.1, "L2", params=("steps", "random_start")) == "2"
+
+
+def test_unknown_method_and_bad_norm_are_refused_by_craft_before_any_work():
+    x = np.zeros((2, 8, 8, 3), np.float32)
+    # model=None: any work on it would fail with another error than the one expected
+    with pytest.raises(ConfigError, match="unknown attack method 'fgsn'; expected one of fgsm, "):
+        craft("fgsn", None, x, 0.1)
+    with pytest.raises(ConfigError, match="norm must be"):
+        craft("pgd", None, x, 0.1, "l1")
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_params_are_the_functions_signature(name):
+    spec = ATTACKS[name]
+    signature = list(inspect.signature(spec.function).parameters)
+    assert signature[:2] == ["model", "x"]
+    assert spec.params == tuple(p for p in signature if p not in ("model", "x", "eps", "norm", "target"))
+    assert {"eps", "norm", "target"} <= set(signature)
+    assert all(p.kind is not p.VAR_KEYWORD for p in inspect.signature(spec.function).parameters.values())
+    assert spec.name == name and spec.summary and "\n" not in spec.summary
+    assert set(spec.norms) <= {"inf", "2"}
+
+
+def test_params_are_named_as_the_attack_settings():
+    """A parameter is an AttackConfig field of the same name, or one of the few kept out of it."""
+    settings = {f.name for f in fields(AttackConfig)}
+    own = {p for spec in ATTACKS.values() for p in spec.params} - settings
+    assert own == {"search_steps", "attacker_eps", "eval_every"}
+    # seed only where an attack draws random numbers
+    assert sorted(n for n, spec in ATTACKS.items() if "seed" in spec.params) == ["pgd", "uap", "uap_fast"]
+
+
+def test_a_parameter_the_attack_lacks_is_refused_naming_it():
+    x = np.zeros((2, 8, 8, 3), np.float32)
+    with pytest.raises(ConfigError, match=r"^attack fgsm takes no parameter 'steps'; it accepts batch_size$"):
+        craft("fgsm", None, x, 2 / 255, steps=3)  # model=None: refused before any work
+    with pytest.raises(ConfigError, match=r"attack pgd takes no parameter 'stepz'; it accepts steps, step_size, "
+                                          r"random_start, batch_size, seed \(did you mean 'stepz' -> 'steps'\?\)"):
+        check_attack("pgd", 2 / 255, "inf", params=("stepz",))
+    with pytest.raises(ConfigError, match="attack uap takes no parameters 'delta', 'max_iter'"):
+        craft("uap", None, x, 2 / 255, delta=0.2, max_iter=5)  # the names before the rename
+    with pytest.raises(ConfigError, match="attack fgsm takes no parameter 'seed'"):
+        check_attack("fgsm", 2 / 255, "inf", params={"seed": 1})  # a method parameter, not craft's seed
+
+
+def test_seed_and_batch_size_go_only_to_the_attacks_that_take_them(tiny):
+    model, x = tiny
+    plain, _ = craft("fgsm", model, x, 4 / 255)
+    knobs, _ = craft("fgsm", model, x, 4 / 255, seed=7, batch_size=3)  # fgsm has no seed: not an error
+    np.testing.assert_allclose(knobs, plain, atol=1e-6)
+
+
+def test_pgd_random_start_follows_the_seed(tiny):
+    model, x = tiny
+    params = {"steps": 2, "random_start": True}
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    a, _ = craft("pgd", model, x, 8 / 255, seed=1, **params)
+    b, _ = craft("pgd", model, x, 8 / 255, seed=1, **params)
+    c, _ = craft("pgd", model, x, 8 / 255, seed=2, **params)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # the caller's generator is left alone
+
+
+def test_uap_image_order_follows_the_seed(tiny):
+    """ART's UAP visits the images in an order from Python's `random`: the seed fixes it."""
+    model, x = tiny
+    random.seed(5)
+    before = random.getstate()
+    runs = [craft("uap", model, x, 8 / 255, seed=s, uap_max_iter=1, uap_delta=0.01)[1] for s in (1, 1, 2, 3, 4)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    # two orders can give one perturbation (measured: seeds 0-5 give 5 distinct ones), not all four
+    assert len({v.tobytes() for v in runs[1:]}) > 1
+    assert random.getstate() == before
+
+
+def test_untargeted_attacks_refuse_a_target_and_other_norms_when_called_directly(tiny):
+    model, x = tiny
+    with pytest.raises(ConfigError, match="deepfool has no inf norm"):
+        deepfool(model, x, eps=0.5, norm="inf")
+    with pytest.raises(ConfigError, match="deepfool has no targeted mode"):
+        deepfool(model, x, eps=0.5, norm="2", target=3)
+    with pytest.raises(ConfigError, match="uap_attacker must be one of fgsm, pgd, deepfool, got 'cw'"):
+        craft("uap", model, x, 8 / 255, uap_attacker="cw")
+
+
+def test_an_attack_is_one_function_and_one_spec(tiny, monkeypatch):
+    def noise(model, x, *, eps, norm, target):
+        return x + 2 * eps  # past the budget: craft projects it back
+
+    monkeypatch.setitem(ATTACKS, "noise", AttackSpec("noise", noise, ("inf",), False, False, "a test"))
+    model, x = tiny
+    assert ATTACKS["noise"].params == ()
+    x_adv, _ = craft("noise", model, x, 0.1)
+    assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
+    with pytest.raises(ConfigError, match="attack noise takes no parameter 'steps'; it accepts none"):
+        craft("noise", model, x, 0.1, steps=2)
+
+    def loose(model, x, *, eps, norm, target, **_):
+        return x
+
+    with pytest.raises(TypeError, match="name every parameter"):
+        AttackSpec("loose", loose, ("inf",), False, False, "a catch-all")
 
 
 def test_perturbation_sizes_by_hand():
@@ -94,7 +207,7 @@ def ham_model(ham_dir):
     model = create_model("small_cnn", (32, 32, 3), 7)
     x_fit = np.concatenate([data.x["train"], data.x["val"]])
     y_fit = np.concatenate([data.y["train"], data.y["val"]])
-    fit(model, x_fit, y_fit, data.x["val"], data.y["val"], config, verbose=0)
+    fit(model, x_fit, y_fit, data.x["val"], data.y["val"], config)
     return model, x_fit, y_fit
 
 

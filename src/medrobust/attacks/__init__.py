@@ -1,56 +1,139 @@
 """Attacks: a name picks a function (as timm's create_model does).
 
-Every attack takes a Keras model (logits out, [0, 1] images in), images x (N, H, W, 3) and
-eps, and returns adversarial images; universal attacks return (x_adv, perturbation). The
-caller (`craft`) projects every result onto the eps-ball and [0, 1], so each stays within its
-budget whatever the underlying method does.
+Every attack is a function(model, x, *, eps, norm, target, <its own keyword parameters>): a
+Keras model (logits out, [0, 1] images in), images x (N, H, W, 3), the budget eps and its
+norm, and a target class index or None. It returns adversarial images; a universal attack
+returns (x_adv, perturbation). The caller (`craft`) projects every result onto the eps-ball
+and [0, 1], so each stays within its budget whatever the underlying method does.
+
+An attack takes exactly the parameters its function declares (no catch-all), and their names
+are the AttackConfig fields they come from, so a misspelt or unused setting is an error that
+names it. Adding an attack = one function + one line in ATTACKS.
 """
+
+import difflib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import eps_range
+from ..errors import ConfigError
 from .budget import NORMS, apply_budget, check_norm, perturbation_sizes, project
 from .gradient import fgsm, fgsm_art, pgd
 from .minimal import cw, deepfool
 from .universal import uap, uap_fast
 
-# name -> (function, norms it supports, whether it can be targeted, whether it is universal)
-ATTACKS = {
-    "fgsm": (fgsm, ("inf", "2"), True, False),
-    "fgsm_art": (fgsm_art, ("inf", "2"), True, False),
-    "pgd": (pgd, ("inf", "2"), True, False),
-    "cw": (cw, ("inf", "2"), True, False),
-    "deepfool": (deepfool, ("2",), False, False),
-    "uap": (uap, ("inf", "2"), False, True),
-    "uap_fast": (uap_fast, ("inf", "2"), True, True),
-}
+log = logging.getLogger(__name__)
+
+# What every attack function takes; its `params` are the rest of its keyword parameters.
+FIXED = ("model", "x", "eps", "norm", "target")
+# Settings of the run rather than of a method: `craft` forwards them to the functions that declare them.
+COMMON = ("seed", "batch_size")
 
 
-def check_attack(method, eps, norm, target=None):
-    """Validate an attack request before any work; returns the normalised norm."""
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    function: Callable  # function(model, x, *, eps, norm, target, <its own keyword parameters>)
+    norms: tuple[str, ...]  # of NORMS
+    targeted: bool  # has a targeted mode
+    universal: bool  # returns (x_adv, perturbation)
+    summary: str  # one line: the method, its source, whose implementation
+
+    def __post_init__(self):
+        # A programming error, caught at import: the function must take the fixed arguments and
+        # name every parameter (a **kwargs catch-all would swallow misspelt settings again).
+        parameters = inspect.signature(self.function).parameters
+        missing = [p for p in FIXED if p not in parameters]
+        if missing:
+            raise TypeError(f"attack {self.name}: {self.function.__name__} lacks {', '.join(missing)}")
+        loose = [p.name for p in parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if loose:
+            raise TypeError(f"attack {self.name}: {self.function.__name__} takes *{'/**'.join(loose)}; "
+                            "name every parameter")
+        unknown = [n for n in self.norms if n not in NORMS]
+        if unknown or not self.norms:
+            raise TypeError(f"attack {self.name}: norms must be some of {', '.join(NORMS)}, got {self.norms}")
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The keyword parameters the function accepts beyond model, x, eps, norm, target, in
+        the order it declares them (read from its signature, so they cannot disagree)."""
+        return tuple(p for p in inspect.signature(self.function).parameters if p not in FIXED)
+
+
+ATTACKS = {spec.name: spec for spec in (
+    AttackSpec("fgsm", fgsm, ("inf", "2"), True, False, "FGSM (Goodfellow 2015), one compiled step; ours"),
+    AttackSpec("fgsm_art", fgsm_art, ("inf", "2"), True, False, "FGSM (Goodfellow 2015); ART's FastGradientMethod"),
+    AttackSpec("pgd", pgd, ("inf", "2"), True, False, "PGD (Madry 2018), iterated projected steps; ART's"),
+    AttackSpec("cw", cw, ("inf", "2"), True, False, "Carlini-Wagner (2017), minimal perturbation; ART's"),
+    AttackSpec("deepfool", deepfool, ("2",), False, False, "DeepFool (Moosavi-Dezfooli 2016), minimal L2; ART's"),
+    AttackSpec("uap", uap, ("inf", "2"), False, True, "universal perturbation (Moosavi-Dezfooli 2017); ART's"),
+    AttackSpec("uap_fast", uap_fast, ("inf", "2"), True, True, "universal perturbation by batched signed "
+                                                                "gradients; ours"),
+)}
+
+
+def _refuse_params(spec, names):
+    unknown = [n for n in dict.fromkeys(names) if n not in spec.params]
+    if not unknown:
+        return
+    accepted = ", ".join(spec.params) or "none"
+    noun = "parameter" if len(unknown) == 1 else "parameters"
+    hints = [f"{n!r} -> {close[0]!r}" for n in unknown if (close := difflib.get_close_matches(n, spec.params, 1))]
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    raise ConfigError(f"attack {spec.name} takes no {noun} {', '.join(map(repr, unknown))}; "
+                      f"it accepts {accepted}{hint}")
+
+
+def check_attack(method, eps, norm, target=None, params=()):
+    """Validate an attack request before any work; returns the normalised norm.
+
+    ConfigError for an unknown method, eps outside [0, 1], a norm the attack lacks, a target
+    for an attack with no targeted mode, or any name in `params` the attack does not accept.
+    """
     if method not in ATTACKS:
-        raise ValueError(f"unknown attack method {method!r}; expected one of {', '.join(ATTACKS)}")
-    if not 0 <= float(eps) <= 1:
-        raise ValueError(f"eps must be in [0, 1] (images are on [0, 1]; 2/255 = 0.0078), got {eps}")
+        raise ConfigError(f"unknown attack method {method!r}; expected one of {', '.join(ATTACKS)}")
+    spec = ATTACKS[method]
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ConfigError(f"eps must be a number, got {eps!r}") from None
+    problem = eps_range(value)
+    if problem:
+        raise ConfigError(f"eps {problem}, got {eps}")
     norm = check_norm(norm)
-    _, norms, targetable, _ = ATTACKS[method]
-    if norm not in norms:
-        raise ValueError(f"attack {method} has no {norm} norm; it supports {', '.join(norms)}")
-    if target is not None and not targetable:
-        raise ValueError(f"attack {method} has no targeted mode")
+    if norm not in spec.norms:
+        raise ConfigError(f"attack {method} has no {norm} norm; it supports {', '.join(spec.norms)}")
+    if target is not None and not spec.targeted:
+        raise ConfigError(f"attack {method} has no targeted mode")
+    _refuse_params(spec, params)
     return norm
 
 
-def craft(method, model, x, eps, norm="inf", target=None, **params):
-    """Run attack `method` on x; returns (x_adv within budget, universal perturbation or None)."""
-    norm = check_attack(method, eps, norm, target)
-    fn, _, _, universal = ATTACKS[method]
+def craft(method, model, x, eps, norm="inf", target=None, *, seed=0, batch_size=128, **params):
+    """Run attack `method` on x; returns (x_adv within budget and [0, 1], universal perturbation or None).
+
+    seed and batch_size are settings of the run, passed on only to the attacks that take them
+    (see ATTACKS[method].params); every key of `params` must be a parameter of the attack,
+    else ConfigError before any work.
+    """
+    norm = check_attack(method, eps, norm, target, params)
+    spec = ATTACKS[method]
+    common = {k: v for k, v in (("seed", seed), ("batch_size", batch_size)) if k in spec.params}
     x = np.asarray(x, dtype=np.float32)
-    out = fn(model, x, eps=eps, norm=norm, target=target, **params)
-    x_adv, perturbation = out if universal else (out, None)
+    log.debug("crafting %s (eps %.4f, %s, target %s) on %d images with %s", method, eps, norm, target, len(x),
+              common | params)
+    out = spec.function(model, x, eps=eps, norm=norm, target=target, **common, **params)
+    x_adv, perturbation = out if spec.universal else (out, None)
     if perturbation is not None:
         perturbation = project(perturbation, eps, norm)
         x_adv = np.clip(x + perturbation, 0.0, 1.0).astype(np.float32)
     return apply_budget(x, x_adv, eps, norm), perturbation
 
 
-__all__ = ["ATTACKS", "NORMS", "check_attack", "craft", "perturbation_sizes", "project"]
+__all__ = ["ATTACKS", "NORMS", "AttackSpec", "apply_budget", "check_attack", "craft", "perturbation_sizes",
+           "project"]

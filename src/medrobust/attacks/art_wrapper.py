@@ -1,6 +1,10 @@
-"""Our Keras networks as ART classifiers."""
+"""Our Keras networks as ART classifiers, and seeding for ART attacks that take no seed."""
+
+import contextlib
+import random
 
 import keras
+import numpy as np
 from art.estimators.classification import TensorFlowV2Classifier
 
 
@@ -17,3 +21,22 @@ def as_art_classifier(model):
         loss_object=keras.losses.CategoricalCrossentropy(from_logits=True),
         clip_values=(0.0, 1.0),
     )
+
+
+@contextlib.contextmanager
+def seeded_globals(seed):
+    """Inside the block, Python's and numpy's global generators are seeded with `seed`; after
+    it, the state they had before is back, so seeding an attack moves no one else's numbers.
+
+    ART's attacks take no seed: PGD's random start draws from numpy's global generator
+    (art.utils.random_sphere) and UniversalPerturbation visits the images in an order drawn
+    from Python's (random.sample). Seeding both right before `generate` makes them reproducible.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)

@@ -2,13 +2,16 @@
 
 import numpy as np
 
+from ..errors import ConfigError
+
 NORMS = ("inf", "2")
 
 
 def check_norm(norm):
+    """`norm` as one of NORMS ('linf', 'L2', 'np.inf' are accepted); ConfigError otherwise."""
     norm = str(norm).lower().replace("np.inf", "inf").replace("linf", "inf").replace("l2", "2")
     if norm not in NORMS:
-        raise ValueError(f"norm must be 'inf' or '2', got {norm!r}")
+        raise ConfigError(f"norm must be 'inf' or '2', got {norm!r}")
     return norm
 
 

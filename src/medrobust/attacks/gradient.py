@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
-from .art_wrapper import as_art_classifier
+from .art_wrapper import as_art_classifier, seeded_globals
 from .budget import art_norm
 
 
@@ -42,7 +42,7 @@ def _fgsm_step(model, norm, targeted):
     return step
 
 
-def fgsm(model, x, eps, norm="inf", target=None, batch_size=128, **_):
+def fgsm(model, x, *, eps, norm="inf", target=None, batch_size=128):
     """One gradient step of size eps (Goodfellow et al. 2015): the sign of the gradient
     (L-inf) or the gradient scaled to length eps (L2), away from the model's own prediction,
     or towards class index `target`. Our compiled version of ART's FastGradientMethod."""
@@ -55,7 +55,7 @@ def fgsm(model, x, eps, norm="inf", target=None, batch_size=128, **_):
     return out
 
 
-def fgsm_art(model, x, eps, norm="inf", target=None, batch_size=128, **_):
+def fgsm_art(model, x, *, eps, norm="inf", target=None, batch_size=128):
     """One signed-gradient step of size eps (Goodfellow et al. 2015), through ART.
 
     target: None (untargeted: away from the model's own prediction) or a class index every
@@ -68,10 +68,11 @@ def fgsm_art(model, x, eps, norm="inf", target=None, batch_size=128, **_):
     return attack.generate(x=x, y=y)
 
 
-def pgd(model, x, eps, norm="inf", target=None, steps=10, step_size=None, random_start=True,
-        batch_size=128, seed=0, **_):
+def pgd(model, x, *, eps, norm="inf", target=None, steps=10, step_size=None, random_start=True, batch_size=128,
+        seed=0):
     """Projected gradient descent (Madry et al. 2018): `steps` steps of `step_size`
-    (default eps / 4) with projection onto the eps-ball, from a random start if asked."""
+    (default eps / 4) with projection onto the eps-ball, from a random start if asked (drawn
+    with `seed`: the same seed gives the same images)."""
     classifier = as_art_classifier(model)
     attack = ProjectedGradientDescent(
         classifier, norm=art_norm(norm), eps=eps, eps_step=step_size or eps / 4, max_iter=steps,
@@ -79,4 +80,7 @@ def pgd(model, x, eps, norm="inf", target=None, steps=10, step_size=None, random
         verbose=False,
     )
     y = None if target is None else _one_hot(np.full(len(x), target), classifier.nb_classes)
-    return attack.generate(x=x, y=y)
+    # ART takes no seed: its random start (art.utils.random_sphere) draws from numpy's global
+    # generator, so np.random.seed(seed) right before generate makes it reproducible.
+    with seeded_globals(seed):
+        return attack.generate(x=x, y=y)

@@ -7,11 +7,12 @@ to the eps budget afterwards, so a perturbation that needed more than eps is cut
 import numpy as np
 from art.attacks.evasion import CarliniL2Method, CarliniLInfMethod, DeepFool
 
+from ..errors import ConfigError
 from .art_wrapper import as_art_classifier
 from .budget import check_norm
 
 
-def cw(model, x, eps, norm="2", target=None, steps=10, search_steps=3, batch_size=64, **_):
+def cw(model, x, *, eps, norm="2", target=None, steps=10, search_steps=3, batch_size=64):
     """Carlini-Wagner (2017), L2 or L-inf: `steps` optimisation iterations (and, for L2,
     `search_steps` binary-search steps over the trade-off constant)."""
     classifier = as_art_classifier(model)
@@ -25,7 +26,12 @@ def cw(model, x, eps, norm="2", target=None, steps=10, search_steps=3, batch_siz
     return attack.generate(x=x, y=y)
 
 
-def deepfool(model, x, eps, norm="2", steps=50, batch_size=64, **_):
-    """DeepFool (Moosavi-Dezfooli et al. 2016), untargeted, L2 linearisation."""
+def deepfool(model, x, *, eps, norm="2", target=None, steps=50, batch_size=64):
+    """DeepFool (Moosavi-Dezfooli et al. 2016), untargeted, L2 linearisation: `norm` must be
+    '2' and `target` None (it takes both so that every attack is called alike)."""
+    if check_norm(norm) != "2":
+        raise ConfigError(f"attack deepfool has no {check_norm(norm)} norm; it supports 2")
+    if target is not None:
+        raise ConfigError("attack deepfool has no targeted mode")
     attack = DeepFool(as_art_classifier(model), max_iter=steps, batch_size=batch_size, verbose=False)
     return attack.generate(x=x)

@@ -1,7 +1,8 @@
 """Universal adversarial perturbations: one perturbation shared by every image.
 
 `uap` is ART's UniversalPerturbation (Moosavi-Dezfooli et al. 2017), the thesis' attack: it
-visits one image at a time and runs an inner attack on it, which is why it is slow.
+visits one image at a time, in random order, and runs an inner attack on it, which is why it
+is slow.
 `uap_fast` is ours: the shared perturbation climbs the loss by signed-gradient steps over
 mini-batches of the whole attack set, projected onto the budget after each step, and stops at
 a target fooling rate or a step limit.
@@ -12,25 +13,36 @@ import keras
 import tensorflow as tf
 from art.attacks.evasion import UniversalPerturbation
 
+from ..errors import ConfigError
 from ..models.training import predict_logits
-from .art_wrapper import as_art_classifier
+from .art_wrapper import as_art_classifier, seeded_globals
 from .budget import art_norm, check_norm, project
 
 
-def uap(model, x, eps, norm="inf", attacker="fgsm", attacker_eps=None, delta=0.2, max_iter=5,
-        batch_size=128, **_):
-    """ART's UAP with inner `attacker` (fgsm | pgd | deepfool); stops at fooling rate
-    1 - delta or after max_iter passes. Returns (x_adv, perturbation of shape (1, H, W, C))."""
+UAP_ATTACKERS = ("fgsm", "pgd", "deepfool")
+
+
+def uap(model, x, *, eps, norm="inf", target=None, uap_attacker="fgsm", attacker_eps=None, uap_delta=0.2,
+        uap_max_iter=5, batch_size=128, seed=0):
+    """ART's UAP with inner attack `uap_attacker` (fgsm | pgd | deepfool, of size attacker_eps,
+    default eps); stops at fooling rate 1 - uap_delta or after uap_max_iter passes, visiting the
+    images in an order drawn with `seed`. Untargeted only (it takes `target` so that every
+    attack is called alike). Returns (x_adv, perturbation of shape (1, H, W, C))."""
+    if uap_attacker not in UAP_ATTACKERS:
+        raise ConfigError(f"uap_attacker must be one of {', '.join(UAP_ATTACKERS)}, got {uap_attacker!r}")
+    if target is not None:
+        raise ConfigError("attack uap has no targeted mode")
     params = {"fgsm": {"eps": attacker_eps or eps, "norm": art_norm(norm)},
               "pgd": {"eps": attacker_eps or eps, "norm": art_norm(norm), "verbose": False},
-              "deepfool": {"verbose": False}}
-    if attacker not in params:
-        raise ValueError(f"uap attacker must be one of {', '.join(params)}, got {attacker!r}")
+              "deepfool": {"verbose": False}}[uap_attacker]
     attack = UniversalPerturbation(
-        as_art_classifier(model), attacker=attacker, attacker_params=params[attacker], delta=delta,
-        max_iter=max_iter, eps=eps, norm=art_norm(norm), batch_size=batch_size, verbose=False,
+        as_art_classifier(model), attacker=uap_attacker, attacker_params=params, delta=uap_delta,
+        max_iter=uap_max_iter, eps=eps, norm=art_norm(norm), batch_size=batch_size, verbose=False,
     )
-    x_adv = attack.generate(x)
+    # ART takes no seed: it visits the images in an order from Python's global generator
+    # (random.sample), so seeding it right before generate makes the perturbation reproducible.
+    with seeded_globals(seed):
+        x_adv = attack.generate(x)
     return x_adv, np.asarray(attack.noise, dtype=np.float32)
 
 
@@ -38,8 +50,8 @@ def _predict(model, x, batch_size):
     return predict_logits(model, x, batch_size).argmax(axis=1)
 
 
-def uap_fast(model, x, eps, norm="inf", target=None, step_size=None, max_steps=200, target_fooling_rate=0.8,
-             batch_size=128, seed=0, eval_every=10, **_):
+def uap_fast(model, x, *, eps, norm="inf", target=None, step_size=None, max_steps=200, target_fooling_rate=0.8,
+             batch_size=128, seed=0, eval_every=10):
     """Batched universal perturbation. Returns (x_adv, perturbation of shape (1, H, W, C)).
 
     Untargeted, it raises the cross-entropy of the model's own clean predictions (so fooling
