@@ -1,9 +1,11 @@
-"""The main job on a real HAM10000 subset: train, attack, one table of clean against attacked."""
+"""The main job on a real HAM10000 subset: train, attack, defend, all nested under one run."""
+
+import logging
 
 import pytest
 
 from medrobust import tracking
-from medrobust.config import DataConfig, MainConfig, TrainConfig
+from medrobust.config import DataConfig, MainConfig
 from medrobust.steps.main import format_table, run_main
 
 
@@ -19,40 +21,51 @@ def test_format_table_puts_each_condition_in_a_column():
     assert "macro recall" not in table  # rows no column has are left out
 
 
-def test_main_trains_attacks_defends_and_prints_the_tables(ham_dir, capsys):
+def test_main_nests_every_step_under_one_run(ham_dir, caplog):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
-    config = MainConfig(train=TrainConfig(data=data, epochs=2, batch_size=32, experiment="main"), uap_max_steps=3,
-                        rounds=1, epochs_per_round=1)
-    out = run_main(config)
-    columns = out["attacks"]
+    config = MainConfig(data=data, epochs=2, batch_size=32, experiment="main", uap_max_steps=3, rounds=1,
+                        epochs_per_round=1)
+    with caplog.at_level(logging.INFO, logger="medrobust"):
+        out = run_main(config)
+    columns = out.attacks
     assert list(columns) == ["clean", "fgsm 2/255", "uap_fast 2/255"]
     runs = tracking.search_runs("main")
-    assert [r["name"] for r in runs] == ["train-small_cnn", "attack-fgsm", "attack-uap_fast", "defend-retrain+llt"]
+    assert [r["name"] for r in runs] == ["main", "train-small_cnn", "attack-fgsm", "attack-uap_fast",
+                                         "defend-retrain+llt"]
+    assert [r["step"] for r in runs] == ["main", "train", "attack", "attack", "defend"]
+    assert runs[0]["run_id"] == out.run_id and runs[0]["parent"] is None
+    assert all(r["parent"] == out.run_id for r in runs[1:])
     assert all(r["status"] == "FINISHED" for r in runs)
-    fgsm = tracking.get_run(runs[1]["run_id"])
+    fgsm = tracking.get_run(runs[2]["run_id"])
     assert fgsm["metrics"]["adv_accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
     assert fgsm["metrics"]["clean_accuracy"] == pytest.approx(columns["clean"]["accuracy"])
+    assert tracking.get_run(runs[3]["run_id"])["params"]["max_steps"] == "3"
     # The defend run re-attacks the parent the same way: the same white-box FGSM figures.
-    assert out["defense"]["parent fgsm"]["accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
-    assert list(out["defense"]) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box",
-                                    "parent uap_fast", "uap_fast transfer", "uap_fast white-box"]
-    printed = capsys.readouterr().out
+    table = out.defense.table
+    assert table["parent fgsm"]["accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
+    assert list(table) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box",
+                           "parent uap_fast", "uap_fast transfer", "uap_fast white-box"]
+    printed = caplog.text
     assert "uap_fast 2/255" in printed and "fooling rate" in printed and "fgsm white-box" in printed
     assert [v["version"] for v in tracking.model_versions("medrobust-small_cnn")] == [1, 2]
+    assert tracking.model_aliases("medrobust-small_cnn") == {"baseline": 1, "candidate": 2}
+    # Each step that reads data records it as an MLflow input, with the data fingerprint as digest.
+    fingerprint = tracking.get_run(runs[1]["run_id"])["params"]["data.fingerprint"]
+    assert [(i["digest"], i["context"]) for i in tracking.run_inputs(runs[1]["run_id"])] == [(fingerprint[:32], "train")]
+    assert [i["context"] for i in tracking.run_inputs(runs[2]["run_id"])] == ["test"]
 
 
 def test_main_without_a_defense_stops_after_the_attacks(ham_dir):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
-    config = MainConfig(train=TrainConfig(data=data, epochs=1, batch_size=32, experiment="main"), attacks=("fgsm",),
-                        defense="none")
-    assert run_main(config)["defense"] is None
-    assert [r["name"] for r in tracking.search_runs("main")] == ["train-small_cnn", "attack-fgsm"]
+    config = MainConfig(data=data, epochs=1, batch_size=32, experiment="main", attacks=("fgsm",), defense="none")
+    assert run_main(config).defense is None
+    assert [r["name"] for r in tracking.search_runs("main")] == ["main", "train-small_cnn", "attack-fgsm"]
 
 
 @pytest.mark.parametrize("change, message", [({"attacks": ("nope",)}, "unknown attack method 'nope'"),
                                              ({"defense": "retrain+nope"}, "unknown defense 'nope'")])
 def test_main_refuses_a_bad_request_before_training(ham_dir, change, message):
-    config = MainConfig(train=TrainConfig(data=DataConfig(path=str(ham_dir)), experiment="main"), **change)
+    config = MainConfig(data=DataConfig(path=str(ham_dir)), experiment="main", **change)
     with pytest.raises(ValueError, match=message):
         run_main(config)
     assert tracking.search_runs("main") == []

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from medrobust import tracking
-from medrobust.config import DataConfig, PoisonConfig, TrainConfig
+from medrobust.config import DataConfig, PoisonConfig
 from medrobust.steps.poison import poison_labels, run_poison
 
 
@@ -25,16 +25,17 @@ def test_poison_flips_exactly_the_asked_number_from_the_source():
 def test_bad_poison_requests():
     with pytest.raises(ValueError, match="same class"):
         PoisonConfig(source="nv", target="nv")
-    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
-        PoisonConfig(fractions=(0.0,))
-    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
-        PoisonConfig(fractions=(0.5, 1.5))
+    with pytest.raises(ValueError, match=r"poison_fractions must be in \(0, 1\] \(element 0.0\)"):
+        PoisonConfig(poison_fractions=(0.0,))
+    with pytest.raises(ValueError, match=r"poison_fractions must be in \(0, 1\] \(element 1.5\)"):
+        PoisonConfig(poison_fractions=(0.5, 1.5))
+    with pytest.raises(ValueError, match="poison_fractions needs at least one value"):
+        PoisonConfig(poison_fractions=())
 
 
 def test_poison_sweep_on_real_ham10000(ham_dir, ham_metadata, tmp_path):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40)
-    config = PoisonConfig(train=TrainConfig(data=data, epochs=1, batch_size=32, experiment="test"),
-                          fractions=(0.2, 0.6))
+    config = PoisonConfig(data=data, epochs=1, batch_size=32, experiment="test", poison_fractions=(0.2, 0.6))
     result = run_poison(config)
     parent = tracking.get_run(result.run_id)
     assert parent["status"] == "FINISHED"

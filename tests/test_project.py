@@ -1,19 +1,28 @@
-"""The project files agree with each other, and `mlflow run` works end to end."""
+"""The project files agree with the step table, the CLI is generated from the configs, and
+`mlflow run` works end to end with runs nested where they belong."""
 
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
 from medrobust import tracking
-from medrobust.config import DataConfig, DefendConfig, MainConfig, TrainConfig
+from medrobust.cli import build_parser, leaves, option
+from medrobust.config import (AttackConfig, DataConfig, DefendConfig, MainConfig, PoisonConfig, PredictConfig,
+                              TrainConfig)
+from medrobust.errors import ConfigError
+from medrobust.steps import STEPS
+from medrobust.steps.attack import method_params
+from medrobust.steps.train import run_train
 
 REPO = Path(__file__).resolve().parents[1]
+MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
 
 
 def _pins(lines):
@@ -33,55 +42,119 @@ def test_environment_files_pin_the_same_versions():
     assert "tf-keras" not in " ".join(base)
 
 
-def test_mlproject_defaults_are_the_config_defaults():
-    project = yaml.safe_load((REPO / "MLproject").read_text())
-    params = project["entry_points"]["train"]["parameters"]
-    defaults = {f.name: f.default for f in fields(DataConfig) if f.name != "path"}
-    defaults |= {f.name: f.default for f in fields(TrainConfig) if f.name not in ("data", "run_name")}
-    defaults["fractions"] = ",".join(str(x) for x in defaults["fractions"])
-    for name, spec in params.items():
-        if name in defaults:
-            expected = defaults[name]
-            expected = "none" if expected is None else expected
-            assert str(spec["default"]).lower() == str(expected).lower(), name
-    main = project["entry_points"]["main"]["parameters"]
-    _assert_defaults(main, MainConfig())
-    assert main["epochs"]["default"] == str(TrainConfig().epochs)
-    _assert_defaults(project["entry_points"]["defend"]["parameters"], DefendConfig())
+def _substituted(command, params, values):
+    return shlex.split(re.sub(r"\{(\w+)\}", lambda m: shlex.quote(str(values[m.group(1)])), command))
 
 
-def _assert_defaults(params, config):
-    """Every MLproject parameter named like a field of `config` has that field's default."""
-    checked = 0
-    for name, spec in params.items():
-        if not hasattr(config, name) or name == "data" or "default" not in spec:
-            continue
-        expected = getattr(config, name)
-        text = str(spec["default"])
-        if isinstance(expected, tuple):
-            assert text == ",".join(expected), name
-        elif isinstance(expected, float):
-            assert float(text) == pytest.approx(expected), name
-        else:
-            assert text.lower() == ("none" if expected is None else str(expected).lower()), name
-        checked += 1
-    assert checked >= 5
+@pytest.mark.parametrize("name", sorted(MLPROJECT["entry_points"]))
+def test_mlproject_entry_point_matches_the_step_table(name):
+    """Each entry point is a tracked step; each parameter is one of its config's options, with
+    the config's default; the command passes each parameter to that option, and with the
+    defaults it builds exactly the default config."""
+    step = STEPS[name]
+    assert step.tracked
+    entry = MLPROJECT["entry_points"][name]
+    params = entry["parameters"]
+    options = {option(f).removeprefix("--").replace("-", "_"): (dotted, f) for dotted, f in leaves(step.config)}
+    assert set(params) <= set(options), set(params) - set(options)
+    words = _substituted(entry["command"], params, {k: v["default"] for k, v in params.items()})
+    assert words[:4] == ["python", "-m", "medrobust", name]
+    assert words[4::2] == [option(options[p][1]) for p in params]  # every parameter, each once, in order
+    args = vars(build_parser().parse_args(words[3:]))
+    del args["command"], args["verbose"]
+    assert step.config.from_dict(args) == step.config()
 
 
-def test_mlflow_run_train_end_to_end(ham_dir, mlflow_project):
-    done = mlflow_project("train", {"data": ham_dir, "image_size": 32, "per_class_limit": 20, "epochs": 1})
+def test_every_tracked_step_has_an_entry_point():
+    assert {n for n, s in STEPS.items() if s.tracked} == set(MLPROJECT["entry_points"])
+
+
+CONFIGS = [TrainConfig(), PoisonConfig(poison_fractions=(0.05, 0.6)), AttackConfig(method="pgd", eps=8 / 255),
+           DefendConfig(defense="distill", retrain_attacks=("fgsm", "pgd")), MainConfig(attacks=("fgsm",)),
+           PredictConfig(inputs=("a.jpg", "b/"))]
+
+
+@pytest.mark.parametrize("config", CONFIGS + [replace(c, data=DataConfig(image_size=32, per_class_limit=9))
+                                              for c in CONFIGS if hasattr(c, "data")], ids=repr)
+def test_config_round_trips_through_a_dict(config):
+    assert type(config).from_dict(config.to_dict()) == config
+    assert type(config).from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config  # as a pipeline file
+
+
+def test_every_step_config_is_in_the_table():
+    assert {s.config for s in STEPS.values()} == {type(c) for c in CONFIGS}
+
+
+def test_from_dict_refuses_unknown_keys_and_bad_values_by_name():
+    with pytest.raises(ConfigError, match="unknown setting epoch for TrainConfig; expected .*epochs"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="unknown setting sise for DataConfig"):
+        TrainConfig.from_dict({"data": {"sise": 32}})
+    with pytest.raises(ConfigError, match="epochs must be an integer, got 'three'"):
+        TrainConfig.from_dict({"epochs": "three"})
+    with pytest.raises(ConfigError, match="epochs must be at least 1, got 0"):
+        TrainConfig.from_dict({"epochs": "0"})
+    with pytest.raises(ConfigError, match=r"eps must be in \[0, 1\] \(images are on \[0, 1\]"):
+        AttackConfig.from_dict({"eps": 8})
+    with pytest.raises(ConfigError, match="class_weight must be one of balanced, sqrt, none, got 'square'"):
+        TrainConfig.from_dict({"class_weight": "square"})
+    typed = AttackConfig.from_dict({"eps": "8/255", "data.image_size": "32", "target": "none", "random_start": "no"})
+    assert typed.eps == 8 / 255 and typed.data.image_size == 32 and typed.target is None and not typed.random_start
+
+
+def test_an_attack_setting_the_method_does_not_take_is_refused_by_name():
+    with pytest.raises(ConfigError, match="attack fgsm takes no steps; its own settings are none"):
+        method_params(AttackConfig(method="fgsm", steps=20))
+    with pytest.raises(ConfigError, match="attack pgd takes no uap_delta; its own settings are steps, step_size"):
+        method_params(AttackConfig(method="pgd", uap_delta=0.5))
+    assert method_params(AttackConfig(method="pgd", steps=20))["steps"] == 20
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_generated_help_lists_every_config_field(name):
+    sub = next(a for a in build_parser()._subparsers._group_actions if a.dest == "command").choices[name]
+    text = sub.format_help()
+    for dotted, f in leaves(STEPS[name].config):
+        shown = f.name.upper() if f.metadata.get("positional") else option(f)
+        assert shown in text, dotted
+        assert f.metadata["help"].split()[0] in text, dotted
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path, child_env):
+    for argv, message in ((["--data", str(tmp_path / "missing")], f"{tmp_path / 'missing'} does not exist"),
+                          (["--epochs", "0"], "epochs must be at least 1, got 0")):
+        done = subprocess.run([sys.executable, "-m", "medrobust", "train", *argv], capture_output=True, text=True,
+                              timeout=300, env=child_env())
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # no start-up noise, no traceback
+
+
+def test_mlflow_run_main_nests_every_step_in_one_run(small_ham, mlflow_project):
+    done = mlflow_project("main", {"data": small_ham, "image_size": 32, "epochs": 1, "uap_max_steps": 2, "rounds": 1,
+                                   "epochs_per_round": 1})
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = tracking.search_runs("e2e")
-    assert [r["status"] for r in runs] == ["FINISHED"]
-    run = tracking.get_run(runs[0]["run_id"])
-    assert "clean_macro_recall" in run["metrics"]
-    assert run["params"]["data.per_class_limit"] == "20"
-    assert [v["version"] for v in tracking.model_versions("medrobust-small_cnn")] == [1]
+    runs = tracking.search_runs()
+    assert {r["experiment"] for r in runs} == {"e2e"}  # nothing in another experiment
+    top = [r for r in runs if r["parent"] is None]
+    assert len(top) == 1 and top[0]["step"] == "main"
+    assert [r["step"] for r in runs if r["parent"] == top[0]["run_id"]] == ["train", "attack", "attack", "defend"]
+    assert all(r["status"] == "FINISHED" for r in runs)
+    assert tracking.model_aliases("medrobust-small_cnn") == {"baseline": 1, "candidate": 2}
 
 
-def test_cli_bad_input_is_one_clear_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "medrobust", "train", "--data", str(tmp_path / "missing")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert f"{tmp_path / 'missing'} does not exist" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_mlflow_run_attack_defaults_to_the_baseline(small_ham, mlflow_project):
+    empty = mlflow_project("attack", {"method": "uap", "data": small_ham})
+    assert empty.returncode != 0
+    assert "no model registered as medrobust-small_cnn" in empty.stderr and "run train first" in empty.stderr
+    assert "Traceback" not in empty.stderr.split("medrobust attack: error")[-1]
+    trained = run_train(TrainConfig(data=DataConfig(path=str(small_ham), image_size=32), epochs=1, batch_size=16,
+                                    experiment="test"))
+    done = mlflow_project("attack", {"method": "uap", "data": small_ham, "uap_max_iter": 1})
+    assert done.returncode == 0, done.stderr[-3000:]
+    attack = [r for r in tracking.search_runs("e2e") if r["status"] == "FINISHED"]
+    assert len(attack) == 1 and attack[0]["step"] == "attack"
+    run = tracking.get_run(attack[0]["run_id"])
+    assert run["params"]["model_uri"] == "models:/medrobust-small_cnn@baseline"
+    assert run["metrics"]["clean_accuracy"] == pytest.approx(trained.metrics["clean_accuracy"])
+    assert run["params"]["data.image_size"] == "32"  # the model's input size

@@ -90,7 +90,7 @@ def test_medmnist_keeps_official_split_and_resizes(tmp_path):
 
 
 def test_load_dataset_on_real_subset(ham_dir):
-    config = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20, seed=1)
+    config = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20, split_seed=1)
     data = load_dataset(config, progress=False)
     assert sum(len(y) for y in data.y.values()) == len(data.table)
     assert set(data.table["split"]) == {"train", "val", "test"}

@@ -11,7 +11,7 @@ from medrobust.steps.train import run_train
 
 
 def tiny_config(ham_dir, **kw):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, seed=0)
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, split_seed=0)
     return TrainConfig(data=data, epochs=1, batch_size=32, experiment="test", **kw)
 
 

@@ -1,64 +1,196 @@
-"""Typed configuration: every default in one place.
+"""Typed configuration: every setting defined once, with its type, default, help text and check.
 
-A step takes one of these dataclasses; the CLI, MLproject, a pipeline or a test builds it.
-`flatten` turns one into the flat parameter dict that MLflow logs.
+A step takes one of these dataclasses. The CLI generates its options from them (cli.py), a
+pipeline or a tuning trial builds one with `from_dict`, and MLflow logs `flatten(config)`.
+`from_dict` coerces text ("32", "2/255", "true", "fgsm,pgd", "none") to each field's type, so
+the CLI, MLproject and YAML all go through the same checks, and an unknown key is an error
+naming it.
 """
 
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+
+from .data.labels import CLASSES, HEALTH_MAPS
+from .errors import ConfigError
+
+# The registered name every step defaults to: the latest network `train` registered.
+BASELINE_URI = "models:/medrobust-small_cnn@baseline"
+CLASS_WEIGHTS = ("balanced", "sqrt", "none")  # see models.training.class_weights
+NORMS = ("inf", "2")
+SPLITS = ("train", "val", "test")
+EPS_NOTE = "images are on [0, 1]; 2/255 = 0.0078"
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    # A HAM10000 or ISIC 2018 folder, or a dermamnist*.npz. None: $MEDROBUST_DATA, else download DermaMNIST.
-    path: str | None = None
-    image_size: int = 64
-    fractions: tuple[float, float, float] = (0.70, 0.175, 0.125)  # train / val / test
-    seed: int = 0
-    # Keep about this many images per class (whole lesions), for quick runs and tests. None: all.
-    per_class_limit: int | None = None
-    health_map: str = "clinical"  # clinical | thesis
-    cache_dir: str | None = None  # None: $MEDROBUST_CACHE, else ~/.cache/medrobust
+def setting(default=MISSING, help="", *, factory=MISSING, check=None, choices=None, flag=None, positional=False):
+    """A dataclass field with its help text and check. check(value) returns what is wrong (a
+    phrase such as 'must be at least 1') or None; it is not called for None. choices: the
+    allowed values (each element, for a tuple field). flag: the CLI option name when it is not
+    the field's name; positional: a CLI positional argument."""
+    metadata = {"help": help, "check": check, "choices": choices, "flag": flag, "positional": positional}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def at_least(low):
+    return lambda v: None if v >= low else f"must be at least {low}"
+
+
+def between(low, high, *, low_open=False, high_open=False, note=""):
+    """A check for low <= v <= high (either end open if asked); `note` explains the scale."""
+    def check(v):
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        if above and below:
+            return None
+        text = f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return f"{text} ({note})" if note else text
+    return check
+
+
+def positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def each(check):
+    def check_all(values):
+        return next((f"{problem} (element {v!r})" for v in values if (problem := check(v))), None)
+    return check_all
+
+
+def non_empty(values):
+    return None if len(values) else "needs at least one value"
+
+
+eps_range = between(0, 1, note=EPS_NOTE)
+
+
+def split_fractions(values):
+    if min(values) <= 0 or abs(sum(values) - 1) > 1e-6:
+        return "must be three positive numbers summing to 1"
+    return None
+
+
+# --- text to typed values (CLI, MLproject and YAML share it) -----------------------------------
+
+NONE_TEXT = ("", "none", "None", "null")
+
+
+def _number(text, kind):
+    text = text.strip()
+    if kind is float and "/" in text:  # 2/255: epsilons are read as people write them
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return kind(text)
+
+
+def coerce(value, kind, name):
+    """`value` (text, or already typed) as type `kind`; ConfigError naming `name` if it cannot be."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        if value is None or (isinstance(value, str) and value.strip() in NONE_TEXT):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], name)
+    if origin is tuple:
+        items = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], name) for v in items)
+        if len(items) != len(args):
+            raise ConfigError(f"{name} takes {len(args)} comma-separated values, got {value!r}")
+        return tuple(coerce(v, a, name) for v, a in zip(items, args))
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind in (int, float):
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str):
+                return _number(value, kind)
+            if kind is int and float(value) != int(value):
+                raise ValueError
+            return kind(value)
+        if kind is str:
+            if isinstance(value, (dict, list, tuple)):
+                raise ValueError
+            return str(value)
+    except (ValueError, TypeError, ZeroDivisionError):
+        raise ConfigError(f"{name} must be {_type_name(kind)}, got {value!r}") from None
+    raise TypeError(f"no coercion to {kind} for setting {name}")  # a field type we do not handle: a bug
+
+
+def _type_name(kind):
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) if a is not type(None) else "none" for a in args)
+    if origin is tuple:
+        return f"comma-separated {_type_name(args[0])}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(kind, kind.__name__)
+
+
+class Settings:
+    """Checks every field on creation, builds from and turns into plain dicts."""
 
     def __post_init__(self):
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
-        if self.per_class_limit is not None and self.per_class_limit < 3:
-            raise ValueError(f"per_class_limit must be at least 3 (one image per split), got {self.per_class_limit}")
-        if self.health_map not in ("clinical", "thesis"):
-            raise ValueError(f"health_map must be 'clinical' or 'thesis', got {self.health_map!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or is_dataclass(value):
+                continue
+            choices = f.metadata.get("choices")
+            if choices is not None:
+                for v in value if isinstance(value, tuple) else (value,):
+                    if v not in choices:
+                        raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {v!r}")
+            check = f.metadata.get("check")
+            problem = check(value) if check else None
+            if problem:
+                raise ConfigError(f"{f.name} {problem}, got {value!r}")
+        self.validate()
 
+    def validate(self):
+        """Checks across fields; a subclass raises ConfigError naming the settings."""
 
-@dataclass(frozen=True)
-class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    arch: str = "small_cnn"  # a name in medrobust.models.ARCHITECTURES
-    weights: str = "none"  # none, or the path to a local ImageNet weights file (transfer learning)
-    epochs: int = 14
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    patience: int = 6  # early stopping on validation macro recall; 0: train every epoch
-    class_weight: str = "sqrt"  # balanced | sqrt | none (see README: sqrt keeps accuracy >= 0.70)
-    augment: bool = True  # flips and 90-degree rotations: a lesion has no up or left
-    head_epochs: int = 3  # with ImageNet weights: epochs on the head alone before fine-tuning
-    fine_tune_lr_factor: float = 0.1
-    seed: int = 0
-    experiment: str = "medrobust"
-    run_name: str | None = None
-    register: bool = True
+    @classmethod
+    def from_dict(cls, values):
+        """An instance from {name: value}: nested dicts (or dotted keys such as 'data.image_size')
+        for nested settings, text or typed values. Unknown keys are refused by name."""
+        nested, own = {}, {}
+        for key, value in dict(values).items():
+            head, dot, rest = key.partition(".")
+            if dot:
+                nested.setdefault(head, {})[rest] = value
+            else:
+                own[key] = value
+        by_name = {f.name: f for f in fields(cls)}
+        unknown = sorted((set(own) | set(nested)) - set(by_name))
+        if unknown:
+            raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
+                              f"{cls.__name__}; expected {', '.join(by_name)}")
+        kwargs = {}
+        for name, f in by_name.items():
+            if is_dataclass(f.type):
+                part = own.get(name, {})
+                if isinstance(part, f.type):
+                    part = part.to_dict()
+                if not isinstance(part, dict):
+                    raise ConfigError(f"{name} takes a mapping of {f.type.__name__} settings, got {part!r}")
+                if part or name in nested:
+                    kwargs[name] = f.type.from_dict(part | nested.get(name, {}))
+            elif name in own:
+                kwargs[name] = coerce(own[name], f.type, name)
+        return cls(**kwargs)
 
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.patience < 0 or self.head_epochs < 0:
-            raise ValueError("patience and head_epochs must be >= 0")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.weights not in ("none", "imagenet") and not Path(self.weights).is_file():
-            raise ValueError(f"weights file {self.weights} does not exist (give 'none' or a local weights file)")
-        if self.class_weight not in ("balanced", "sqrt", "none"):
-            raise ValueError(f"class_weight must be balanced, sqrt or none, got {self.class_weight!r}")
+    def to_dict(self):
+        """{name: value}, nested settings as nested dicts; from_dict(to_dict()) gives an equal config."""
+        return asdict(self)
 
 
 def flatten(config, prefix=""):
@@ -73,148 +205,171 @@ def flatten(config, prefix=""):
     return out
 
 
+def narrow(config, cls):
+    """The `cls` view of a config that has all of cls's fields (a PoisonConfig as a TrainConfig)."""
+    return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+# --- the configurations ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class AttackConfig:
-    model_uri: str = ""  # runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>
-    data: DataConfig = field(default_factory=DataConfig)  # image_size follows the model's input
-    method: str = "fgsm"  # a name in medrobust.attacks.ATTACKS
-    eps: float = 2 / 255  # on [0, 1] images; the thesis' FGSM budget
-    norm: str = "inf"  # inf | 2
-    target: str | None = None  # a class name (e.g. nv) for a targeted attack
-    attack_model_uri: str | None = None  # surrogate for transfer attacks; None: white-box on the target
-    split: str = "test"
-    max_images: int | None = None  # attack only the first N images of the split
-    steps: int = 10  # pgd / cw / deepfool iterations
-    step_size: float | None = None  # pgd and uap_fast step; None: eps/4 (pgd), eps/5 (uap_fast)
-    random_start: bool = True  # pgd
-    uap_attacker: str = "fgsm"  # uap's inner attack: fgsm | pgd | deepfool
-    uap_delta: float = 0.2  # uap stops at fooling rate 1 - delta
-    uap_max_iter: int = 5  # uap passes over the attack set
-    max_steps: int = 200  # uap_fast mini-batch steps
-    target_fooling_rate: float = 0.8  # uap_fast stops there
-    batch_size: int = 128
-    seed: int = 0
-    experiment: str = "medrobust"
-    run_name: str | None = None
-
-    def __post_init__(self):
-        if not 0 <= self.eps <= 1:
-            raise ValueError(f"eps must be in [0, 1] (images are on [0, 1]; 2/255 = 0.0078), got {self.eps}")
-        if self.split not in ("train", "val", "test"):
-            raise ValueError(f"split must be train, val or test, got {self.split!r}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be at least 1, got {self.max_images}")
-        if not 0 < self.target_fooling_rate <= 1:
-            raise ValueError(f"target_fooling_rate must be in (0, 1], got {self.target_fooling_rate}")
+class DataConfig(Settings):
+    path: str | None = setting(None, "HAM10000 or ISIC 2018 folder, or a dermamnist*.npz; none: $MEDROBUST_DATA, "
+                                     "else DermaMNIST downloaded into the cache", flag="data")
+    image_size: int = setting(64, "square input size in pixels (a step on a trained model uses the model's)",
+                              check=at_least(8))
+    fractions: tuple[float, float, float] = setting((0.70, 0.175, 0.125), "train,val,test fractions of the "
+                                                    "lesion-grouped split", check=split_fractions)
+    split_seed: int = setting(0, "seed of the split and of the per-class subset")
+    per_class_limit: int | None = setting(None, "keep about this many images per class (whole lesions); none: all",
+                                          check=at_least(3))
+    health_map: str = setting("clinical", "which classes count as malignant: clinical (akiec, bcc, mel) or "
+                                          "thesis (nv too)", choices=tuple(HEALTH_MAPS))
+    cache_dir: str | None = setting(None, "decoded-image cache; none: $MEDROBUST_CACHE, else ~/.cache/medrobust")
 
 
 @dataclass(frozen=True)
-class PoisonConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)
-    source: str = "nv"  # relabel images of this class ...
-    target: str = "bkl"  # ... as this one (the thesis' nv -> bkl)
-    fractions: tuple[float, ...] = (0.1,)  # of the source's training images; several: a sweep of nested runs
+class StepConfig(Settings):
+    """What every tracked step has: where its run goes and its seed."""
 
-    def __post_init__(self):
-        if self.source.lower() == self.target.lower():
-            raise ValueError(f"poison source and target are the same class ({self.source})")
-        if not self.fractions:
-            raise ValueError("give at least one poison fraction")
-        for f in self.fractions:
-            if not 0 < f <= 1:
-                raise ValueError(f"poison fraction must be in (0, 1], got {f}")
+    experiment: str = setting("medrobust", "MLflow experiment (a step inside an active run joins that run's)")
+    run_name: str | None = setting(None, "MLflow run name; none: the step's own")
+    seed: int = setting(0, "seed of training, attacks and defenses")
 
 
 @dataclass(frozen=True)
-class MainConfig:
-    """The main job (`make run`): train the baseline, attack it with each of `attacks`, defend
-    it with `defense` and attack the defended model again."""
+class TrainConfig(StepConfig):
+    data: DataConfig = setting(factory=DataConfig)
+    arch: str = setting("small_cnn", "network from medrobust.models.ARCHITECTURES: small_cnn, resnet50, inception_v3")
+    weights: str = setting("none", "none, or the path of a local ImageNet weights file (transfer learning)")
+    epochs: int = setting(14, "training epochs (at most, with early stopping)", check=at_least(1))
+    batch_size: int = setting(64, "images per training step", check=at_least(1))
+    learning_rate: float = setting(2e-3, "Adam's initial learning rate (cosine decay)", check=positive)
+    patience: int = setting(6, "early stopping on validation macro recall after this many epochs without "
+                               "improvement; 0: train every epoch", check=at_least(0))
+    class_weight: str = setting("sqrt", "loss weights against the class imbalance: balanced, its square root (sqrt) "
+                                        "or none", choices=CLASS_WEIGHTS)
+    augment: bool = setting(True, "flips and 90-degree rotations (a lesion has no up or left)")
+    head_epochs: int = setting(3, "with ImageNet weights: epochs on the head alone before fine-tuning",
+                               check=at_least(0))
+    fine_tune_lr_factor: float = setting(0.1, "with ImageNet weights: fine-tuning learning rate over learning_rate",
+                                         check=positive)
+    register: bool = setting(True, "register the model version in the MLflow registry")
+    alias: str | None = setting("baseline", "registry alias set on the registered version; none: no alias")
 
-    train: TrainConfig = field(default_factory=TrainConfig)
-    attacks: tuple[str, ...] = ("fgsm", "uap_fast")
-    eps: float = 2 / 255  # the thesis' FGSM budget, used for every attack of the job
-    # uap_fast's step limit here: 60 steps of 128 images cost about a minute on 2 cores and
-    # keep `make run` inside its time budget (the attack step's own default is 200).
-    uap_max_steps: int = 60
-    # Then defend the model and measure it again. "none" stops after the attacks. Two rounds
-    # of two epochs keep the job inside 25 minutes on 2 cores; the thesis' 5 x 5 (the defend
-    # step's default) is GPU-scale.
-    defense: str = "retrain+llt"
-    rounds: int = 2
-    epochs_per_round: int = 2
+    def validate(self):
+        from pathlib import Path
 
-    def __post_init__(self):
-        if not 0 <= self.eps <= 1:
-            raise ValueError(f"eps must be in [0, 1] (images are on [0, 1]; 2/255 = 0.0078), got {self.eps}")
-        if self.rounds < 1 or self.epochs_per_round < 1:
-            raise ValueError("rounds and epochs_per_round must be at least 1")
-        if self.uap_max_steps < 1:
-            raise ValueError(f"uap_max_steps must be at least 1, got {self.uap_max_steps}")
-
+        if self.weights not in ("none", "imagenet") and not Path(self.weights).is_file():
+            raise ConfigError(f"weights file {self.weights} does not exist (give 'none' or a local weights file)")
 
 
 @dataclass(frozen=True)
-class DefendConfig:
-    model_uri: str = ""  # the undefended parent: runs:/<id>/model or models:/<name>@<alias>
-    data: DataConfig = field(default_factory=DataConfig)  # image_size follows the model's input
-    defense: str = "retrain+llt"  # names from medrobust.defenses.DEFENSES joined by '+'
+class PoisonConfig(TrainConfig):
+    """Train on labels flipped from a source class to a target class."""
+
+    source: str = setting("nv", "class whose training labels are flipped", choices=CLASSES)
+    target: str = setting("bkl", "class they are flipped to", choices=CLASSES)
+    poison_fractions: tuple[float, ...] = setting((0.1,), "fractions of the source's training images flipped; "
+                                                          "several: a sweep of nested runs",
+                                                  check=lambda v: non_empty(v) or each(between(0, 1, low_open=True))(v))
+
+    def validate(self):
+        super().validate()
+        if self.source == self.target:
+            raise ConfigError(f"poison source and target are the same class ({self.source})")
+
+
+@dataclass(frozen=True)
+class AttackConfig(StepConfig):
+    model_uri: str = setting(BASELINE_URI, "the model attacked: runs:/<id>/model or models:/<name>@<alias>")
+    data: DataConfig = setting(factory=DataConfig)
+    method: str = setting("fgsm", "attack from medrobust.attacks.ATTACKS: fgsm, fgsm_art, pgd, cw, deepfool, uap, "
+                                  "uap_fast")
+    eps: float = setting(2 / 255, "perturbation budget on [0, 1] images (2/255 is accepted as written)",
+                         check=eps_range)
+    norm: str = setting("inf", "budget norm", choices=NORMS)
+    target: str | None = setting(None, "class every image is pushed to (a targeted attack); none: untargeted",
+                                 choices=CLASSES)
+    attack_model_uri: str | None = setting(None, "surrogate model for a transfer attack; none: white-box on the model")
+    split: str = setting("test", "which split is attacked", choices=SPLITS)
+    max_images: int | None = setting(None, "attack only the first N images of the split", check=at_least(1))
+    batch_size: int = setting(128, "images per attack batch", check=at_least(1))
+    # Settings of some attacks only; giving one to an attack that does not take it is an error.
+    steps: int = setting(10, "pgd, cw, deepfool: iterations", check=at_least(1))
+    step_size: float | None = setting(None, "pgd, uap_fast: step; none: eps/4 (pgd), eps/5 (uap_fast)", check=positive)
+    random_start: bool = setting(True, "pgd: start from a random point of the eps-ball")
+    uap_attacker: str = setting("fgsm", "uap: the inner attack", choices=("fgsm", "pgd", "deepfool"))
+    uap_delta: float = setting(0.2, "uap: stop at fooling rate 1 - delta", check=between(0, 1, low_open=True, high_open=True))
+    uap_max_iter: int = setting(5, "uap: passes over the attack set", check=at_least(1))
+    max_steps: int = setting(200, "uap_fast: mini-batch steps", check=at_least(1))
+    target_fooling_rate: float = setting(0.8, "uap_fast: stop at this fooling rate", check=between(0, 1, low_open=True))
+
+
+@dataclass(frozen=True)
+class DefendConfig(StepConfig):
+    model_uri: str = setting(BASELINE_URI, "the undefended parent: runs:/<id>/model or models:/<name>@<alias>")
+    data: DataConfig = setting(factory=DataConfig)
+    defense: str = setting("retrain+llt", "names from medrobust.defenses.DEFENSES joined by '+': distill, retrain, "
+                                          "detector, squeeze, smooth, jpeg, llt")
     # retrain: the thesis' rounds of offline adversarial examples
-    rounds: int = 5
-    ratio: float = 0.5  # of the retraining images perturbed each round
-    epochs_per_round: int = 5
-    retrain_attacks: tuple[str, ...] = ("fgsm",)  # several: the perturbed images are split between them
-    retrain_eps: float = 2 / 255
-    retrain_on: str = "train+val"  # the thesis retrained on both; "train" keeps val held out
-    # Madry-style instead of rounds: fresh fgsm/pgd perturbations every batch, for
-    # rounds x epochs_per_round epochs over the retraining images
-    on_the_fly: bool = False
-    learning_rate: float = 5e-4  # a quarter of training's: it refines a trained network
-    batch_size: int = 64
-    # input transformations
-    llt_quality: int = 75
-    jpeg_quality: int = 75
-    smooth_window: int = 3
-    squeeze_bits: int = 5
-    # distill
-    temperature: float = 20.0
-    distill_epochs: int = 4
-    # detector
-    detector_attacks: tuple[str, ...] = ("fgsm",)
-    detector_eps: float = 2 / 255
-    detector_epochs: int = 5
-    detector_threshold: float = 0.5
+    rounds: int = setting(5, "retrain: rounds of fresh adversarial examples", check=at_least(1))
+    ratio: float = setting(0.5, "retrain: share of the retraining images perturbed each round",
+                           check=between(0, 1, low_open=True))
+    epochs_per_round: int = setting(5, "retrain: epochs per round", check=at_least(1))
+    retrain_attacks: tuple[str, ...] = setting(("fgsm",), "retrain: attacks crafting the images (several split them "
+                                                          "evenly)", check=non_empty)
+    retrain_eps: float = setting(2 / 255, "retrain: budget of the retraining attacks", check=eps_range)
+    retrain_on: str = setting("train+val", "retrain: images retrained on (the thesis used both; train keeps val "
+                                           "held out)", choices=("train", "train+val"))
+    on_the_fly: bool = setting(False, "retrain Madry-style: fresh fgsm or pgd perturbations every batch, for "
+                                      "rounds x epochs_per_round epochs")
+    learning_rate: float = setting(5e-4, "retrain, distill, detector: learning rate (a quarter of training's: it "
+                                         "refines a trained network)", check=positive)
+    batch_size: int = setting(64, "retrain, distill, detector: images per training step", check=at_least(1))
+    llt_quality: int = setting(75, "llt: WebP quality", check=between(1, 100))
+    jpeg_quality: int = setting(75, "jpeg: JPEG quality", check=between(1, 100))
+    smooth_window: int = setting(3, "smooth: median filter window", check=at_least(2))
+    squeeze_bits: int = setting(5, "squeeze: bits per colour channel", check=between(1, 8))
+    temperature: float = setting(20.0, "distill: temperature", check=positive)
+    distill_epochs: int = setting(4, "distill: epochs of the student", check=at_least(1))
+    detector_attacks: tuple[str, ...] = setting(("fgsm",), "detector: attacks it is trained on", check=non_empty)
+    detector_eps: float = setting(2 / 255, "detector: budget of those attacks", check=eps_range)
+    detector_epochs: int = setting(5, "detector: training epochs", check=at_least(1))
+    detector_threshold: float = setting(0.5, "detector: reject when P(adversarial) >= this",
+                                        check=between(0, 1, low_open=True, high_open=True))
     # the attack suite measured at once, transfer (crafted on the parent) and white-box
-    eval_attacks: tuple[str, ...] = ("fgsm", "uap_fast")
-    eval_eps: float = 2 / 255
-    uap_max_steps: int = 60
-    max_images: int | None = None  # evaluate on the first N test images only
-    seed: int = 0
-    experiment: str = "medrobust"
-    run_name: str | None = None
-    register: bool = True
-    alias: str = "candidate"
+    eval_attacks: tuple[str, ...] = setting(("fgsm", "uap_fast"), "attacks measured on the defended model, transfer "
+                                                                   "and white-box")
+    eval_eps: float = setting(2 / 255, "budget of those attacks", check=eps_range)
+    uap_max_steps: int = setting(60, "uap_fast's step limit wherever the step runs it", check=at_least(1))
+    max_images: int | None = setting(None, "measure on the first N test images only", check=at_least(1))
+    register: bool = setting(True, "register the defended model as a new version")
+    alias: str | None = setting("candidate", "registry alias of the defended version; none: no alias")
 
-    def __post_init__(self):
-        for name in ("llt_quality", "jpeg_quality"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and 1 <= value <= 100):
-                raise ValueError(f"{name} must be an integer in 1..100, got {value!r}")
-        if not 0 < self.ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
-        for name in ("rounds", "epochs_per_round", "batch_size", "distill_epochs", "detector_epochs", "uap_max_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("retrain_eps", "detector_eps", "eval_eps"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1] (images are on [0, 1]), got {getattr(self, name)}")
-        if not 0 < self.detector_threshold < 1:
-            raise ValueError(f"detector_threshold must be in (0, 1), got {self.detector_threshold}")
-        if self.retrain_on not in ("train", "train+val"):
-            raise ValueError(f"retrain_on must be 'train' or 'train+val', got {self.retrain_on!r}")
-        if self.smooth_window < 2 or not 1 <= self.squeeze_bits <= 8:
-            raise ValueError("smooth_window must be >= 2 and squeeze_bits in 1..8")
-        if not self.temperature > 0 or not self.learning_rate > 0:
-            raise ValueError("temperature and learning_rate must be > 0")
-        if not self.retrain_attacks or not self.detector_attacks:
-            raise ValueError("retrain_attacks and detector_attacks need at least one attack")
+
+@dataclass(frozen=True)
+class MainConfig(TrainConfig):
+    """The main job (`make run`): train the baseline, attack it with each of `attacks`, defend
+    it with `defense` and attack the defended model again, all nested under one run."""
+
+    attacks: tuple[str, ...] = setting(("fgsm", "uap_fast"), "attacks run on the baseline, white-box")
+    eps: float = setting(2 / 255, "budget of every attack of the job (the thesis' FGSM budget)", check=eps_range)
+    # 60 uap_fast steps of 128 images cost about a minute on 2 cores and keep `make run` inside
+    # its time budget (the attack step's own default is 200).
+    uap_max_steps: int = setting(60, "uap_fast's step limit", check=at_least(1))
+    # Two rounds of two epochs keep the job inside 25 minutes on 2 cores; the thesis' 5 x 5 (the
+    # defend step's default) is GPU-scale.
+    defense: str = setting("retrain+llt", "defense built and measured after the attacks; none: stop after them")
+    rounds: int = setting(2, "retrain rounds", check=at_least(1))
+    epochs_per_round: int = setting(2, "retrain epochs per round", check=at_least(1))
+
+
+@dataclass(frozen=True)
+class PredictConfig(Settings):
+    """Class probabilities and the health call for image files (no MLflow run)."""
+
+    inputs: tuple[str, ...] = setting((), "image files or folders", check=non_empty, positional=True)
+    model_uri: str = setting(BASELINE_URI, "runs:/<id>/model or models:/<name>@<alias> (defended or not)")
+    output: str = setting("-", "CSV file to write; -: standard output")
+    health_map: str = setting("clinical", "which classes count as malignant", choices=tuple(HEALTH_MAPS))

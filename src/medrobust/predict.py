@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from .data import CLASSES, malignant_mask
 from .data.images import decode_files
-from .data.sources import DataError
+from .errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -49,12 +49,12 @@ def predict_frame(classifier, images, health_map="clinical"):
     paths = None
     if isinstance(images, pd.DataFrame):
         if "path" not in images.columns:
-            raise ValueError(f"expected a DataFrame with a 'path' column of image files, got columns {list(images.columns)}")
+            raise DataError(f"expected a DataFrame with a 'path' column of image files, got columns {list(images.columns)}")
         paths = [str(p) for p in images["path"]]
         images = load_for(classifier, paths)
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(classifier.input_shape):
-        raise ValueError(f"expected images of shape (N, {', '.join(map(str, classifier.input_shape))}), got {images.shape}")
+        raise DataError(f"expected images of shape (N, {', '.join(map(str, classifier.input_shape))}), got {images.shape}")
     probabilities = np.asarray(tf.nn.softmax(classifier.logits(images), axis=-1))
     predicted = probabilities.argmax(axis=1)
     frame = pd.DataFrame(probabilities, columns=[f"p_{c}" for c in CLASSES])

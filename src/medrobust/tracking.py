@@ -7,6 +7,7 @@ Tracking goes to $MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the 
 from importlib import metadata
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+
+from .errors import ModelError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -29,21 +32,49 @@ def _configure():
 
 
 @contextmanager
-def run(experiment, run_name=None, nested=False, tags=None):
-    """Start a run (nested under the active one if `nested`); yields its run id.
+def run(experiment, run_name=None, tags=None):
+    """Start a run and yield its id; it is nested where it belongs.
 
-    An exception inside marks the run FAILED (MLflow's start_run does this on exit) and
+    - Inside an active run (a step of `main`, of a pipeline, of a tuning trial): a nested run
+      of it, in its experiment.
+    - Under `mlflow run` (MLFLOW_RUN_ID set): that run, in the experiment `mlflow run` chose;
+      MLflow's start_run takes the id from the environment once, so a job that runs several
+      steps opens one run itself (run_main) and nests the steps in it.
+    - Otherwise a new top-level run in `experiment`.
+
+    An exception inside marks the run FAILED (start_run's context does this on exit) and
     propagates, so nothing after the failure, registration included, happens.
     """
     _configure()
-    # Under `mlflow run` the run already exists (MLFLOW_RUN_ID) in the experiment that
-    # `mlflow run --experiment-name` chose; start_run resumes it, and setting another
-    # experiment would conflict.
-    # A nested run joins its parent's experiment.
-    if not nested and not os.environ.get("MLFLOW_RUN_ID"):
+    parent = mlflow.active_run()
+    if parent is not None:
+        context = mlflow.start_run(run_name=run_name, nested=True, experiment_id=parent.info.experiment_id, tags=tags)
+    elif os.environ.get("MLFLOW_RUN_ID"):
+        context = mlflow.start_run()
+    else:
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as active:
+        context = mlflow.start_run(run_name=run_name, tags=tags)
+    with context as active:
+        if parent is None and tags:
+            mlflow.set_tags(tags)  # a resumed run (mlflow run) takes no tags at start
+        if parent is None and run_name and active.info.run_name != run_name:
+            mlflow.set_tag("mlflow.runName", run_name)
         yield active.info.run_id
+
+
+def log_dataset(data, context):
+    """Record a Dataset (data.load_dataset) as the run's input: its source and fingerprint,
+    so the MLflow UI's dataset column and `dataset.digest` searches work. The digest is the
+    fingerprint's first 32 hex digits (MLflow's column holds 36 characters); the whole
+    fingerprint is the `data.fingerprint` parameter."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # a local path matches several equivalent source types
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(data.source))
+    name = f"{Path(data.source).name} ({data.layout})"
+    mlflow.log_input(MetaDataset(source, name=name, digest=data.fingerprint[:32]), context=context)
 
 
 def _param_text(value):
@@ -175,17 +206,15 @@ def _own_requirements():
 
 def load_classifier(model_uri):
     """A DefendedClassifier from any model URI: a plain Keras network (no defense) or a model
-    the defend step logged. Raises ValueError naming a URI that does not resolve or holds
+    the defend step logged. Raises ModelError naming a URI that does not resolve or holds
     something else."""
     from .defenses import DefendedClassifier
 
     _configure()
-    if not model_uri:
-        raise ValueError("no model URI given (runs:/<run_id>/model or models:/<name>@<alias>)")
     try:
-        flavors = mlflow.models.get_model_info(model_uri).flavors
+        flavors = mlflow.models.get_model_info(_check_uri(model_uri)).flavors
     except (mlflow.exceptions.MlflowException, OSError) as e:
-        raise ValueError(f"model URI {model_uri} does not resolve: {str(e).splitlines()[0]}") from e
+        raise _unresolved(model_uri, e) from e
     if "keras" in flavors:
         return DefendedClassifier(load_keras_model(model_uri))
     python_model = flavors.get("python_function", {}).get("python_model")
@@ -193,7 +222,7 @@ def load_classifier(model_uri):
         loaded = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
         if isinstance(loaded, DefendedPyfunc):
             return loaded.classifier
-    raise ValueError(f"model URI {model_uri} is not a medrobust classifier (flavours: {', '.join(flavors)})")
+    raise ModelError(f"model URI {model_uri} is not a medrobust classifier (flavours: {', '.join(flavors)})")
 
 
 def pyfunc_predict(model_uri, model_input):
@@ -205,15 +234,31 @@ def pyfunc_predict(model_uri, model_input):
 def load_keras_model(model_uri):
     """Load a Keras model from `runs:/<id>/model`, `models:/<name>/<version>` or `models:/<name>@<alias>`.
 
-    A URI that does not resolve raises ValueError naming it.
+    A URI that does not resolve raises ModelError naming it.
     """
     _configure()
-    if not model_uri:
-        raise ValueError("no model URI given (runs:/<run_id>/model or models:/<name>@<alias>)")
     try:
-        return mlflow.keras.load_model(model_uri)
+        return mlflow.keras.load_model(_check_uri(model_uri))
     except (mlflow.exceptions.MlflowException, OSError) as e:
-        raise ValueError(f"model URI {model_uri} does not resolve to a Keras model: {str(e).splitlines()[0]}") from e
+        raise _unresolved(model_uri, e) from e
+
+
+def _check_uri(model_uri):
+    if not model_uri:
+        raise ModelError("no model URI given (runs:/<run_id>/model or models:/<name>@<alias>)")
+    return model_uri
+
+
+def _unresolved(model_uri, error):
+    """The ModelError for a URI that does not resolve; a registry URI with nothing behind it
+    says which command makes one."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if str(model_uri).startswith("models:/"):
+        name = str(model_uri)[len("models:/"):].split("@")[0].split("/")[0]
+        if not model_versions(name):
+            return ModelError(f"no model registered as {name} in {tracking_uri()} (asked for {model_uri}); "
+                              "run train first: `mlflow run . -e train` or `medrobust train`")
+    return ModelError(f"model URI {model_uri} does not resolve: {first}")
 
 
 def get_run(run_id):
@@ -259,11 +304,37 @@ def model_versions(name):
     )
 
 
-def search_runs(experiment):
-    """[{'run_id', 'status', 'name'}] of an experiment's runs, oldest first."""
+def search_runs(experiment=None):
+    """[{'run_id', 'status', 'name', 'experiment', 'parent', 'step'}] of an experiment's runs (of
+    every experiment if None), oldest first; parent is the parent run's id or None."""
     _configure()
-    found = mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["attributes.start_time ASC"])
-    return [{"run_id": r.info.run_id, "status": r.info.status, "name": r.info.run_name} for r in found]
+    client = MlflowClient()
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    if experiment is not None and experiment not in experiments.values():
+        return []
+    ids = [i for i, name in experiments.items() if experiment is None or name == experiment]
+    found = client.search_runs(ids, order_by=["attributes.start_time ASC"], max_results=50000)
+    return [{"run_id": r.info.run_id, "status": r.info.status, "name": r.info.run_name,
+             "experiment": experiments[r.info.experiment_id], "parent": r.data.tags.get("mlflow.parentRunId"),
+             "step": r.data.tags.get("medrobust.step")} for r in found]
+
+
+def model_aliases(name):
+    """{alias: version} of a registered model; {} if it does not exist."""
+    _configure()
+    try:
+        model = MlflowClient().get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        return {}
+    return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def run_inputs(run_id):
+    """[{'name', 'digest', 'source', 'context'}] of the datasets a run logged as inputs."""
+    _configure()
+    inputs = MlflowClient().get_run(run_id).inputs.dataset_inputs
+    return [{"name": i.dataset.name, "digest": i.dataset.digest, "source": i.dataset.source,
+             "context": next((t.value for t in i.tags if t.key == "mlflow.data.context"), None)} for i in inputs]
 
 
 def download_artifact(run_id, path, dst):

@@ -3,8 +3,8 @@
 `load_dataset(DataConfig)` is the one call a step makes.
 """
 
+import logging
 import os
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from .images import default_cache_dir, load_images
 from .labels import CLASSES, HEALTH_MAPS, N_CLASSES, class_index, malignant_mask
 from .sources import DataError, Source, check_all_classes, fingerprint, open_source
 from .split import SPLITS, check_fractions, grouped_stratified_split, subset_by_class
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSES", "HEALTH_MAPS", "N_CLASSES", "SPLITS", "DataError", "Dataset", "Source",
@@ -62,11 +64,11 @@ def load_dataset(config, progress=True):
     source = open_source(resolve_data_path(config.path, config.cache_dir, config.image_size))
     records = source.records
     if config.per_class_limit:
-        keep = subset_by_class(records["label"], records["lesion_id"], config.per_class_limit, config.seed)
+        keep = subset_by_class(records["label"], records["lesion_id"], config.per_class_limit, config.split_seed)
         records = records.iloc[keep].reset_index(drop=True)
         source = replace(source, records=records)
     if "split" not in records:  # MedMNIST keeps its official split
-        sides = grouped_stratified_split(records["label"], records["lesion_id"], fractions, config.seed)
+        sides = grouped_stratified_split(records["label"], records["lesion_id"], fractions, config.split_seed)
         records = records.assign(split=np.asarray(SPLITS)[sides])
         source = replace(source, records=records)
     for side in SPLITS:
@@ -74,9 +76,8 @@ def load_dataset(config, progress=True):
             raise DataError(f"{source.path}: the {side} split is empty; use more images or other fractions")
     digest = fingerprint(source)
     images, cache_path, from_cache = load_images(source, digest, config.image_size, config.cache_dir, progress)
-    if progress:
-        print(f"data: {len(records)} images from {source.path} ({source.layout}), "
-              f"{'cache' if from_cache else 'decoded'}: {cache_path}", file=sys.stderr)
+    log.info("data: %d images from %s (%s), %s %s", len(records), source.path, source.layout,
+             "read from the cache" if from_cache else "decoded into the cache", cache_path)
     x, y, parts = {}, {}, []
     for side in SPLITS:
         mask = (records["split"] == side).to_numpy()

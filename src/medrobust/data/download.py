@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
+
 RECORD_URL = "https://zenodo.org/records/10519652/files"
 DERMAMNIST = {
     28: ("dermamnist.npz", "0744692d530f8e62ec473284d019b0c7"),
@@ -70,7 +72,7 @@ def fetch(url, dest, md5, timeout=60, progress=True):
 def dermamnist(cache_dir, size=28, mirror=None):
     """Path of the DermaMNIST .npz at `size` px in `cache_dir`, downloading it when needed."""
     if size not in DERMAMNIST:
-        raise ValueError(f"DermaMNIST comes at sizes {sorted(DERMAMNIST)}, not {size}")
+        raise ConfigError(f"DermaMNIST comes at sizes {sorted(DERMAMNIST)}, not {size}")
     name, md5 = DERMAMNIST[size]
     base = (mirror or os.environ.get("MEDROBUST_MIRROR") or RECORD_URL).rstrip("/")
     try:

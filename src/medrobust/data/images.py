@@ -7,15 +7,14 @@ either can never return stale pixels. Conversion to float32 in [0, 1] happens at
 
 import hashlib
 import os
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
+from ..console import progress as progress_bar
 from .sources import DataError, load_medmnist_arrays
 
 # Bumped whenever decoding changes, so old caches are not reused.
@@ -65,7 +64,7 @@ def decode_files(files, size, workers=None, progress=True):
         except DataError as e:
             errors.append(str(e))
 
-    bar = tqdm(total=len(files), desc=f"decode {size}px", unit="img", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=len(files), desc=f"decode {size}px", unit="img", enabled=progress)
     with ThreadPoolExecutor(workers) as pool:
         for _ in pool.map(work, range(len(files)), chunksize=64):
             bar.update()

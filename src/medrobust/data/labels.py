@@ -5,6 +5,8 @@ The canonical order is MedMNIST DermaMNIST's, so a DermaMNIST label is already a
 
 import numpy as np
 
+from ..errors import ConfigError
+
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 N_CLASSES = len(CLASSES)
 
@@ -23,12 +25,12 @@ def class_index(name):
     """Index of class `name` (case-insensitive) in CLASSES; ValueError naming the choices."""
     key = str(name).strip().lower()
     if key not in CLASSES:
-        raise ValueError(f"unknown class {name!r}; expected one of {', '.join(CLASSES)}")
+        raise ConfigError(f"unknown class {name!r}; expected one of {', '.join(CLASSES)}")
     return CLASSES.index(key)
 
 
 def malignant_mask(health_map="clinical"):
     """Boolean array of shape (N_CLASSES,): True where the class counts as malignant."""
     if health_map not in HEALTH_MAPS:
-        raise ValueError(f"unknown health_map {health_map!r}; expected one of {', '.join(HEALTH_MAPS)}")
+        raise ConfigError(f"unknown health_map {health_map!r}; expected one of {', '.join(HEALTH_MAPS)}")
     return np.array([c in HEALTH_MAPS[health_map] for c in CLASSES])

@@ -21,14 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import DataError
 from .labels import CLASSES, ISIC2018_COLUMNS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MEDMNIST_KEYS = tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels"))
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and row."""
 
 
 @dataclass(frozen=True)

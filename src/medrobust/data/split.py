@@ -7,6 +7,8 @@ image while no lesion is on two sides.
 
 import numpy as np
 
+from ..errors import ConfigError
+
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.70, 0.175, 0.125)
 
@@ -14,7 +16,7 @@ DEFAULT_FRACTIONS = (0.70, 0.175, 0.125)
 def check_fractions(fractions):
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
+        raise ConfigError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
     return fractions
 
 

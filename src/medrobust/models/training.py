@@ -1,13 +1,19 @@
 """Seeded, deterministic training with class weights, augmentation and early stopping."""
 
+import logging
 import math
+import time
 
 import numpy as np
 import keras
 import tensorflow as tf
 
 from .. import metrics
+from ..config import CLASS_WEIGHTS
+from ..errors import ConfigError
 from .zoo import backbone
+
+log = logging.getLogger(__name__)
 
 
 def set_seed(seed):
@@ -32,7 +38,7 @@ def class_weights(y, n_classes, mode="balanced"):
     elif mode == "none":
         w = present.astype(np.float64)
     elif mode != "balanced":
-        raise ValueError(f"class_weight must be balanced, sqrt or none, got {mode!r}")
+        raise ConfigError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}, got {mode!r}")
     return {k: float(v) for k, v in enumerate(w)}
 
 
@@ -83,6 +89,25 @@ class ValidationMetrics(keras.callbacks.Callback):
         logs["val_macro_recall"] = metrics.macro_recall(cm)
 
 
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch (in place of Keras' own output): the phase, the epoch and its figures."""
+
+    SHOWN = ("loss", "accuracy", "categorical_accuracy", "val_loss", "val_accuracy", "val_macro_recall")
+
+    def __init__(self, phase, epochs):
+        super().__init__()
+        self.phase, self.epochs, self.start = phase, epochs, time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        figures = "  ".join(f"{k.replace('categorical_', '')} {float(v):.4f}" for k, v in (logs or {}).items()
+                            if k in self.SHOWN)
+        log.info("%s epoch %d/%d  %s  (%.0f s)", self.phase, epoch + 1, self.epochs, figures,
+                 time.perf_counter() - self.start)
+
+
 class EpochHook(keras.callbacks.Callback):
     def __init__(self, fn, offset=0):
         super().__init__()
@@ -102,7 +127,7 @@ def _compile(model, learning_rate, total_steps, loss=None):
     )
 
 
-def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, verbose=2, loss=None, labels_for_weights=None):
+def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, loss=None, labels_for_weights=None):
     """Train `model` in place as TrainConfig `config` says; returns the per-epoch history.
 
     With a pretrained backbone the base is frozen for `head_epochs` (only the new head learns,
@@ -131,18 +156,21 @@ def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, verbose=2,
         if base is not None:
             base.trainable = base_trainable
         _compile(model, lr, epochs * steps, loss)
-        callbacks = [ValidationMetrics(x_val, y_val, n_classes)]
+        callbacks = [ValidationMetrics(x_val, y_val, n_classes), EpochLog(name, epochs)]
+        stopper = None
         if name != "head" and config.patience:  # patience 0: every epoch, the last weights kept
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_macro_recall", mode="max", patience=config.patience,
-                restore_best_weights=True, verbose=1,
-            ))
+            stopper = keras.callbacks.EarlyStopping(monitor="val_macro_recall", mode="max", patience=config.patience,
+                                                    restore_best_weights=True)
+            callbacks.append(stopper)
         if on_epoch:
             callbacks.append(EpochHook(on_epoch, offset=done))
         h = model.fit(
             data, steps_per_epoch=steps, epochs=epochs,
-            class_weight=weights, callbacks=callbacks, verbose=verbose, shuffle=False,
+            class_weight=weights, callbacks=callbacks, verbose=0, shuffle=False,
         )
+        if stopper is not None and stopper.stopped_epoch:
+            log.info("early stopping after epoch %d: weights of epoch %d kept (val macro recall %.4f)",
+                     stopper.stopped_epoch + 1, stopper.best_epoch + 1, stopper.best)
         for key, values in h.history.items():
             history.setdefault(key.replace("categorical_accuracy", "accuracy"), []).extend(float(v) for v in values)
         history.setdefault("phase", []).extend([name] * len(h.history["loss"]))

@@ -9,6 +9,8 @@ import numpy as np
 import keras
 from keras import layers
 
+from ..errors import ConfigError
+
 # Caffe-style ImageNet normalisation of keras.applications.resnet50: BGR order, mean subtracted.
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
@@ -25,7 +27,7 @@ def small_cnn(input_shape, n_classes, weights="none", widths=(32, 64, 128, 256),
     Sized for CPU: about 0.4 M parameters, ~120 training images/s at 64 px on 2 cores.
     """
     if weights not in (None, "none"):
-        raise ValueError("small_cnn has no pretrained weights; use weights='none'")
+        raise ConfigError("small_cnn has no pretrained weights; use weights='none'")
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for i, width in enumerate(widths):
@@ -52,10 +54,10 @@ def _caffe_preprocess(name="imagenet_preprocess"):
 
 def _backbone_classifier(base_fn, preprocess, min_size, input_shape, n_classes, weights, dropout, name):
     if min(input_shape[:2]) < min_size:
-        raise ValueError(f"{name} needs images of at least {min_size}x{min_size}, got {input_shape[0]}x{input_shape[1]}")
+        raise ConfigError(f"{name} needs images of at least {min_size}x{min_size}, got {input_shape[0]}x{input_shape[1]}")
     weights_path = None if weights in (None, "none") else str(weights)
     if weights_path == "imagenet":
-        raise ValueError(
+        raise ConfigError(
             "weights='imagenet' would download at run time; pass the path of a local ImageNet weights "
             "file (the keras.applications *_notop.h5) instead"
         )
@@ -98,7 +100,7 @@ ARCHITECTURES = {
 def create_model(arch, input_shape, n_classes, weights="none"):
     """Build architecture `arch` for images of `input_shape` (H, W, 3) and `n_classes` logits."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[arch](tuple(input_shape), n_classes, weights=weights)
 
 

@@ -1,16 +1,19 @@
 """The `attack` step: a model URI -> adversarial examples of a split -> clean and attacked metrics."""
 
-import sys
+import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from .. import attacks, metrics, plots, tracking
 from ..config import AttackConfig, flatten
 from ..data import CLASSES, class_index, load_dataset
+from ..errors import ConfigError, ModelError
 from ..models.training import predict_logits, set_seed
 from .report import log_evaluation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,7 +35,7 @@ def _load_models(config):
         return target, target
     surrogate = tracking.load_classifier(config.attack_model_uri).as_keras()
     if surrogate.input_shape[1:] != target.input_shape[1:] or surrogate.output_shape[-1] != target.output_shape[-1]:
-        raise ValueError(
+        raise ModelError(
             f"surrogate {config.attack_model_uri} takes {surrogate.input_shape[1:]} and outputs "
             f"{surrogate.output_shape[-1]} classes, but target {config.model_uri} takes {target.input_shape[1:]} "
             f"and outputs {target.output_shape[-1]}"
@@ -40,24 +43,32 @@ def _load_models(config):
     return target, surrogate
 
 
+def method_settings():
+    """The AttackConfig fields that only some attacks take (steps, uap_delta, ...): those some
+    registered attack accepts, beside the common seed and batch_size."""
+    accepted = {p for spec in attacks.ATTACKS.values() for p in spec.params}
+    return tuple(f.name for f in fields(AttackConfig) if f.name in accepted and f.name not in ("seed", "batch_size"))
+
+
 def method_params(config):
-    """The attack's own settings from the config (only those that method uses)."""
-    by_method = {
-        "fgsm": {},
-        "pgd": {"steps": config.steps, "step_size": config.step_size, "random_start": config.random_start},
-        "cw": {"steps": config.steps},
-        "deepfool": {"steps": config.steps},
-        "uap": {"attacker": config.uap_attacker, "delta": config.uap_delta, "max_iter": config.uap_max_iter},
-        "uap_fast": {"step_size": config.step_size, "max_steps": config.max_steps,
-                     "target_fooling_rate": config.target_fooling_rate},
-    }
-    return by_method[config.method] | {"batch_size": config.batch_size, "seed": config.seed}
+    """The attack's own settings from the config. A setting the method does not take, changed
+    from its default, is refused by name: it would otherwise be ignored without a word."""
+    spec = attacks.ATTACKS[config.method]
+    default = AttackConfig()
+    names = method_settings()
+    unused = [n for n in names if n not in spec.params and getattr(config, n) != getattr(default, n)]
+    if unused:
+        own = [n for n in names if n in spec.params]
+        raise ConfigError(f"attack {config.method} takes no {', '.join(unused)}; its own settings are "
+                          f"{', '.join(own) if own else 'none'}")
+    return {n: getattr(config, n) for n in names if n in spec.params}
 
 
 def run_attack(config: AttackConfig) -> AttackResult:
     """Attack the model at config.model_uri on one split and log everything; see AttackResult."""
     target_class = None if config.target is None else class_index(config.target)
     norm = attacks.check_attack(config.method, config.eps, config.norm, target_class)
+    params = method_params(config)
     model, attacker = _load_models(config)
     threat = "white-box" if attacker is model else "transfer"
     tags = {"medrobust.step": "attack", "medrobust.method": config.method, "medrobust.threat_model": threat}
@@ -71,12 +82,14 @@ def run_attack(config: AttackConfig) -> AttackResult:
         if config.max_images:
             x, y = x[: config.max_images], y[: config.max_images]
         tracking.log_params({"data.fingerprint": data.fingerprint, "n_images": len(x)})
+        tracking.log_dataset(data, context=config.split)
 
         pred_clean = predict_logits(model, x).argmax(axis=1)
-        print(f"attack: {config.method} ({threat}, eps {config.eps:.4f}, {norm}) on {len(x)} images", file=sys.stderr)
+        log.info("attack: %s (%s, eps %.4f, L-%s) on %d %s images", config.method, threat, config.eps, norm, len(x),
+                 config.split)
         start = time.perf_counter()
         x_adv, perturbation = attacks.craft(config.method, attacker, x, config.eps, norm, target=target_class,
-                                            **method_params(config))
+                                            seed=config.seed, batch_size=config.batch_size, **params)
         seconds = time.perf_counter() - start
         pred_adv = predict_logits(model, x_adv).argmax(axis=1)
 
@@ -103,4 +116,7 @@ def run_attack(config: AttackConfig) -> AttackResult:
             fig = plots.perturbation_figure(perturbation, config.eps)
             tracking.log_figure(fig, "perturbation/uap.png")
             plots.close(fig)
+    log.info("attack %s %s/255 (%s): run %s  accuracy %.3f -> %.3f  FNR %.3f -> %.3f  fooling rate %.3f",
+             config.method, f"{config.eps * 255:g}", threat, run_id, values["clean_accuracy"], values["adv_accuracy"],
+             values["clean_fnr"], values["adv_fnr"], values["fooling_rate"])
     return AttackResult(run_id, values, perturbation)

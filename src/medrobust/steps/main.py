@@ -1,15 +1,27 @@
-"""The main job (`make run`): train the baseline, attack it, defend it, attack it again, and
-print clean against attacked, before against after."""
+"""The main job (`make run`): train the baseline, attack it, defend it, attack it again, all
+as nested runs of one parent run, and log clean against attacked, before against after."""
 
-from dataclasses import replace
+import logging
+from dataclasses import dataclass, replace
 
+from .. import tracking
 from ..attacks import check_attack
-from ..config import AttackConfig, DefendConfig, MainConfig
+from ..config import AttackConfig, DefendConfig, MainConfig, TrainConfig, narrow
 from ..defenses import parse_spec
 from .attack import run_attack
 from .defend import run_defend
 from .report import format_table
 from .train import run_train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MainResult:
+    run_id: str  # the parent run
+    train: object  # TrainResult
+    attacks: dict  # {column title: metrics without prefix}: clean, then each attack
+    defense: object | None  # DefendResult, or None with defense=none
 
 
 def strip_prefix(values, prefix):
@@ -20,37 +32,33 @@ def strip_prefix(values, prefix):
     return out
 
 
-def run_main(config: MainConfig):
+def run_main(config: MainConfig) -> MainResult:
     """Train, run each attack white-box on the test split, then defend and measure the
-    defended model (transfer and white-box). Returns {'attacks': {column: metrics},
-    'defense': the defend step's before/after table or None}."""
+    defended model (transfer and white-box), each step a nested run of one `main` run."""
     for method in config.attacks:  # refuse a bad request before minutes of training
         check_attack(method, config.eps, "inf")
     defended = bool(parse_spec(config.defense))
-    train = config.train
-    result = run_train(train)
-    print(f"\nrun {result.run_id}  model {result.model_uri}"
-          + (f"  registered {result.registered_name} v{result.version}" if result.version else ""))
-    columns = {"clean": strip_prefix(result.metrics, "clean_")}
-    for method in config.attacks:
-        attack = AttackConfig(model_uri=result.model_uri, data=train.data, method=method, eps=config.eps,
-                              max_steps=config.uap_max_steps, seed=train.seed, experiment=train.experiment)
-        outcome = run_attack(replace(attack, run_name=f"attack-{method}"))
-        columns[f"{method} {config.eps * 255:g}/255"] = strip_prefix(outcome.metrics, "adv_")
-        print(f"attack run {outcome.run_id}: {method}")
-    print("\nthe baseline, clean and attacked (white-box)")
-    print(format_table(columns))
-    table = None
-    if defended:
-        defense = run_defend(DefendConfig(
-            model_uri=result.model_uri, data=train.data, defense=config.defense, rounds=config.rounds,
-            epochs_per_round=config.epochs_per_round, retrain_eps=config.eps, eval_attacks=config.attacks,
-            eval_eps=config.eps, uap_max_steps=config.uap_max_steps, seed=train.seed, experiment=train.experiment,
-            register=train.register,
-        ))
-        table = defense.table
-        print(f"\ndefend run {defense.run_id}: {config.defense}, model {defense.model_uri}"
-              + (f"  registered {defense.registered_name} v{defense.version} @candidate" if defense.version else ""))
-        print("before (parent) and after (defended); transfer = the parent's adversarial images")
-        print(format_table(table))
-    return {"attacks": columns, "defense": table}
+    tags = {"medrobust.step": "main", "medrobust.arch": config.arch}
+    with tracking.run(config.experiment, run_name=config.run_name or "main", tags=tags) as run_id:
+        train = run_train(replace(narrow(config, TrainConfig), run_name=None))  # run_name names the parent
+        columns = {"clean": strip_prefix(train.metrics, "clean_")}
+        for method in config.attacks:
+            outcome = run_attack(AttackConfig(
+                model_uri=train.model_uri, data=config.data, method=method, eps=config.eps, seed=config.seed,
+                experiment=config.experiment, run_name=f"attack-{method}",
+                **({"max_steps": config.uap_max_steps} if method == "uap_fast" else {})))
+            columns[f"{method} {config.eps * 255:g}/255"] = strip_prefix(outcome.metrics, "adv_")
+        log.info("the baseline, clean and attacked (white-box)\n%s", format_table(columns))
+        tracking.log_text(format_table(columns), "report/attacks.txt")
+        defense = None
+        if defended:
+            defense = run_defend(DefendConfig(
+                model_uri=train.model_uri, data=config.data, defense=config.defense, rounds=config.rounds,
+                epochs_per_round=config.epochs_per_round, retrain_eps=config.eps, eval_attacks=config.attacks,
+                eval_eps=config.eps, uap_max_steps=config.uap_max_steps, seed=config.seed,
+                experiment=config.experiment, register=config.register,
+            ))
+            log.info("before (parent) and after (defended); transfer = the parent's adversarial images\n%s",
+                     format_table(defense.table))
+    log.info("main: run %s, %d nested runs", run_id, 1 + len(config.attacks) + int(defended))
+    return MainResult(run_id, train, columns, defense)

@@ -1,15 +1,19 @@
 """The `poison` step: flip training labels from a source class to a target class, train on
 them, and measure the damage on the clean test split."""
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import plots, tracking
-from ..config import PoisonConfig
+from ..config import PoisonConfig, TrainConfig, narrow
 from ..data import CLASSES, class_index, load_dataset
+from ..errors import ConfigError
 from ..models.training import set_seed
-from .train import registered_name, train_in_run
+from .train import headline, registered_name, train_in_run
+
+log = logging.getLogger(__name__)
 
 SWEEP_METRICS = ("clean_accuracy", "clean_macro_recall", "clean_macro_specificity", "clean_health_accuracy",
                  "clean_fnr", "clean_npv")
@@ -37,37 +41,44 @@ class PoisonResult:
 
 
 def _one(config, data, source, target, fraction):
-    poisoned, flipped = poison_labels(data.y["train"], source, target, fraction, config.train.seed)
+    poisoned, flipped = poison_labels(data.y["train"], source, target, fraction, config.seed)
+    if len(flipped) == 0:
+        raise ConfigError(f"poison fraction {fraction} flips no image: the training split holds "
+                          f"{int(np.sum(data.y['train'] == source))} {CLASSES[source]} images")
     train_ids = data.table.loc[data.table["split"] == "train", "image_id"].to_numpy()
     tracking.log_params({"poison.source": CLASSES[source], "poison.target": CLASSES[target],
                          "poison.fraction": fraction, "poison.n_flipped": len(flipped)})
     tracking.log_text("image_id\n" + "\n".join(train_ids[flipped]) + "\n", "poison/flipped.csv")
-    return train_in_run(tracking.active_run_id(), config.train, data, y_train=poisoned,
-                        registered_as=f"{registered_name(config.train.arch)}-poisoned",
-                        extra_tags={"poison": f"{CLASSES[source]}->{CLASSES[target]} {fraction}"})
+    result = train_in_run(tracking.active_run_id(), narrow(config, TrainConfig), data, y_train=poisoned,
+                          registered_as=f"{registered_name(config.arch)}-poisoned",
+                          extra_tags={"poison": f"{CLASSES[source]}->{CLASSES[target]} {fraction}"})
+    log.info("poison %s -> %s at %g (%d labels flipped): %s", CLASSES[source], CLASSES[target], fraction,
+             len(flipped), headline(result))
+    return result
 
 
 def run_poison(config: PoisonConfig) -> PoisonResult:
     """One poisoned training per fraction; several fractions run as nested runs under a parent
     that draws every metric against the fraction (the thesis' Figure 4.6)."""
     source, target = class_index(config.source), class_index(config.target)
-    train = config.train
-    tags = {"medrobust.step": "poison", "medrobust.arch": train.arch}
-    name = train.run_name or f"poison-{config.source}-{config.target}"
-    with tracking.run(train.experiment, run_name=name, tags=tags) as parent:
-        set_seed(train.seed)
-        data = load_dataset(train.data)
-        if len(config.fractions) == 1:
-            return PoisonResult(parent, {config.fractions[0]: _one(config, data, source, target, config.fractions[0])})
+    fractions = config.poison_fractions
+    tags = {"medrobust.step": "poison", "medrobust.arch": config.arch}
+    name = config.run_name or f"poison-{config.source}-{config.target}"
+    with tracking.run(config.experiment, run_name=name, tags=tags) as parent:
+        set_seed(config.seed)
+        data = load_dataset(config.data)
+        if len(fractions) == 1:
+            return PoisonResult(parent, {fractions[0]: _one(config, data, source, target, fractions[0])})
         tracking.log_params({"poison.source": config.source, "poison.target": config.target,
-                             "poison.fractions": ",".join(str(f) for f in config.fractions)})
+                             "poison.fractions": ",".join(str(f) for f in fractions)})
+        tracking.log_dataset(data, context="train")
         runs = {}
-        for fraction in config.fractions:
-            with tracking.run(train.experiment, run_name=f"{name}-{fraction}", nested=True, tags=tags):
+        for fraction in fractions:
+            with tracking.run(config.experiment, run_name=f"{name}-{fraction}", tags=tags):
                 runs[fraction] = _one(config, data, source, target, fraction)
-        series = {k: [runs[f].metrics[k] for f in config.fractions] for k in SWEEP_METRICS}
-        tracking.log_json({"fractions": list(config.fractions), **series}, "poison/sweep.json")
-        fig = plots.sweep_figure(config.fractions, series, f"{config.source} relabelled as {config.target}")
+        series = {k: [runs[f].metrics[k] for f in fractions] for k in SWEEP_METRICS}
+        tracking.log_json({"fractions": list(fractions), **series}, "poison/sweep.json")
+        fig = plots.sweep_figure(fractions, series, f"{config.source} relabelled as {config.target}")
         tracking.log_figure(fig, "poison/sweep.png")
         plots.close(fig)
     return PoisonResult(parent, runs)

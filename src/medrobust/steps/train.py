@@ -1,6 +1,6 @@
-"""The `train` step: data -> trained network -> MLflow run + registered model version."""
+"""The `train` step: data -> trained network -> MLflow run + registered model version (@baseline)."""
 
-import sys
+import logging
 from dataclasses import dataclass
 
 from .. import plots, tracking
@@ -9,6 +9,8 @@ from ..data import N_CLASSES, load_dataset
 from ..models.training import fit, predict_logits, set_seed
 from ..models.zoo import create_model
 from .report import log_evaluation
+
+log = logging.getLogger(__name__)
 
 # Keras' names per epoch -> ours (train_ / val_ prefixes make the MLflow charts readable).
 EPOCH_METRICS = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss",
@@ -24,6 +26,7 @@ class TrainResult:
     registered_name: str | None
     version: int | None
     metrics: dict
+    alias: str | None = None  # the registry alias pointing at the version (baseline)
 
 
 def registered_name(arch):
@@ -36,7 +39,19 @@ def run_train(config: TrainConfig) -> TrainResult:
     with tracking.run(config.experiment, run_name=config.run_name or f"train-{config.arch}", tags=tags) as run_id:
         set_seed(config.seed)
         data = load_dataset(config.data)
-        return train_in_run(run_id, config, data)
+        result = train_in_run(run_id, config, data)
+    log.info("train %s: %s", config.arch, headline(result))
+    return result
+
+
+def headline(result):
+    """One line: the run, the figures a clinician reads first, what was registered."""
+    m = result.metrics
+    text = (f"run {result.run_id}  accuracy {m['clean_accuracy']:.3f}  macro recall {m['clean_macro_recall']:.3f}  "
+            f"FNR {m['clean_fnr']:.3f}")
+    if result.version:
+        text += f"  registered {result.registered_name} v{result.version}" + (f" @{result.alias}" if result.alias else "")
+    return text
 
 
 def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_tags=None):
@@ -44,6 +59,7 @@ def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_t
     given, as poisoning does), evaluate on the clean test split, log and register.
     Returns a TrainResult."""
     tracking.log_params(flatten(config))
+    tracking.log_dataset(data, context="train")
     tracking.log_params({
         "data.fingerprint": data.fingerprint, "data.layout": data.layout, "data.source": data.source,
         **{f"data.n_{side}": len(y) for side, y in data.y.items()},
@@ -64,7 +80,7 @@ def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_t
     plots.close(fig)
     tracking.log_metrics({"epochs_trained": len(history["loss"])})
 
-    print("evaluating on the test split", file=sys.stderr)
+    log.info("evaluating on the test split (%d images)", len(data.y["test"]))
     predictions = predict_logits(model, data.x["test"]).argmax(axis=1)
     values = log_evaluation(data.y["test"], predictions, config.data.health_map, condition="clean")
     model_uri, logged_uri = tracking.log_keras_model(model, data.x["test"][:4])
@@ -72,5 +88,5 @@ def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_t
     if config.register:  # last, so a failure anywhere above registers nothing
         name = registered_as or registered_name(config.arch)
         tags = {k: f"{values[k]:.4f}" for k in VERSION_TAGS} | {"data_fingerprint": data.fingerprint}
-        version = tracking.register_model(logged_uri, name, tags=tags | (extra_tags or {}))
-    return TrainResult(run_id, model_uri, name, version, values)
+        version = tracking.register_model(logged_uri, name, tags=tags | (extra_tags or {}), alias=config.alias)
+    return TrainResult(run_id, model_uri, name, version, values, config.alias if version else None)

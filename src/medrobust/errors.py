@@ -1,0 +1,23 @@
+"""The project's error classes.
+
+An expected error is bad input: a setting, a file, a model URI, a request a step cannot
+serve. The CLI prints it as one line naming what is wrong and exits 2. Anything else is a bug
+and keeps its traceback. Each class is also a ValueError, so callers that catch ValueError
+(and argparse-style code) still see it as one.
+"""
+
+
+class MedrobustError(ValueError):
+    """An expected error: the message names the file, row, parameter or URI at fault."""
+
+
+class ConfigError(MedrobustError):
+    """A setting out of range, of the wrong type, unknown, or not accepted by what it configures."""
+
+
+class DataError(MedrobustError):
+    """Bad input data; the message names the file and row."""
+
+
+class ModelError(MedrobustError):
+    """A model URI that does not resolve, or resolves to something that is not a medrobust classifier."""

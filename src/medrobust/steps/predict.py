@@ -1,0 +1,29 @@
+"""The `predict` command: image files in, one CSV row per image out (no MLflow run)."""
+
+import logging
+import sys
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .. import tracking
+from ..config import PredictConfig
+from ..predict import predict_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictResult:
+    frame: pd.DataFrame  # one row per image (medrobust.predict.predict_frame)
+    output: str  # where the CSV went; - is standard output
+
+
+def run_predict(config: PredictConfig) -> PredictResult:
+    """Predict every image of config.inputs with the model at config.model_uri, defense applied."""
+    frame = predict_files(tracking.load_classifier(config.model_uri), config.inputs, config.health_map)
+    frame.to_csv(sys.stdout if config.output == "-" else config.output, index=False)
+    if config.output != "-":
+        log.info("predict: %d images, %d called malignant, written to %s", len(frame), int(frame["malignant"].sum()),
+                 config.output)
+    return PredictResult(frame, config.output)
