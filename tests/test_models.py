@@ -73,7 +73,7 @@ def test_training_is_deterministic_by_seed():
     def train(seed):
         set_seed(seed)
         model = create_model("small_cnn", (16, 16, 3), 7)
-        fit(model, x, y, x[:14], y[:14], config, verbose=0)
+        fit(model, x, y, x[:14], y[:14], config)
         return model.get_weights()
 
     a, b, c = train(5), train(5), train(6)
@@ -98,7 +98,7 @@ def test_transfer_learning_freezes_then_fine_tunes(tmp_path):
     def snapshot(epoch, logs):
         seen.append([w.copy() for w in model.get_layer("backbone").get_weights()[:3]])
 
-    history = fit(model, x, y, x[:14], y[:14], config, on_epoch=snapshot, verbose=0)
+    history = fit(model, x, y, x[:14], y[:14], config, on_epoch=snapshot)
     assert history["phase"] == ["head", "fine_tune"]
     donor_weights = donor.get_weights()[:3]
     assert all(np.array_equal(a, b) for a, b in zip(seen[0], donor_weights))  # frozen during the head phase

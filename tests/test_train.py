@@ -42,6 +42,10 @@ def test_train_logs_metrics_artifacts_and_registers(ham_dir):
     assert [v["version"] for v in versions] == [result.version] == [1]
     assert versions[0]["run_id"] == result.run_id
     assert float(versions[0]["tags"]["clean_macro_recall"]) == pytest.approx(result.metrics["clean_macro_recall"], abs=1e-4)
+    # The version is the new @baseline, which attack, defend and evaluate default to.
+    assert tracking.model_aliases("medrobust-small_cnn") == {"baseline": 1} and result.alias == "baseline"
+    assert run["tags"]["medrobust.step"] == "train"
+    assert tracking.run_inputs(result.run_id)[0]["digest"] == run["params"]["data.fingerprint"][:32]
 
 
 def test_split_artifact_and_registered_model_round_trip(ham_dir, tmp_path):
