@@ -11,24 +11,34 @@ import contextlib
 import sys
 
 from medrobust.config import DataConfig, DefendConfig
-from medrobust.steps.defend import run_defend
+from medrobust.defenses import parse_spec
+from medrobust.evaluation import CLEAN, by_condition
+from medrobust.steps.defend import DEFENDED, PARENT, run_defend
 
 SPECS = ("retrain", "llt", "retrain+llt", "distill", "detector")
 # make run's scale: two retraining rounds of two epochs, 60 uap_fast steps, eps 2/255.
-SETTINGS = dict(rounds=2, epochs_per_round=2, uap_max_steps=60, eval_attacks=("fgsm", "uap_fast"),
-                experiment="defenses", register=False)
+SETTINGS = dict(uap_max_steps=60, eval_attacks=("fgsm", "uap_fast"), experiment="defenses", register=False)
+RETRAIN = dict(rounds=2, epochs_per_round=2)  # given only where retrain is a part (others refuse them)
+THREATS = {"transfer": "transfer", "whitebox": "white-box"}
 COLUMNS = (("accuracy", "accuracy"), ("macro recall", "macro_recall"), ("FNR", "fnr"), ("NPV", "npv"),
            ("fooling rate", "fooling_rate"), ("rejected", "rejected_rate"), ("FNR, rejected sent to a doctor", "referred_fnr"))
 
 
-def rows_of(spec, table):
-    """(defense, condition, metrics) rows; 'none' comes from the parent's columns."""
-    if spec == "none":
-        return [("none", "clean", table["parent clean"])] + [
-            ("none", f"{m} (white-box)", table[f"parent {m}"]) for m in SETTINGS["eval_attacks"]]
-    rows = [(spec, "clean", table["defended clean"])]
-    for m in SETTINGS["eval_attacks"]:
-        rows += [(spec, f"{m} transfer", table[f"{m} transfer"]), (spec, f"{m} white-box", table[f"{m} white-box"])]
+def rows_of(spec, records):
+    """(defense, condition, metrics) rows from a defend run's long-format records, in their
+    order; 'none' is the parent's rows (its attacks are white-box on itself)."""
+    model = PARENT if spec == "none" else DEFENDED
+    rows = []
+    for (who, attack, threat, _), values in by_condition(records).items():
+        if who != model:
+            continue
+        if attack == CLEAN:
+            condition = "clean"
+        elif spec == "none":
+            condition = f"{attack} (white-box)"
+        else:
+            condition = f"{attack} {THREATS[threat]}"
+        rows.append((spec, condition, values))
     return rows
 
 
@@ -45,15 +55,18 @@ def main(model_uri):
     rows = []
     for spec in SPECS:
         with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines; standard output is the table
-            result = run_defend(DefendConfig(model_uri=model_uri, data=DataConfig(), defense=spec, **SETTINGS))
+            settings = SETTINGS | (RETRAIN if "retrain" in parse_spec(spec) else {})
+            result = run_defend(DefendConfig(model_uri=model_uri, data=DataConfig(), defense=spec, **settings))
         if not rows:
-            rows += rows_of("none", result.table)
-        rows += rows_of(spec, result.table)
-        print(f"{spec}: run {result.run_id}", file=sys.stderr)
+            rows += rows_of("none", result.records)
+        rows += rows_of(spec, result.records)  # run_defend logs each run's id and headline figures
     print(markdown(rows))
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python experiments/defense_table.py <model URI>")
+    from medrobust import console
+
+    console.configure()  # our progress lines on standard error
     main(sys.argv[1])

@@ -1,6 +1,7 @@
 """The defend step and `predict` on a model trained on a real HAM10000 subset."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -11,6 +12,8 @@ import pytest
 from medrobust import tracking
 from medrobust.config import AttackConfig, DataConfig, DefendConfig, TrainConfig
 from medrobust.data import CLASSES, load_dataset
+from medrobust.defenses import parse_spec
+from medrobust.evaluation import by_condition, flat_metrics
 from medrobust.predict import predict_frame
 from medrobust.steps.attack import run_attack
 from medrobust.steps.defend import run_defend
@@ -28,8 +31,11 @@ def trained(ham_dir):
 
 
 def _defend(data, model, defense, **kw):
-    settings = dict(model_uri=model.model_uri, data=data, defense=defense, eval_eps=EPS, retrain_eps=EPS,
-                    detector_eps=EPS, eval_attacks=("fgsm",), experiment="test")
+    settings = dict(model_uri=model.model_uri, data=data, defense=defense, eval_eps=EPS, eval_attacks=("fgsm",),
+                    experiment="test")
+    parts = parse_spec(defense)  # a setting of a part the defense lacks is refused
+    settings |= {"retrain_eps": EPS} if "retrain" in parts else {}
+    settings |= {"detector_eps": EPS} if "detector" in parts else {}
     return run_defend(DefendConfig(**(settings | kw)))
 
 
@@ -61,10 +67,46 @@ def test_detector_flags_held_out_fgsm_images(trained):
     assert m["adv_fgsm_transfer_referred_fnr"] <= m["adv_fgsm_transfer_fnr"]
 
 
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_path, child_env):
     data, model = trained
-    result = _defend(data, model, "retrain+llt", rounds=1, epochs_per_round=1, llt_quality=60)
+    lines, logger = _Lines(), logging.getLogger("medrobust.steps.defend")
+    logger.addHandler(lines)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        result = _defend(data, model, "retrain+llt", rounds=1, epochs_per_round=1, llt_quality=60)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    m = result.metrics
+    # One closing line: the run, the headline figures before -> after, the registration.
+    assert lines.lines[-1] == (f"defend retrain+llt: run {result.run_id}  accuracy {m['parent_clean_accuracy']:.3f} -> "
+                               f"{m['clean_accuracy']:.3f}  FNR {m['parent_clean_fnr']:.3f} -> {m['clean_fnr']:.3f}  "
+                               f"fgsm white-box accuracy {m['adv_fgsm_whitebox_accuracy']:.3f}  "
+                               "registered medrobust-small_cnn v2 @candidate")
     assert result.version == 2 and result.registered_name == "medrobust-small_cnn"
+    # What was logged is what the result says: the flat metrics from the long-format records,
+    # under the names every release has logged, and the records themselves as a CSV artifact.
+    logged = tracking.get_run(result.run_id)["metrics"]
+    assert result.metrics == flat_metrics(result.records)
+    assert {k: logged[k] for k in result.metrics} == pytest.approx(result.metrics, nan_ok=True)
+    assert list(by_condition(result.records)) == [("parent", "none", "clean", 0.0), ("defended", "none", "clean", 0.0),
+                                                  ("parent", "fgsm", "whitebox", EPS),
+                                                  ("defended", "fgsm", "transfer", EPS),
+                                                  ("defended", "fgsm", "whitebox", EPS)]
+    assert list(result.table) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box"]
+    artifacts = tracking.list_artifacts(result.run_id)
+    assert {"report/records.csv", "report/before_after.txt", "confusion/adv_fgsm_whitebox_7x7.json",
+            "confusion/parent_fgsm_2x2.json", "examples/fgsm_whitebox.png", "training/retrain_history.json"} <= set(artifacts)
+    assert "retrain_loss" in logged and "adv_fgsm_whitebox_fooling_rate" in logged
     loaded = tracking.load_classifier("models:/medrobust-small_cnn@candidate")
     assert loaded.chain == (("llt", {"quality": 60}),)
     assert loaded.info["parent_model_uri"] == model.model_uri
@@ -127,6 +169,8 @@ def test_predict_cli_on_real_images(trained, ham_dir, tmp_path, child_env):
     ({"defense": "retrain+blur"}, "unknown defense 'blur'"),
     ({"retrain_attacks": ("nope",)}, "unknown attack method 'nope'"),
     ({"defense": "retrain", "on_the_fly": True, "retrain_attacks": ("uap",)}, "on-the-fly retraining takes one attack"),
+    ({"defense": "llt", "temperature": 5.0}, "temperature is a setting of distill, which the defense 'llt' does not"),
+    ({"defense": "llt", "eval_attacks": ("uap_fast",), "uap_max_steps": 5, "rounds": 2}, "rounds is a setting of retrain"),
     ({"model_uri": "runs:/0123456789abcdef/model"}, "does not resolve"),
 ])
 def test_bad_defend_request_fails_before_any_run(ham_dir, change, message):
@@ -137,7 +181,7 @@ def test_bad_defend_request_fails_before_any_run(ham_dir, change, message):
     assert tracking.search_runs("test") == []
 
 
-@pytest.mark.parametrize("change, message", [({"llt_quality": 0}, "llt_quality must be an integer in 1..100"),
+@pytest.mark.parametrize("change, message", [({"llt_quality": 0}, r"llt_quality must be in \[1, 100\]"),
                                              ({"ratio": 1.5}, r"ratio must be in \(0, 1\]")])
 def test_bad_defend_settings_are_refused(change, message):
     with pytest.raises(ValueError, match=message):

@@ -5,8 +5,8 @@ import pytest
 
 from medrobust.defenses import DEFENSES, DefendedClassifier, apply_chain, input_chain, load_defended, parse_spec
 from medrobust.defenses import transforms
+from medrobust.errors import ConfigError
 from medrobust.models.zoo import small_cnn
-from medrobust.steps.defend import with_rejection
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_squeeze_leaves_only_the_bit_depth_levels(images):
 
 @pytest.mark.parametrize("bad", [0, 101, 7.5, "75"])
 def test_quality_outside_1_to_100_is_refused(images, bad):
-    with pytest.raises(ValueError, match="quality must be an integer in 1..100"):
+    with pytest.raises(ConfigError, match="quality must be an integer in 1..100"):
         transforms.llt(images, quality=bad)
 
 
@@ -66,7 +66,7 @@ def test_spec_parts_apply_in_the_documented_order():
                                            ("llt+llt", "names a defense twice"),
                                            ("retrain+", "unknown defense ''")])
 def test_bad_spec_is_refused(spec, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         parse_spec(spec)
 
 
@@ -111,21 +111,6 @@ def test_bpda_gradient_reaches_the_input_through_the_flip(images):
     np.testing.assert_allclose(grad, tape.gradient(inner, t).numpy()[:, :, ::-1, :], rtol=1e-4, atol=1e-7)
 
 
-def test_rejection_counts_both_ways():
-    # clinical map: akiec(0), bcc(1), mel(4) malignant. Two rejected: a mel and an nv.
-    y_true = np.array([4, 5, 5, 1])
-    y_pred = np.array([4, 5, 2, 5])
-    rejected = np.array([True, True, False, False])
-    strict, referred = with_rejection(y_true, y_pred, rejected, "clinical")
-    # strict: each rejected image is an error whose health call is wrong too, so the
-    # rejected melanoma counts as a missed cancer (benign bkl) and the nv as a false alarm.
-    assert strict.tolist() == [2, 0, 2, 5]
-    # referred: a rejected image goes to a doctor, counted as correctly handled.
-    assert referred.tolist() == [4, 5, 2, 5]
-    thesis_strict, _ = with_rejection(y_true, y_pred, rejected, "thesis")  # nv malignant there
-    assert thesis_strict.tolist()[:2] == [2, 2]
-
-
 def _toy_problem(n=96, size=16, seed=0):
     """Two classes told apart by brightness, with noise: learnable in a few epochs."""
     rng = np.random.default_rng(seed)
@@ -140,7 +125,7 @@ def _trained_toy_model(x, y):
 
     set_seed(0)
     model = small_cnn(x.shape[1:], 2, widths=(8, 16))
-    fit(model, x, y, x, y, TrainConfig(epochs=4, batch_size=16, patience=0, class_weight="none"), verbose=0)
+    fit(model, x, y, x, y, TrainConfig(epochs=4, batch_size=16, patience=0, class_weight="none"))
     return model
 
 
@@ -174,5 +159,35 @@ def test_on_the_fly_adversarial_training_learns_and_changes_the_weights():
                                method="pgd", eps=8 / 255, epochs=3, pgd_steps=2)
     assert len(history["loss"]) == 3 and history["loss"][-1] < history["loss"][0]
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    with pytest.raises(ValueError, match="supports fgsm and pgd"):
+    with pytest.raises(ConfigError, match="supports fgsm and pgd"):
         train_on_the_fly(model, x, y, TrainConfig(), method="uap", epochs=1)
+
+
+def test_distill_builder_reports_through_its_hooks_and_leaves_its_input_alone():
+    from types import SimpleNamespace
+
+    from medrobust.config import DefendConfig
+    from medrobust.defenses import DEFENSES, Hooks
+
+    class Recorder(Hooks):
+        def __init__(self):
+            self.epochs, self.histories = [], {}
+
+        def on_epoch(self, part, epoch, logs):
+            self.epochs.append((part, epoch, sorted(logs)))
+
+        def on_history(self, part, history):
+            self.histories[part] = history
+
+    x, y = _toy_problem(n=48)
+    data = SimpleNamespace(x={"train": x, "val": x}, y={"train": y, "val": y})
+    teacher = _trained_toy_model(x, y)
+    before = DefendedClassifier(teacher, info={"spec": "distill"})
+    weights = [w.copy() for w in teacher.get_weights()]
+    hooks = Recorder()
+    after = DEFENSES["distill"].build(before, data, DefendConfig(defense="distill", distill_epochs=2, batch_size=16),
+                                      hooks)
+    assert after is not before and after.network is not teacher and after.info == before.info
+    assert all(np.array_equal(a, b) for a, b in zip(weights, teacher.get_weights()))
+    assert [(part, epoch) for part, epoch, _ in hooks.epochs] == [("distill", 0), ("distill", 1)]
+    assert "loss" in hooks.epochs[0][2] and len(hooks.histories["distill"]["loss"]) == 2

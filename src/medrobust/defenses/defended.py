@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..errors import ModelError
 from ..models.training import predict_logits
 from .transforms import apply_chain, backward_chain
 
@@ -74,7 +75,7 @@ def load_defended(folder):
     folder = Path(folder)
     spec = json.loads((folder / "defense.json").read_text())
     if spec.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{folder / 'defense.json'}: unknown defended-model format {spec.get('format')!r}")
+        raise ModelError(f"{folder / 'defense.json'}: unknown defended-model format {spec.get('format')!r}")
     network = keras.models.load_model(folder / "network.keras", compile=False)
     detector = keras.models.load_model(folder / "detector.keras", compile=False) if spec["detector"] else None
     chain = tuple((name, dict(params)) for name, params in spec["chain"])

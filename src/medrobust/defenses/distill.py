@@ -11,13 +11,19 @@ one), hence ours. The defense is known to mask gradients rather than remove adve
 examples (Carlini & Wagner 2016): the transfer rows of its report show what is left.
 """
 
+import logging
 from dataclasses import replace
+from functools import partial
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ..errors import ConfigError
 from ..models.training import fit, predict_logits
+from .spec import training_config
+
+log = logging.getLogger(__name__)
 
 
 def distill(teacher, x, y, x_val, y_val, train_config, temperature=20.0, epochs=4, on_epoch=None):
@@ -26,7 +32,7 @@ def distill(teacher, x, y, x_val, y_val, train_config, temperature=20.0, epochs=
     epochs suffice on a CPU, and keeps the teacher's architecture and input.
     Returns (student, per-epoch history)."""
     if not temperature > 0:
-        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
     soft = np.asarray(tf.nn.softmax(predict_logits(teacher, x), axis=-1), dtype=np.float32)
     student = keras.models.clone_model(teacher)
     student.set_weights(teacher.get_weights())
@@ -36,3 +42,14 @@ def distill(teacher, x, y, x_val, y_val, train_config, temperature=20.0, epochs=
     history = fit(trainer, x, soft, x_val, y_val, replace(train_config, epochs=epochs, patience=0),
                   on_epoch=on_epoch, loss=keras.losses.CategoricalCrossentropy(from_logits=True), labels_for_weights=y)
     return student, history
+
+
+def build(classifier, data, config, hooks):
+    """Registry builder: the classifier with its network replaced by a student distilled at
+    `config.temperature` for `config.distill_epochs` epochs on the training split."""
+    log.info("distillation at T=%g, %d epochs", config.temperature, config.distill_epochs)
+    student, history = distill(classifier.network, data.x["train"], data.y["train"], data.x["val"], data.y["val"],
+                               training_config(config), config.temperature, config.distill_epochs,
+                               on_epoch=partial(hooks.on_epoch, "distill"))
+    hooks.on_history("distill", history)
+    return replace(classifier, network=student)

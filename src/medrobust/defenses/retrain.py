@@ -1,21 +1,30 @@
 """Adversarial retraining (modify the data): the thesis' rounds of offline adversarial examples,
 and Madry-style on-the-fly adversarial training as the stronger variant."""
 
+import logging
 import math
-import sys
 from dataclasses import replace
+from functools import partial
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from .. import attacks
+from ..errors import ConfigError
 from ..models.training import class_weights, fit, training_dataset
+from .spec import training_config
+
+log = logging.getLogger(__name__)
+
+ON_THE_FLY_METHODS = ("fgsm", "pgd")
 
 
-def adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params=None):
+def adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params=None, seed=0):
     """Perturb a random `ratio` of (x, y) with the attacks `methods` (the chosen images split
-    evenly between them), each crafted on `model` as it is now. Returns (x_adv, y_adv)."""
+    evenly between them), each crafted on `model` as it is now. attack_params: {method:
+    {parameter: value}} for the methods that take some (uap_fast: max_steps); seed goes to
+    the attacks that take one. Returns (x_adv, y_adv)."""
     chosen = rng.choice(len(x), size=max(1, round(ratio * len(x))), replace=False)
     parts = np.array_split(chosen, len(methods))
     xs, ys = [], []
@@ -23,7 +32,7 @@ def adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params=None):
         if len(idx) == 0:
             continue
         params = (attack_params or {}).get(method, {})
-        x_adv, _ = attacks.craft(method, model, x[idx], eps, **params)
+        x_adv, _ = attacks.craft(method, model, x[idx], eps, seed=seed, **params)
         xs.append(x_adv)
         ys.append(y[idx])
     return np.concatenate(xs), np.concatenate(ys)
@@ -39,8 +48,8 @@ def retrain_rounds(model, x, y, x_val, y_val, train_config, methods=("fgsm",), e
     config = replace(train_config, epochs=epochs_per_round, patience=0)
     history = {}
     for r in range(rounds):
-        x_adv, y_adv = adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params)
-        print(f"retrain round {r + 1}/{rounds}: {len(x_adv)} adversarial + {len(x)} clean images", file=sys.stderr)
+        x_adv, y_adv = adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params, seed)
+        log.info("retrain round %d/%d: %d adversarial + %d clean images", r + 1, rounds, len(x_adv), len(x))
 
         def hook(epoch, logs, offset=r * epochs_per_round):
             if on_epoch:
@@ -60,8 +69,9 @@ def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epoc
     current weights (FGSM, or PGD with `pgd_steps` steps of eps/4 from a random start) and the
     model learns on the clean and the adversarial half together. Our own loop, since crafting
     through ART per batch would leave TensorFlow's graph each step. Returns {'loss': [...]}."""
-    if method not in ("fgsm", "pgd"):
-        raise ValueError(f"on-the-fly adversarial training supports fgsm and pgd, got {method!r}")
+    if method not in ON_THE_FLY_METHODS:
+        raise ConfigError(f"on-the-fly adversarial training supports {' and '.join(ON_THE_FLY_METHODS)}, "
+                          f"got {method!r}")
     n_classes = int(model.output_shape[-1])
     weights = class_weights(y, n_classes, train_config.class_weight)
     weight_of = tf.constant([weights[k] for k in range(n_classes)], dtype=tf.float32)
@@ -103,7 +113,28 @@ def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epoc
             xb, yb = next(batches)
             total += float(train_step(xb, tf.cast(yb, tf.int32)))
         history["loss"].append(total / steps)
-        print(f"adversarial training epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}", file=sys.stderr)
+        log.info("adversarial training epoch %d/%d: loss %.4f", epoch + 1, epochs, history["loss"][-1])
         if on_epoch:
             on_epoch(epoch, {"loss": history["loss"][-1]})
     return history
+
+
+def build(classifier, data, config, hooks):
+    """Registry builder: the classifier's network adversarially retrained (in place) on
+    `config.retrain_on`, in rounds (the thesis) or on the fly (Madry) as `config.on_the_fly` says."""
+    x, y = data.x["train"], data.y["train"]
+    if config.retrain_on == "train+val":
+        x, y = np.concatenate([x, data.x["val"]]), np.concatenate([y, data.y["val"]])
+    train, on_epoch = training_config(config), partial(hooks.on_epoch, "retrain")
+    if config.on_the_fly:
+        log.info("on-the-fly adversarial training (%s), %d epochs", config.retrain_attacks[0],
+                 config.rounds * config.epochs_per_round)
+        history = train_on_the_fly(classifier.network, x, y, train, config.retrain_attacks[0], config.retrain_eps,
+                                   config.rounds * config.epochs_per_round, seed=config.seed, on_epoch=on_epoch)
+    else:
+        attack_params = {"uap_fast": {"max_steps": config.uap_max_steps}}
+        history = retrain_rounds(classifier.network, x, y, data.x["val"], data.y["val"], train,
+                                 config.retrain_attacks, config.retrain_eps, config.rounds, config.ratio,
+                                 config.epochs_per_round, config.seed, attack_params, on_epoch=on_epoch)
+    hooks.on_history("retrain", history)
+    return replace(classifier)

@@ -11,15 +11,18 @@ through the rest (compression, filtering, quantisation).
 """
 
 import io
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 from art.defences.preprocessor import FeatureSqueezing, JpegCompression, SpatialSmoothing
 
+from ..errors import ConfigError
+
 
 def _check_quality(quality):
     if not (isinstance(quality, (int, np.integer)) and 1 <= quality <= 100):
-        raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+        raise ConfigError(f"quality must be an integer in 1..100, got {quality!r}")
     return int(quality)
 
 
@@ -63,7 +66,7 @@ def jpeg(x, quality=75):
 def smooth(x, window=3):
     """Median filter over a window x window neighbourhood per channel (ART's SpatialSmoothing)."""
     if not (isinstance(window, (int, np.integer)) and window >= 2):
-        raise ValueError(f"smooth window must be an integer >= 2, got {window!r}")
+        raise ConfigError(f"smooth window must be an integer >= 2, got {window!r}")
     out, _ = SpatialSmoothing(window_size=int(window), channels_first=False, clip_values=(0.0, 1.0))(_as_images(x))
     return out.astype(np.float32)
 
@@ -71,7 +74,7 @@ def smooth(x, window=3):
 def squeeze(x, bits=5):
     """Colour depth reduced to `bits` bits per channel (ART's FeatureSqueezing)."""
     if not (isinstance(bits, (int, np.integer)) and 1 <= bits <= 8):
-        raise ValueError(f"squeeze bits must be an integer in 1..8, got {bits!r}")
+        raise ConfigError(f"squeeze bits must be an integer in 1..8, got {bits!r}")
     out, _ = FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=int(bits))(_as_images(x))
     return out.astype(np.float32)
 
@@ -102,3 +105,20 @@ def backward_chain(dy, chain):
     for name, _ in reversed(chain):
         dy = TRANSFORMS[name][2](dy)
     return dy
+
+
+def builder(name, **settings):
+    """Registry builder of transform `name`: the classifier with (name, params) appended to its
+    chain, where `settings` maps each parameter of the transform to the DefendConfig field it is
+    read from (llt: quality='llt_quality'); parameters not named keep TRANSFORMS' defaults."""
+    defaults = TRANSFORMS[name][1]
+    unknown = set(settings) - set(defaults)
+    if unknown:  # a programming error, caught at import
+        raise TypeError(f"transform {name} has no parameter {', '.join(sorted(unknown))}")
+
+    def build(classifier, data, config, hooks):
+        params = dict(defaults, **{param: getattr(config, field) for param, field in settings.items()})
+        return replace(classifier, chain=tuple(classifier.chain) + ((name, params),))
+
+    build.__name__ = build.__qualname__ = f"build_{name}"
+    return build

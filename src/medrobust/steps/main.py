@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from .. import tracking
 from ..attacks import check_attack
 from ..config import AttackConfig, DefendConfig, MainConfig, TrainConfig, narrow
-from ..defenses import parse_spec
+from ..defenses import applicable, parse_spec
 from .attack import run_attack
 from .defend import run_defend
 from .report import format_table
@@ -52,12 +52,14 @@ def run_main(config: MainConfig) -> MainResult:
         tracking.log_text(format_table(columns), "report/attacks.txt")
         defense = None
         if defended:
+            # The job holds settings for every defense; hand on those the chosen parts read.
+            settings = applicable(parse_spec(config.defense), {
+                "rounds": config.rounds, "epochs_per_round": config.epochs_per_round, "retrain_eps": config.eps,
+                "uap_max_steps": config.uap_max_steps}, also_read=("uap_max_steps",) if "uap_fast" in config.attacks else ())
             defense = run_defend(DefendConfig(
-                model_uri=train.model_uri, data=config.data, defense=config.defense, rounds=config.rounds,
-                epochs_per_round=config.epochs_per_round, retrain_eps=config.eps, eval_attacks=config.attacks,
-                eval_eps=config.eps, uap_max_steps=config.uap_max_steps, seed=config.seed,
-                experiment=config.experiment, register=config.register,
-            ))
+                model_uri=train.model_uri, data=config.data, defense=config.defense, eval_attacks=config.attacks,
+                eval_eps=config.eps, seed=config.seed, experiment=config.experiment, register=config.register,
+                **settings))
             log.info("before (parent) and after (defended); transfer = the parent's adversarial images\n%s",
                      format_table(defense.table))
     log.info("main: run %s, %d nested runs", run_id, 1 + len(config.attacks) + int(defended))

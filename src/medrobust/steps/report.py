@@ -1,21 +1,24 @@
-"""What every step logs about one set of predictions: metrics and the 7x7 and 2x2 matrices."""
+"""What every step logs about one set of predictions: metrics and the 7x7 and 2x2 matrices;
+and the before/after table as text. The figures come from medrobust.evaluation."""
 
-from .. import metrics, plots, tracking
-from ..data import CLASSES, malignant_mask
+from .. import plots, tracking
+from ..data import CLASSES
+from ..evaluation import evaluate
 
-
-def evaluate(y_true, y_pred, health_map="clinical", prefix="clean_"):
-    """(flat metrics dict, 7x7 matrix, 2x2 health matrix) of integer predictions."""
-    cm = metrics.confusion_matrix(y_true, y_pred, len(CLASSES))
-    malignant = malignant_mask(health_map)
-    cm2 = metrics.health_confusion(cm, malignant)
-    return metrics.summary(cm, malignant, CLASSES, prefix=prefix), cm, cm2
+__all__ = ["TABLE_ROWS", "evaluate", "format_table", "log_confusion", "log_evaluation"]
 
 
 def log_evaluation(y_true, y_pred, health_map="clinical", condition="clean"):
     """Log `<condition>_*` metrics and the confusion matrices (JSON and figure) under confusion/."""
     values, cm, cm2 = evaluate(y_true, y_pred, health_map, prefix=f"{condition}_")
     tracking.log_metrics(values)
+    log_confusion(cm, cm2, health_map, condition)
+    return values
+
+
+def log_confusion(cm, cm2, health_map, condition):
+    """Log the 7x7 matrix `cm` and the 2x2 health matrix `cm2` of `condition` as
+    confusion/<condition>_7x7.json/.png and confusion/<condition>_2x2.json/.png."""
     tracking.log_json(
         {"labels": list(CLASSES), "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
         f"confusion/{condition}_7x7.json",
@@ -29,7 +32,6 @@ def log_evaluation(y_true, y_pred, health_map="clinical", condition="clean"):
         fig = plots.confusion_matrix_figure(matrix, labels, f"{condition} ({health_map} health map)" if name == "2x2" else condition)
         tracking.log_figure(fig, f"confusion/{condition}_{name}.png")
         plots.close(fig)
-    return values
 
 
 # (label, metric name without its condition prefix); fooling_rate exists only under attack.

@@ -1,0 +1,22 @@
+"""Evaluation: a model measured clean and under (attack, eps, threat model) conditions, as
+long-format records, with rejection counted both ways. Pure: no MLflow, no argument parsing.
+
+    conditions = suite(("fgsm", "uap_fast"), 2 / 255, params={"uap_fast": {"max_steps": 60}})
+    result = measure(defended, x, y, conditions, surrogate=parent_network, seed=0)
+    result.records          # [{"model", "attack", "threat", "eps", "metric", "value"}, ...]
+    result.get("defended", "fgsm", "whitebox").predictions   # per-image, for intervals
+    flat_metrics(result.records)   # {"clean_accuracy": ..., "adv_fgsm_whitebox_fnr": ...}
+    wide_table(result.records)     # {"parent clean": {...}, "fgsm white-box": {...}}
+
+scoring.py scores one set of predictions, suite.py measures a model, records.py turns the
+records into the flat names MLflow logs, a wide table and CSV.
+"""
+
+from .records import (CLEAN, FIELDS, THREATS, by_condition, column_title, condition_name, flat_metrics, record,
+                      records_csv, wide_table)
+from .scoring import Scores, evaluate, score, with_rejection
+from .suite import ATTACKED, Condition, Evaluation, Measurement, measure, suite
+
+__all__ = ["ATTACKED", "CLEAN", "FIELDS", "THREATS", "Condition", "Evaluation", "Measurement", "Scores",
+           "by_condition", "column_title", "condition_name", "evaluate", "flat_metrics", "measure", "record",
+           "records_csv", "score", "suite", "wide_table", "with_rejection"]

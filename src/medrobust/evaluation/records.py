@@ -1,0 +1,88 @@
+"""Long-format records and the views made from them.
+
+A record is one figure of one model in one condition:
+    {"model": "defended", "attack": "fgsm", "threat": "whitebox", "eps": 0.0078, "metric": "fnr", "value": 0.41}
+attack is "none" and threat "clean" (eps 0.0) for clean rows; threat is "transfer" (crafted
+on a surrogate) or "whitebox" (crafted on the model itself) otherwise. metric names carry no
+condition prefix (accuracy, fnr, referred_fnr, rejected_rate, fooling_rate, ...).
+
+The flat names MLflow logs and the table titles are the ones every step has logged since the
+first release, so they are irregular on purpose: the measured (primary) model's clean figures
+are `clean_*` and its attacked ones `adv_<attack>_<threat>_*`; another model's carry its name,
+`parent_clean_*`, and `parent_<attack>_*` for its own white-box attack.
+"""
+
+import csv
+import io
+
+FIELDS = ("model", "attack", "threat", "eps", "metric", "value")
+CLEAN = "none"  # the attack of a clean row
+THREATS = ("clean", "transfer", "whitebox")
+THREAT_TITLES = {"clean": "clean", "transfer": "transfer", "whitebox": "white-box"}
+
+
+def record(model, attack, threat, eps, metric, value):
+    return {"model": model, "attack": attack, "threat": threat, "eps": float(eps), "metric": metric,
+            "value": float(value)}
+
+
+def condition_name(model, attack, threat, primary="defended"):
+    """The metric-name prefix (without its trailing '_') of a condition, e.g. 'clean',
+    'adv_fgsm_transfer', 'parent_clean', 'parent_fgsm'; also names its confusion artifacts."""
+    if threat == "clean":
+        return "clean" if model == primary else f"{model}_clean"
+    if model == primary:
+        return f"adv_{attack}_{threat}"
+    return f"{model}_{attack}" if threat == "whitebox" else f"{model}_{attack}_{threat}"
+
+
+def column_title(model, attack, threat, primary="defended"):
+    """The table title of a condition: 'parent clean', 'defended clean', 'parent fgsm',
+    'fgsm transfer', 'fgsm white-box'."""
+    if threat == "clean":
+        return f"{model} clean"
+    if model == primary:
+        return f"{attack} {THREAT_TITLES[threat]}"
+    return f"{model} {attack}" if threat == "whitebox" else f"{model} {attack} {THREAT_TITLES[threat]}"
+
+
+def by_condition(records):
+    """{(model, attack, threat, eps): {metric: value}}, conditions and metrics in record order."""
+    out = {}
+    for r in records:
+        out.setdefault((r["model"], r["attack"], r["threat"], r["eps"]), {})[r["metric"]] = r["value"]
+    return out
+
+
+def _named(records, name_of):
+    out, eps_of = {}, {}
+    for (model, attack, threat, eps), values in by_condition(records).items():
+        name = name_of(model, attack, threat)
+        if eps_of.setdefault(name, eps) != eps:
+            raise ValueError(f"records hold {name} at eps {eps_of[name]:g} and {eps:g}; the names carry no eps, "
+                             "so give the records of one eps")
+        out.setdefault(name, {}).update(values)
+    return out
+
+
+def flat_metrics(records, primary="defended"):
+    """The flat {`<condition>_<metric>`: value} dict MLflow logs (see condition_name).
+    ValueError if two records' conditions differ only by eps (the names would collide)."""
+    return {f"{name}_{metric}": value
+            for name, values in _named(records, lambda *c: condition_name(*c, primary)).items()
+            for metric, value in values.items()}
+
+
+def wide_table(records, primary="defended"):
+    """{column title: {metric: value}}, one column per condition in record order (see
+    column_title); what steps.report.format_table prints."""
+    return _named(records, lambda *c: column_title(*c, primary))
+
+
+def records_csv(records):
+    """The records as CSV text with a header row (FIELDS); values at full precision."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: r[k] for k in FIELDS} for r in records)
+    return out.getvalue()

@@ -1,0 +1,173 @@
+"""A model measured clean and under a list of attacked conditions.
+
+`measure(target, x, y, conditions, surrogate=...)` predicts the clean images, crafts each
+condition's adversarial images (on the surrogate for "transfer", on the target itself for
+"whitebox": its `as_keras()` view, gradients through input transformations by BPDA) and
+scores every set of predictions, rejections included. It returns an Evaluation: the
+long-format records, and per condition the per-image predictions, the detector's verdicts,
+the confusion matrices and a few adversarial examples. Nothing here logs to MLflow.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import attacks
+from ..defenses.defended import DefendedClassifier
+from ..errors import ConfigError
+from .records import CLEAN, THREAT_TITLES, column_title, condition_name, flat_metrics, record, wide_table
+from .scoring import score
+
+log = logging.getLogger(__name__)
+
+ATTACKED = ("transfer", "whitebox")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """An attacked condition: `attack` at budget `eps` (`norm`), crafted on the surrogate
+    (threat 'transfer') or on the measured model itself ('whitebox'). params: the method's own
+    parameters (uap_fast: {'max_steps': 60}); the seed is measure's."""
+
+    attack: str
+    eps: float
+    threat: str = "whitebox"
+    norm: str = "inf"
+    params: dict = field(default_factory=dict)
+
+    def check(self):
+        """ConfigError for a threat other than transfer or whitebox, or an attack request
+        attacks.check_attack refuses (unknown method, eps, norm, a parameter it does not take)."""
+        if self.threat not in ATTACKED:
+            raise ConfigError(f"threat must be one of {', '.join(ATTACKED)}, got {self.threat!r}")
+        attacks.check_attack(self.attack, self.eps, self.norm, params=tuple(self.params))
+
+
+def suite(methods, eps, threats=ATTACKED, norm="inf", params=None):
+    """Conditions for each of `methods` under each of `threats`, method by method:
+    suite(('fgsm', 'uap_fast'), 2/255) -> fgsm transfer, fgsm whitebox, uap_fast transfer, ...
+    params: {method: {parameter: value}} for the methods listed there."""
+    params = params or {}
+    return tuple(Condition(m, float(eps), t, norm, dict(params.get(m, {}))) for m in methods for t in threats)
+
+
+@dataclass
+class Measurement:
+    """One model in one condition."""
+
+    model: str
+    attack: str  # CLEAN ("none") for clean images
+    threat: str  # clean | transfer | whitebox
+    eps: float  # 0.0 for clean images
+    predictions: np.ndarray  # (N,) the model's argmax on the (attacked) images
+    rejected: np.ndarray | None  # (N,) bool detector verdicts; None without a detector
+    counted: np.ndarray  # (N,) what the figures count: strict predictions under rejection
+    confusion: np.ndarray  # (K, K) of `counted`, rows true
+    health_confusion: np.ndarray  # (2, 2) benign / malignant of `counted`
+    values: dict  # {metric: value}, no condition prefix
+    examples: np.ndarray | None = None  # the first few adversarial images; None for clean ones
+
+    def records(self):
+        return [record(self.model, self.attack, self.threat, self.eps, metric, value)
+                for metric, value in self.values.items()]
+
+
+@dataclass
+class Evaluation:
+    y_true: np.ndarray  # (N,)
+    health_map: str
+    primary: str  # the measured model's name; the others are surrogates
+    measurements: list
+
+    @property
+    def records(self):
+        """Long-format records (see evaluation.records), one per (model, condition, metric)."""
+        return [r for m in self.measurements for r in m.records()]
+
+    def get(self, model, attack=CLEAN, threat="clean"):
+        """The Measurement of `model` in (attack, threat); KeyError if it was not measured."""
+        for m in self.measurements:
+            if (m.model, m.attack, m.threat) == (model, attack, threat):
+                return m
+        raise KeyError(f"no measurement of {model} under {attack} ({threat})")
+
+    def name(self, m):
+        """The metric prefix of a measurement (evaluation.records.condition_name)."""
+        return condition_name(m.model, m.attack, m.threat, self.primary)
+
+    def title(self, m):
+        return column_title(m.model, m.attack, m.threat, self.primary)
+
+    def metrics(self):
+        return flat_metrics(self.records, self.primary)
+
+    def table(self):
+        return wide_table(self.records, self.primary)
+
+
+def _as_classifier(model):
+    return model if isinstance(model, DefendedClassifier) else DefendedClassifier(model)
+
+
+def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical", seed=0,
+            names=("defended", "parent"), n_examples=6):
+    """Measure `target` clean and under each condition; returns an Evaluation.
+
+    target: a DefendedClassifier (network, input transformations, detector) or a Keras model.
+    x: (N, H, W, 3) float32 images in [0, 1]; y: (N,) true class indices.
+    conditions: Condition tuples (see `suite`), measured in order.
+    surrogate: the model "transfer" conditions are crafted on (the undefended parent), or None.
+        It is measured too, clean and under each transfer attack's images, which are a
+        white-box attack on it; each attack's images are crafted once and serve both.
+    seed: passed to the attacks that take one. names: (target's name, surrogate's name).
+    With a detector, the figures count rejections strictly and add referred_* and
+    rejected_rate; attacked conditions add the fooling rate against the same model's clean
+    predictions.
+
+    Measurement order (which fixes the order of the attacks' random draws): the surrogate
+    clean, the target clean, then per condition: transfer -> craft on the surrogate, the
+    surrogate (first time for those images), the target; whitebox -> craft on the target.
+    """
+    conditions = tuple(conditions)
+    for c in conditions:
+        c.check()
+    if surrogate is None and any(c.threat == "transfer" for c in conditions):
+        raise ConfigError("a transfer condition needs a surrogate model to craft its images on")
+    target = _as_classifier(target)
+    surrogate = None if surrogate is None else _as_classifier(surrogate)
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y)
+    target_name, surrogate_name = names
+    out = []
+
+    def add(name, classifier, attack, threat, eps, images, reference=None):
+        predictions = classifier.logits(images).argmax(axis=1)
+        rejected = classifier.rejected(images) if classifier.detector is not None else None
+        s = score(y, predictions, rejected, reference, health_map)
+        examples = None if threat == "clean" else images[:n_examples].copy()
+        out.append(Measurement(name, attack, threat, float(eps), predictions, rejected, s.counted, s.confusion,
+                               s.health_confusion, s.values, examples))
+        return predictions
+
+    surrogate_clean = add(surrogate_name, surrogate, CLEAN, "clean", 0.0, x) if surrogate is not None else None
+    target_clean = add(target_name, target, CLEAN, "clean", 0.0, x)
+    attacked = target.as_keras() if any(c.threat == "whitebox" for c in conditions) else None
+    surrogate_done = set()
+    for c in conditions:
+        if c.threat == "transfer":
+            log.info("%s: crafting on the %s model (transfer), %d images", c.attack, surrogate_name, len(x))
+            x_adv, _ = attacks.craft(c.attack, surrogate.as_keras(), x, c.eps, c.norm, seed=seed, **c.params)
+            key = (c.attack, c.eps, c.norm, tuple(sorted(c.params.items())))
+            if key not in surrogate_done:
+                surrogate_done.add(key)
+                add(surrogate_name, surrogate, c.attack, "whitebox", c.eps, x_adv, surrogate_clean)
+        else:
+            log.info("%s: crafting on the %s model (white-box%s), %d images", c.attack, target_name,
+                     ", BPDA through its input transformations" if target.chain else "", len(x))
+            x_adv, _ = attacks.craft(c.attack, attacked, x, c.eps, c.norm, seed=seed, **c.params)
+        add(target_name, target, c.attack, c.threat, c.eps, x_adv, target_clean)
+        log.debug("%s %s: accuracy %.3f", c.attack, THREAT_TITLES[c.threat], out[-1].values["accuracy"])
+    return Evaluation(y, health_map, target_name, out)
+
+
+__all__ = ["ATTACKED", "Condition", "Evaluation", "Measurement", "measure", "suite"]
