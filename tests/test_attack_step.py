@@ -51,11 +51,15 @@ def test_transfer_uap_fast_logs_the_perturbation(trained, ham_dir):
 
 def test_bad_attack_requests_fail_before_any_run(trained):
     data, model = trained
-    with pytest.raises(ValueError, match="does not resolve"):
+    with pytest.raises(ValueError, match="no model registered as no-such-model .*run train first"):
         run_attack(AttackConfig(model_uri="models:/no-such-model/1", data=data))
+    with pytest.raises(ValueError, match="model URI runs:/0123/model does not resolve"):
+        run_attack(AttackConfig(model_uri="runs:/0123/model", data=data))
+    with pytest.raises(ValueError, match="attack fgsm takes no max_steps"):
+        run_attack(AttackConfig(model_uri=model.model_uri, data=data, max_steps=5))
     with pytest.raises(ValueError, match="deepfool has no inf norm"):
         run_attack(AttackConfig(model_uri=model.model_uri, data=data, method="deepfool", norm="inf"))
-    with pytest.raises(ValueError, match="unknown class 'mole'"):
+    with pytest.raises(ValueError, match="target must be one of akiec, .*, got 'mole'"):
         run_attack(AttackConfig(model_uri=model.model_uri, data=data, target="mole"))
     with pytest.raises(ValueError, match="eps must be in"):
         AttackConfig(model_uri=model.model_uri, eps=10.0)

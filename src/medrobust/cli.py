@@ -68,7 +68,7 @@ def _group_title(step, dotted):
     if "." in dotted:
         return dotted.split(".")[0]
     owner = next(c for c in reversed(step.config.__mro__) if dotted in vars(c).get("__annotations__", {}))
-    return {"StepConfig": "run", "TrainConfig": "training"}.get(owner.__name__, step.name)
+    return {"StepConfig": "run", "TrainConfig": "training", "ModelStepConfig": step.name}.get(owner.__name__, step.name)
 
 
 def build_parser():

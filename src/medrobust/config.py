@@ -281,9 +281,16 @@ class PoisonConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
-class AttackConfig(StepConfig):
-    model_uri: str = setting(BASELINE_URI, "the model attacked: runs:/<id>/model or models:/<name>@<alias>")
+class ModelStepConfig(StepConfig):
+    """What a step on a trained model has: the model and the data (its image size follows the model's input)."""
+
+    model_uri: str = setting(BASELINE_URI, "the model: runs:/<id>/model or models:/<name>@<alias> (defend: the "
+                                           "undefended parent)")
     data: DataConfig = setting(factory=DataConfig)
+
+
+@dataclass(frozen=True)
+class AttackConfig(ModelStepConfig):
     method: str = setting("fgsm", "attack from medrobust.attacks.ATTACKS: fgsm, fgsm_art, pgd, cw, deepfool, uap, "
                                   "uap_fast")
     eps: float = setting(2 / 255, "perturbation budget on [0, 1] images (2/255 is accepted as written)",
@@ -307,9 +314,7 @@ class AttackConfig(StepConfig):
 
 
 @dataclass(frozen=True)
-class DefendConfig(StepConfig):
-    model_uri: str = setting(BASELINE_URI, "the undefended parent: runs:/<id>/model or models:/<name>@<alias>")
-    data: DataConfig = setting(factory=DataConfig)
+class DefendConfig(ModelStepConfig):
     defense: str = setting("retrain+llt", "names from medrobust.defenses.DEFENSES joined by '+': distill, retrain, "
                                           "detector, squeeze, smooth, jpeg, llt")
     # retrain: the thesis' rounds of offline adversarial examples
