@@ -2,8 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-# The real HAM10000 beside the checkout, unless MEDROBUST_DATA says otherwise.
-export MEDROBUST_DATA ?= $(abspath ../shared/data/ham10000)
+# The real HAM10000 beside the checkout, unless MEDROBUST_DATA says otherwise; made absolute
+# here, so a relative MEDROBUST_DATA means the same folder to every test, whatever its folder.
+override MEDROBUST_DATA := $(abspath $(or $(MEDROBUST_DATA),../shared/data/ham10000))
+export MEDROBUST_DATA
 
 .PHONY: install run test bench clean
 

@@ -10,6 +10,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Read once, before any test changes folder: a relative MEDROBUST_DATA (as a user types it)
+# must mean the same folder in every test and child process.
+if os.environ.get("MEDROBUST_DATA"):
+    os.environ["MEDROBUST_DATA"] = str(Path(os.environ["MEDROBUST_DATA"]).absolute())
+
+
 def ham10000_dir():
     return Path(os.environ.get("MEDROBUST_DATA") or REPO.parent / "shared" / "data" / "ham10000")
 

@@ -76,7 +76,7 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_path, child_env):
+def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_path, child_env, monkeypatch):
     data, model = trained
     lines, logger = _Lines(), logging.getLogger("medrobust.steps.defend")
     logger.addHandler(lines)
@@ -121,6 +121,7 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     assert not np.allclose(bare.filter(like="p_").to_numpy(), frame.filter(like="p_").to_numpy())
     # Through MLflow's own pyfunc loader, from image paths, as `mlflow models predict` does.
     files = sorted((ham_dir / "images").glob("*.jpg"))[:3]
+    monkeypatch.setenv("MEDROBUST_IMAGE_ROOT", str(ham_dir))  # a served model reads only below it
     pyfunc = tracking.pyfunc_predict("models:/medrobust-small_cnn@candidate", pd.DataFrame({"path": map(str, files)}))
     assert list(pyfunc["path"]) == [str(f) for f in files]
     assert np.allclose(pyfunc.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)

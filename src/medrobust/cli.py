@@ -9,6 +9,7 @@ one set of types, defaults and checks. Nothing else happens here.
 
 import argparse
 import logging
+import signal
 import sys
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -101,13 +102,27 @@ def main(argv=None):
 
     console.configure(verbose)
     step = STEPS[command]
+    # SIGTERM (a scheduler, `timeout`, a container stop) unwinds like Ctrl-C: every open run
+    # is ended KILLED and nothing half-done is registered.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         step.run(step.config.from_dict(args))
     except MedrobustError as e:
         # Expected: bad input. One line naming the file, row, parameter or URI; no traceback.
         log.error("medrobust %s: error: %s", command, e)
         return 2
+    except KeyboardInterrupt as e:
+        log.error("medrobust %s: stopped (%s); its runs are marked KILLED", command, e or "interrupted")
+        return 130
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that context managers close their runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated("SIGTERM")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ the CLI, MLproject and YAML all go through the same checks, and an unknown key i
 naming it.
 """
 
+import os
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
 
 from .data.labels import CLASSES, HEALTH_MAPS
 from .errors import ConfigError
@@ -214,8 +216,8 @@ def narrow(config, cls):
 
 @dataclass(frozen=True)
 class DataConfig(Settings):
-    path: str | None = setting(None, "HAM10000 or ISIC 2018 folder, or a dermamnist*.npz; none: $MEDROBUST_DATA, "
-                                     "else DermaMNIST downloaded into the cache", flag="data")
+    path: str | None = setting(None, "HAM10000 or ISIC 2018 folder, or a dermamnist*.npz, made absolute; none: "
+                                     "$MEDROBUST_DATA, else DermaMNIST downloaded into the cache", flag="data")
     image_size: int = setting(64, "square input size in pixels (a step on a trained model uses the model's)",
                               check=at_least(8))
     fractions: tuple[float, float, float] = setting((0.70, 0.175, 0.125), "train,val,test fractions of the "
@@ -226,6 +228,13 @@ class DataConfig(Settings):
     health_map: str = setting("clinical", "which classes count as malignant: clinical (akiec, bcc, mel) or "
                                           "thesis (nv too)", choices=tuple(HEALTH_MAPS))
     cache_dir: str | None = setting(None, "decoded-image cache; none: $MEDROBUST_CACHE, else ~/.cache/medrobust")
+
+    def validate(self):
+        # Read once, here, as an absolute path: a later change of folder cannot break it, and
+        # the run logs where the data really was.
+        path = self.path or os.environ.get("MEDROBUST_DATA") or None
+        if path:
+            object.__setattr__(self, "path", str(Path(path).expanduser().absolute()))
 
 
 @dataclass(frozen=True)
@@ -258,8 +267,6 @@ class TrainConfig(StepConfig):
     alias: str | None = setting("baseline", "registry alias set on the registered version; none: no alias")
 
     def validate(self):
-        from pathlib import Path
-
         if self.weights not in ("none", "imagenet") and not Path(self.weights).is_file():
             raise ConfigError(f"weights file {self.weights} does not exist (give 'none' or a local weights file)")
 

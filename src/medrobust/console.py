@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 def configure(verbose=False):
     """Our INFO lines on standard error; with `verbose`, DEBUG and every third-party line too."""
     if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level on import
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ lines (a real error raises in Python)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow sets its loggers' level on import
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model loaded
         _import_tensorflow_quietly()
         warnings.showwarning = _ours_only(warnings.showwarning)
         for name in ("mlflow", "alembic", "absl", "tensorflow", "art"):

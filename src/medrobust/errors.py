@@ -21,3 +21,7 @@ class DataError(MedrobustError):
 
 class ModelError(MedrobustError):
     """A model URI that does not resolve, or resolves to something that is not a medrobust classifier."""
+
+
+class TrainingError(MedrobustError):
+    """Training diverged: a non-finite loss, weights or outputs. Nothing is registered."""

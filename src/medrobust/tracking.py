@@ -4,11 +4,17 @@ Tracking goes to $MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the 
 (the registry needs a database store; a plain ./mlruns folder has none).
 """
 
-from importlib import metadata
+import contextlib
+import fcntl
+import functools
+import io
+import logging
 import os
+import socket
 import tempfile
 import warnings
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -16,9 +22,12 @@ import numpy as np
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+HOST_TAG, PID_TAG = "medrobust.host", "medrobust.pid"
+
+log = logging.getLogger(__name__)
 
 
 def tracking_uri():
@@ -29,6 +38,54 @@ def _configure():
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    if uri.startswith("sqlite:///"):
+        _prepare_sqlite(uri)
+
+
+def _sqlite_path(uri):
+    return Path(uri[len("sqlite:///"):]).resolve()
+
+
+@functools.lru_cache(maxsize=None)  # once per store and process
+def _prepare_sqlite(uri):
+    """Check that the SQLite store can be written, then create its schema under a file lock:
+    two first commands on a new store would otherwise both create the tables, and the second
+    die on `duplicate column name`. The lock file stays beside the database."""
+    path = _sqlite_path(uri)
+    if not path.parent.is_dir():
+        raise ConfigError(f"tracking store {uri}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"tracking store {uri} is read-only for this user: point MLFLOW_TRACKING_URI at a store "
+                          "you can write")
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _experiment_id(name):
+    """The id of experiment `name`, created if missing. On a SQLite store its artifacts go to
+    <database folder>/mlartifacts/<experiment id>, beside the database whatever the working
+    folder (MLflow's default is ./mlruns of wherever the experiment was first created)."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    uri = tracking_uri()
+    try:
+        if uri.startswith("sqlite:///"):
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            root = _sqlite_path(uri).parent / "mlartifacts"
+            return SqlAlchemyStore(uri, root.as_uri()).create_experiment(name)
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:
+        found = client.get_experiment_by_name(name)  # created by a process beside this one
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 @contextmanager
@@ -42,24 +99,74 @@ def run(experiment, run_name=None, tags=None):
       steps opens one run itself (run_main) and nests the steps in it.
     - Otherwise a new top-level run in `experiment`.
 
-    An exception inside marks the run FAILED (start_run's context does this on exit) and
-    propagates, so nothing after the failure, registration included, happens.
+    An exception inside marks the run FAILED (KILLED for an interrupt: Ctrl-C, or SIGTERM as the
+    CLI turns it into one), tags it with the reason (`medrobust.error`) and propagates, so
+    nothing after the failure, registration included, happens. Before a top-level run starts,
+    runs left RUNNING by a killed process of this host are marked FAILED.
     """
     _configure()
     parent = mlflow.active_run()
+    if parent is None:
+        fail_orphaned_runs()
     if parent is not None:
         context = mlflow.start_run(run_name=run_name, nested=True, experiment_id=parent.info.experiment_id, tags=tags)
     elif os.environ.get("MLFLOW_RUN_ID"):
         context = mlflow.start_run()
     else:
-        mlflow.set_experiment(experiment)
-        context = mlflow.start_run(run_name=run_name, tags=tags)
+        context = mlflow.start_run(experiment_id=_experiment_id(experiment), run_name=run_name, tags=tags)
     with context as active:
-        if parent is None and tags:
-            mlflow.set_tags(tags)  # a resumed run (mlflow run) takes no tags at start
-        if parent is None and run_name and active.info.run_name != run_name:
-            mlflow.set_tag("mlflow.runName", run_name)
-        yield active.info.run_id
+        try:
+            yield _started(active, parent, tags, run_name)
+        except BaseException as e:
+            # The reason stays on the FAILED (or KILLED) run: the UI shows why it stopped.
+            mlflow.set_tag("medrobust.error", f"{type(e).__name__}: {e}"[:5000])
+            if isinstance(e, KeyboardInterrupt):
+                mlflow.end_run("KILLED")
+            raise
+
+
+def _started(active, parent, tags, run_name):
+    """Tags a run just started or resumed (with the host and process behind it, so a later
+    command can tell a run whose process was killed from a live one); returns its id."""
+    if parent is None and tags:
+        mlflow.set_tags(tags)  # a resumed run (mlflow run) takes no tags at start
+    if parent is None and run_name and active.info.run_name != run_name:
+        mlflow.set_tag("mlflow.runName", run_name)
+    mlflow.set_tags({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    return active.info.run_id
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def fail_orphaned_runs():
+    """Mark FAILED every RUNNING run of this host whose process is gone (kill -9, a lost
+    machine): without it the UI would show them as live for ever. Returns their ids.
+    A run of another host is left alone: its process cannot be checked from here."""
+    client = MlflowClient()
+    host = socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    found = client.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+                               max_results=1000)
+    orphans = []
+    for r in found:
+        pid = int(r.data.tags.get(PID_TAG, "0") or 0)
+        if pid and pid != os.getpid() and not _alive(pid):
+            client.set_tag(r.info.run_id, "medrobust.error", f"process {pid} on {host} ended without closing the run")
+            client.set_terminated(r.info.run_id, "FAILED")
+            log.warning("run %s (%s) was RUNNING but its process %d on %s is gone: marked FAILED", r.info.run_id,
+                        r.info.run_name, pid, host)
+            orphans.append(r.info.run_id)
+    return orphans
 
 
 def log_dataset(data, context):
@@ -154,19 +261,28 @@ def _model_requirements():
 def register_model(model_uri, name, tags=None, alias=None):
     """Register `model_uri` as a new version of `name`, tagged with `tags` and, if given,
     pointed to by `alias` (e.g. candidate); returns the version."""
-    version = mlflow.register_model(model_uri, name)
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints "Created version ..." itself
+        version = mlflow.register_model(model_uri, name)
+    log.debug(said.getvalue().strip())
     client = MlflowClient()
-    for key, value in (tags or {}).items():
-        client.set_model_version_tag(name, version.version, key, str(value))
-    if alias:
-        client.set_registered_model_alias(name, alias, version.version)
+    try:
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(name, version.version, key, str(value))
+        if alias:
+            client.set_registered_model_alias(name, alias, version.version)
+    except BaseException:
+        # Interrupted half-way (a signal, a lost server): no version without its tags and alias.
+        client.delete_model_version(name, version.version)
+        raise
     return int(version.version)
 
 
 class DefendedPyfunc(mlflow.pyfunc.PythonModel):
     """A defended classifier as an MLflow pyfunc model: predict takes images (an (N, H, W, 3)
     array in [0, 1]) or a DataFrame with a `path` column of image files, applies the defense
-    and returns one row per image (medrobust.predict.predict_frame)."""
+    and returns one row per image (medrobust.predict.predict_frame). A served model reads
+    files only below $MEDROBUST_IMAGE_ROOT (or the `image_root` predict parameter); with
+    neither, paths are refused."""
 
     def load_context(self, context):
         from .defenses import load_defended
@@ -174,9 +290,10 @@ class DefendedPyfunc(mlflow.pyfunc.PythonModel):
         self.classifier = load_defended(context.artifacts["defended"])
 
     def predict(self, context, model_input, params=None):
-        from .predict import predict_frame
+        from .predict import IMAGE_ROOT_ENV, predict_frame
 
-        return predict_frame(self.classifier, model_input)
+        root = (params or {}).get("image_root") or os.environ.get(IMAGE_ROOT_ENV) or None
+        return predict_frame(self.classifier, model_input, image_root=root)
 
 
 def log_defended_model(classifier, name="model"):
@@ -196,7 +313,7 @@ def log_defended_model(classifier, name="model"):
 def _own_requirements():
     """What the defended model's code (medrobust, shipped as code) imports beyond TensorFlow."""
     out = []
-    for dist in ("adversarial-robustness-toolbox", "pillow", "pandas", "scikit-learn", "tqdm"):
+    for dist in ("adversarial-robustness-toolbox", "pillow", "simplejpeg", "pandas", "scikit-learn", "tqdm"):
         try:
             out.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -211,9 +328,10 @@ def load_classifier(model_uri):
     from .defenses import DefendedClassifier
 
     _configure()
+    _check_uri(model_uri)
     try:
-        flavors = mlflow.models.get_model_info(_check_uri(model_uri)).flavors
-    except (mlflow.exceptions.MlflowException, OSError) as e:
+        flavors = mlflow.models.get_model_info(model_uri).flavors
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:  # ValueError: an http:// URI MLflow cannot split
         raise _unresolved(model_uri, e) from e
     if "keras" in flavors:
         return DefendedClassifier(load_keras_model(model_uri))
@@ -237,9 +355,10 @@ def load_keras_model(model_uri):
     A URI that does not resolve raises ModelError naming it.
     """
     _configure()
+    _check_uri(model_uri)
     try:
-        return mlflow.keras.load_model(_check_uri(model_uri))
-    except (mlflow.exceptions.MlflowException, OSError) as e:
+        return mlflow.keras.load_model(model_uri)
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:
         raise _unresolved(model_uri, e) from e
 
 
@@ -253,6 +372,9 @@ def _unresolved(model_uri, error):
     """The ModelError for a URI that does not resolve; a registry URI with nothing behind it
     says which command makes one."""
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if str(model_uri).startswith(("http://", "https://")):
+        return ModelError(f"model URI {model_uri} does not resolve: MLflow loads no model from a web address; give "
+                          "models:/<name>@<alias> with MLFLOW_TRACKING_URI pointing at the tracking server")
     if str(model_uri).startswith("models:/"):
         name = str(model_uri)[len("models:/"):].split("@")[0].split("/")[0]
         if not model_versions(name):

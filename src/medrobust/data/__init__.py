@@ -51,7 +51,7 @@ def resolve_data_path(path, cache_dir=None, image_size=64):
     """The data path to read: `path`, else $MEDROBUST_DATA, else DermaMNIST downloaded into the cache."""
     path = path or os.environ.get("MEDROBUST_DATA")
     if path:
-        return Path(path)
+        return Path(path).expanduser().absolute()
     # The smallest official size that is not smaller than what the model needs.
     sizes = sorted(download.DERMAMNIST)
     size = next((s for s in sizes if s >= image_size), sizes[-1])

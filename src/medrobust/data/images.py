@@ -1,39 +1,65 @@
 """Decode, resize and cache images as uint8 arrays.
 
 The cache holds uint8 (a quarter of float32's size: 1.5 GB rather than 6 GB for HAM10000 at
-224 px) and is keyed by the source fingerprint and every preprocessing setting, so a change of
-either can never return stale pixels. Conversion to float32 in [0, 1] happens at the edge.
+224 px) and is keyed by the source fingerprint, every preprocessing setting and the decoder's
+version, so a change of any can never return stale pixels. Beside each array lies the SHA-256
+of its pixels; an array that does not load or does not match is deleted and decoded again.
+Conversion to float32 in [0, 1] happens at the edge.
 """
 
 import hashlib
+import io
+import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import PIL
+import simplejpeg
 from PIL import Image
 
 from ..console import progress as progress_bar
 from .sources import DataError, load_medmnist_arrays
 
-# Bumped whenever decoding changes, so old caches are not reused.
-DECODE_VERSION = 1
+log = logging.getLogger(__name__)
+
+# Bumped whenever our decoding changes, so old caches are not reused (Pillow's version is in
+# the key too: another libjpeg build can give other pixels).
+DECODE_VERSION = 2
 RESAMPLE = "bilinear"
+JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 def default_cache_dir():
     return Path(os.environ.get("MEDROBUST_CACHE") or Path.home() / ".cache" / "medrobust")
 
 
+def check_jpeg(data, path):
+    """Raise DataError if libjpeg reports corrupt data in a JPEG's bytes. Pillow decodes such
+    a file without a word (libjpeg's "Corrupt JPEG data" is only a warning); simplejpeg's
+    strict mode turns it into an error, so an image with bytes overwritten mid-file stops
+    the run rather than training on garbage."""
+    try:
+        simplejpeg.decode_jpeg(data, strict=True)
+    except ValueError as e:
+        raise DataError(f"{path}: cannot decode image: corrupt JPEG data ({e})") from e
+
+
 def decode_image(path, size):
     """One image file as uint8 (size, size, 3): RGB, resized with antialiasing, aspect not kept."""
     try:
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+        if Path(path).suffix.lower() in JPEG_SUFFIXES:
+            check_jpeg(data, path)
+        with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
 
@@ -76,8 +102,47 @@ def decode_files(files, size, workers=None, progress=True):
 
 
 def cache_key(fingerprint, size):
-    text = f"{fingerprint}|size={size}|resample={RESAMPLE}|v={DECODE_VERSION}"
+    text = f"{fingerprint}|size={size}|resample={RESAMPLE}|v={DECODE_VERSION}|pillow={PIL.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def pixels_digest(images):
+    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+
+
+def read_cache(path, shape):
+    """The cached array at `path` if it loads, has `shape` and matches the digest beside it;
+    else None, with the files deleted and one line saying why."""
+    digest_path = path.with_suffix(".sha256")
+    if not path.exists():
+        return None
+    try:
+        images = np.load(path, allow_pickle=False)
+        if images.shape != shape or images.dtype != np.uint8:
+            raise ValueError(f"holds {images.dtype} {images.shape}, expected uint8 {shape}")
+        if not digest_path.exists():
+            raise ValueError(f"its checksum file {digest_path.name} is missing")
+        if pixels_digest(images) != digest_path.read_text().strip():
+            raise ValueError("its pixels do not match their checksum")
+        return images
+    except (OSError, ValueError, EOFError) as e:
+        log.warning("image cache %s is unusable (%s): deleted, decoding again", path, e)
+        for stale in (path, digest_path):
+            stale.unlink(missing_ok=True)
+        return None
+
+
+def _write_atomically(path, write):
+    """write(file) into a temporary file of path's folder, then rename it to path, so a crash
+    or a parallel run never leaves a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load_images(source, fingerprint, size, cache_dir=None, progress=True):
@@ -87,10 +152,9 @@ def load_images(source, fingerprint, size, cache_dir=None, progress=True):
     """
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache_dir / f"images_{cache_key(fingerprint, size)}.npy"
-    if path.exists():
-        images = np.load(path)
-        if images.shape == (len(source.records), size, size, 3):
-            return images, path, True
+    images = read_cache(path, (len(source.records), size, size, 3))
+    if images is not None:
+        return images, path, True
     if source.layout == "medmnist":
         arrays = load_medmnist_arrays(source.path)
         pools = {s: arrays[f"{s}_images"] for s in ("train", "val", "test")}
@@ -100,13 +164,7 @@ def load_images(source, fingerprint, size, cache_dir=None, progress=True):
     else:
         images = decode_files(list(source.records["file"]), size, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a crash or a parallel run never leaves a half-written cache file.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, images)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # The digest first: an array without its digest is never trusted.
+    _write_atomically(path.with_suffix(".sha256"), lambda f: f.write(pixels_digest(images).encode()))
+    _write_atomically(path, lambda f: np.save(f, images))
     return images, path, False

@@ -53,6 +53,10 @@ def open_source(path):
         return read_ham10000(path, ham[0])
     if isic:
         return read_isic2018(path, isic[0])
+    empty = [c for c, h in headers.items() if not h - {""}]
+    if empty:
+        raise DataError(f"{empty[0]}: the file is empty; expected a HAM10000 metadata CSV (lesion_id,image_id,dx) or "
+                        "an ISIC 2018 ground-truth CSV")
     raise DataError(
         f"{path}: no metadata CSV found; expected a HAM10000 CSV with columns lesion_id,image_id,dx "
         f"or an ISIC 2018 ground-truth CSV with columns image,{','.join(ISIC2018_COLUMNS)} "
@@ -60,15 +64,31 @@ def open_source(path):
     )
 
 
+def text_encoding(csv):
+    """The encoding to read a CSV with: UTF-16 or UTF-8 with a byte-order mark, else UTF-8.
+    Anything else (Latin-1 from an old spreadsheet, say) is a DataError naming the file and
+    the line of the first byte that is not UTF-8."""
+    data = Path(csv).read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{csv}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8 "
+                        "(or UTF-16 with a byte-order mark)") from None
+    return "utf-8-sig"
+
+
 def _csv_header(csv):
-    with open(csv, newline="", encoding="utf-8-sig") as f:
+    with open(csv, newline="", encoding=text_encoding(csv)) as f:
         return {c.strip() for c in f.readline().strip().split(",")}
 
 
 def _read_csv(csv):
     try:
-        return pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        return pd.read_csv(csv, dtype=str, keep_default_na=False, encoding=text_encoding(csv))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"{csv}: cannot parse CSV ({e})") from e
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from .. import attacks
 from ..errors import ConfigError
-from ..models.training import class_weights, fit, training_dataset
+from ..models.training import check_finite, class_weights, fit, training_dataset
 from .spec import training_config
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epoc
             xb, yb = next(batches)
             total += float(train_step(xb, tf.cast(yb, tf.int32)))
         history["loss"].append(total / steps)
+        check_finite(model, history["loss"][-1], f"adversarial training epoch {epoch + 1}")
         log.info("adversarial training epoch %d/%d: loss %.4f", epoch + 1, epochs, history["loss"][-1])
         if on_epoch:
             on_epoch(epoch, {"loss": history["loss"][-1]})

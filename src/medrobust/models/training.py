@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from .. import metrics
 from ..config import CLASS_WEIGHTS
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from .zoo import backbone
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,23 @@ def training_dataset(x, y, batch_size, seed, augment=True):
 
 
 def predict_logits(model, x, batch_size=256):
-    """Logits of shape (N, K) for images x of shape (N, H, W, 3)."""
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    """Logits of shape (N, K) for images x of shape (N, H, W, 3). A network whose output is not
+    finite (diverged weights) raises TrainingError rather than answer argmax 0 for every image."""
+    logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    if not np.isfinite(logits).all():
+        raise TrainingError(f"network {model.name} outputs non-finite logits for {int((~np.isfinite(logits)).any(axis=1).sum())} "
+                            f"of {len(logits)} images: its weights diverged")
+    return logits
+
+
+def check_finite(model, loss, where):
+    """Raise TrainingError naming `where` (e.g. 'train epoch 3') if the loss or any weight is not finite."""
+    if not np.isfinite(loss):
+        raise TrainingError(f"training diverged at {where}: loss is {loss}; lower the learning rate")
+    bad = [w.path for w in model.weights if not np.isfinite(np.asarray(w)).all()]
+    if bad:
+        raise TrainingError(f"training diverged at {where}: {len(bad)} weight tensors are not finite ({bad[0]}, ...); "
+                            "lower the learning rate")
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -106,6 +121,18 @@ class EpochLog(keras.callbacks.Callback):
                             if k in self.SHOWN)
         log.info("%s epoch %d/%d  %s  (%.0f s)", self.phase, epoch + 1, self.epochs, figures,
                  time.perf_counter() - self.start)
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training with TrainingError at the end of the first epoch whose loss or weights are
+    not finite, so a diverged network is never evaluated, logged as a model or registered."""
+
+    def __init__(self, phase):
+        super().__init__()
+        self.phase = phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        check_finite(self.model, float((logs or {}).get("loss", 0.0)), f"{self.phase} epoch {epoch + 1}")
 
 
 class EpochHook(keras.callbacks.Callback):
@@ -156,7 +183,7 @@ def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, loss=None,
         if base is not None:
             base.trainable = base_trainable
         _compile(model, lr, epochs * steps, loss)
-        callbacks = [ValidationMetrics(x_val, y_val, n_classes), EpochLog(name, epochs)]
+        callbacks = [StopOnNonFinite(name), ValidationMetrics(x_val, y_val, n_classes), EpochLog(name, epochs)]
         stopper = None
         if name != "head" and config.patience:  # patience 0: every epoch, the last weights kept
             stopper = keras.callbacks.EarlyStopping(monitor="val_macro_recall", mode="max", patience=config.patience,
