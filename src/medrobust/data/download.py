@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 RECORD_URL = "https://zenodo.org/records/10519652/files"
 DERMAMNIST = {
@@ -27,7 +27,7 @@ DERMAMNIST = {
 }
 
 
-class DownloadError(OSError):
+class DownloadError(DataError):
     """A download failed or its checksum did not match."""
 
 
