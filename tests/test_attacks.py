@@ -110,7 +110,7 @@ def test_params_are_named_as_the_attack_settings():
     own = {p for spec in ATTACKS.values() for p in spec.params} - settings
     assert own == {"search_steps", "attacker_eps", "eval_every"}
     # seed only where an attack draws random numbers
-    assert sorted(n for n, spec in ATTACKS.items() if "seed" in spec.params) == ["pgd", "uap", "uap_fast"]
+    assert sorted(n for n, spec in ATTACKS.items() if "seed" in spec.params) == ["apgd", "autoattack", "pgd", "uap", "uap_fast"]
 
 
 def test_a_parameter_the_attack_lacks_is_refused_naming_it():
@@ -221,3 +221,11 @@ def test_attacks_lower_accuracy_on_real_ham10000(ham_model, method, eps, params)
     assert clean > 0.5
     # measured with this seed: fgsm 0.58 -> 0.39, uap_fast 0.58 -> 0.41
     assert attacked < clean - 0.1, (clean, attacked)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd", "uap_fast"])
+def test_a_zero_budget_leaves_the_images_as_they_are(method):
+    model = create_model("small_cnn", (8, 8, 3), 7)
+    x = np.random.default_rng(0).random((4, 8, 8, 3), dtype=np.float32)
+    x_adv, _ = craft(method, model, x, 0.0)
+    np.testing.assert_array_equal(x_adv, x)

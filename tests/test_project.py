@@ -14,8 +14,8 @@ import yaml
 
 from medrobust import tracking
 from medrobust.cli import build_parser, leaves, option
-from medrobust.config import (AttackConfig, DataConfig, DefendConfig, MainConfig, PoisonConfig, PredictConfig,
-                              TrainConfig)
+from medrobust.config import (AttackConfig, DataConfig, DefendConfig, EvaluateConfig, MainConfig, PoisonConfig,
+                              PredictConfig, TrainConfig)
 from medrobust.errors import ConfigError
 from medrobust.steps import STEPS
 from medrobust.steps.attack import method_params
@@ -71,6 +71,7 @@ def test_every_tracked_step_has_an_entry_point():
 
 CONFIGS = [TrainConfig(), PoisonConfig(poison_fractions=(0.05, 0.6)), AttackConfig(method="pgd", eps=8 / 255),
            DefendConfig(defense="distill", retrain_attacks=("fgsm", "pgd")), MainConfig(attacks=("fgsm",)),
+           EvaluateConfig(suites=("thesis", "full"), split="all", threshold=0.3, curve_eps=(0.0, 4 / 255)),
            PredictConfig(inputs=("a.jpg", "b/"))]
 
 

@@ -310,7 +310,8 @@ class AttackConfig(ModelStepConfig):
     max_images: int | None = setting(None, "attack only the first N images of the split", check=at_least(1))
     batch_size: int = setting(128, "images per attack batch", check=at_least(1))
     # Settings of some attacks only; giving one to an attack that does not take it is an error.
-    steps: int = setting(10, "pgd, cw, deepfool: iterations", check=at_least(1))
+    steps: int = setting(10, "pgd, apgd, cw, deepfool: iterations", check=at_least(1))
+    restarts: int = setting(1, "apgd: random starts", check=at_least(1))
     step_size: float | None = setting(None, "pgd, uap_fast: step; none: eps/4 (pgd), eps/5 (uap_fast)", check=positive)
     random_start: bool = setting(True, "pgd: start from a random point of the eps-ball")
     uap_attacker: str = setting("fgsm", "uap: the inner attack", choices=("fgsm", "pgd", "deepfool"))
@@ -360,6 +361,45 @@ class DefendConfig(ModelStepConfig):
     alias: str | None = setting("candidate", "registry alias of the defended version; none: no alias")
 
 
+EVALUATE_SUITES = ("thesis", "standard", "adaptive", "autoattack", "health", "full")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(ModelStepConfig):
+    """A model (plain or defended) measured clean and under an attack suite: a report."""
+
+    suites: tuple[str, ...] = setting(("standard",), "presets: thesis (fgsm, uap, uap_fast, transfer), standard "
+                                                     "(fgsm, pgd, uap_fast, cw; white-box and transfer), adaptive "
+                                                     "(white-box through the whole defense: BPDA, APGD-CE, a joint "
+                                                     "attack on classifier and detector), autoattack (ART's "
+                                                     "AutoAttack; slow), health (malignant images pushed to nv), "
+                                                     "full (thesis, standard, adaptive, health + security curves)",
+                                      choices=EVALUATE_SUITES, check=non_empty)
+    eps: float = setting(2 / 255, "budget of the suites' attacks", check=eps_range)
+    curve_eps: tuple[float, ...] = setting((0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
+                                           "full: the budgets of the security curves", check=lambda v: non_empty(v)
+                                           or each(eps_range)(v))
+    curve_attacks: tuple[str, ...] = setting(("fgsm", "pgd", "uap_fast"), "full: the attacks of the security curves",
+                                             check=non_empty)
+    split: str = setting("test", "images measured; all: every image of the data (an external test set)",
+                         choices=(*SPLITS, "all"))
+    max_images: int | None = setting(None, "measure the first N images only (CPU budgets)", check=at_least(1))
+    attack_model_uri: str | None = setting(None, "surrogate for transfer attacks; none: a defended model's "
+                                                 "undefended parent (transfer rows are left out for a plain model)")
+    target_sensitivity: float = setting(0.95, "operating point: the malignancy threshold is chosen on the validation "
+                                              "split to catch this share of cancers",
+                                        check=between(0, 1, low_open=True, high_open=True))
+    threshold: float | None = setting(None, "operating point given, not chosen (e.g. for an external set with no "
+                                            "validation split); none: chosen on the validation split",
+                                      check=between(0, 1))
+    n_resamples: int = setting(1000, "bootstrap resamples of the test images for the 95 % intervals", check=at_least(10))
+    pgd_steps: int = setting(20, "pgd: iterations (random start)", check=at_least(1))
+    cw_steps: int = setting(10, "cw: iterations", check=at_least(1))
+    uap_max_steps: int = setting(60, "uap_fast: mini-batch steps", check=at_least(1))
+    uap_max_iter: int = setting(1, "uap (ART): passes over the images", check=at_least(1))
+    apgd_steps: int = setting(20, "apgd: iterations", check=at_least(1))
+
+
 @dataclass(frozen=True)
 class MainConfig(TrainConfig):
     """The main job (`make run`): train the baseline, attack it with each of `attacks`, defend
@@ -385,3 +425,5 @@ class PredictConfig(Settings):
     model_uri: str = setting(BASELINE_URI, "runs:/<id>/model or models:/<name>@<alias> (defended or not)")
     output: str = setting("-", "CSV file to write; -: standard output")
     health_map: str = setting("clinical", "which classes count as malignant", choices=tuple(HEALTH_MAPS))
+    threshold: float | None = setting(None, "operating point on the malignancy score; none: the model version's "
+                                            "operating_threshold tag (set by evaluate), if any", check=between(0, 1))

@@ -93,3 +93,51 @@ def sweep_figure(xs, series, title, xlabel="poisoned fraction of the source clas
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def security_curve_figure(curves, metric, title):
+    """One line per attack of `curves` ({attack: (eps, values)}, eps on the [0, 1] image scale)
+    against eps in /255 units; y from 0 to 1 when every value is a ratio in [0, 1]."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    finite = []
+    for attack, (eps, values) in curves.items():
+        eps, values = np.asarray(eps, dtype=float), np.asarray(values, dtype=float)
+        ax.plot(eps * 255, values, marker="o", label=str(attack))
+        finite.extend(values[np.isfinite(values)].tolist())
+    ax.set_xlabel("eps (/255)")
+    ax.set_ylabel(metric)
+    if all(0 <= v <= 1 for v in finite):
+        ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(fpr, tpr, auc, title):
+    """ROC curve (false positive rate against true positive rate) with its AUC and the chance diagonal."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float), label=f"AUC {float(auc):.3f}")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig):
+    """The figure as PNG bytes (dpi 100); closes the figure."""
+    import io
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()

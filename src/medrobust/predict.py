@@ -64,14 +64,15 @@ def load_confined(classifier, paths, image_root):
     return out
 
 
-def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWHERE):
+def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWHERE, threshold=None):
     """One row per image: p_<class> probabilities, predicted class, malignant (the health call
     of the predicted class), rejected (the detector's verdict; False without a detector).
 
     images: an (N, H, W, 3) array in [0, 1], or a DataFrame with a `path` column of image
     files (what `mlflow models predict` passes from a CSV); paths become a `path` column.
     image_root: where paths may point (see load_confined); the default, ANYWHERE, is the
-    local user's own CLI.
+    local user's own CLI. threshold: the operating point on the malignancy score (the sum of
+    the malignant classes' probabilities); with it, a `malignant_at_threshold` column.
     """
     paths = None
     if isinstance(images, pd.DataFrame):
@@ -88,11 +89,16 @@ def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWH
     frame.insert(0, "predicted", np.asarray(CLASSES)[predicted])
     frame.insert(1, "malignant", malignant_mask(health_map)[predicted])
     frame.insert(2, "rejected", classifier.rejected(images))
+    mask = malignant_mask(health_map)
+    frame.insert(3, "malignancy_score", probabilities[:, mask].sum(axis=1))
+    if threshold is not None:
+        frame.insert(4, "malignant_at_threshold", frame["malignancy_score"].to_numpy() >= threshold)
     if paths is not None:
         frame.insert(0, "path", paths)
     return frame
 
 
-def predict_files(classifier, inputs, health_map="clinical"):
+def predict_files(classifier, inputs, health_map="clinical", threshold=None):
     """predict_frame for image files and folders (see image_files)."""
-    return predict_frame(classifier, pd.DataFrame({"path": [str(f) for f in image_files(inputs)]}), health_map)
+    return predict_frame(classifier, pd.DataFrame({"path": [str(f) for f in image_files(inputs)]}), health_map,
+                         threshold=threshold)

@@ -426,6 +426,42 @@ def model_versions(name):
     )
 
 
+def registered_version(model_uri):
+    """(name, version) of a models:/<name>/<version> or models:/<name>@<alias> URI; None for
+    any other URI (runs:/..., a path) or one that names no version."""
+    if not str(model_uri).startswith("models:/"):
+        return None
+    _configure()
+    client = MlflowClient()
+    rest = str(model_uri)[len("models:/"):]
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return name, int(client.get_model_version_by_alias(name, alias).version)
+        name, _, version = rest.partition("/")
+        return (name, int(version)) if version.isdigit() else None
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def tag_model_version(model_uri, tags):
+    """Set tags on the registered version a models:/ URI points to; returns (name, version) or
+    None when the URI names no registered version (nothing is tagged then)."""
+    found = registered_version(model_uri)
+    if found:
+        for key, value in tags.items():
+            MlflowClient().set_model_version_tag(found[0], str(found[1]), key, str(value))
+    return found
+
+
+def model_version_tags(model_uri):
+    """{tag: value} of the registered version a models:/ URI points to; {} for any other URI."""
+    found = registered_version(model_uri)
+    if not found:
+        return {}
+    return dict(MlflowClient().get_model_version(found[0], str(found[1])).tags)
+
+
 def search_runs(experiment=None):
     """[{'run_id', 'status', 'name', 'experiment', 'parent', 'step'}] of an experiment's runs (of
     every experiment if None), oldest first; parent is the parent run's id or None."""

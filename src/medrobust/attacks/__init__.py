@@ -22,9 +22,10 @@ import numpy as np
 from ..config import eps_range
 from ..errors import ConfigError
 from .budget import NORMS, apply_budget, check_norm, perturbation_sizes, project
-from .gradient import fgsm, fgsm_art, pgd
+from .gradient import apgd, autoattack, fgsm, fgsm_art, pgd
 from .minimal import cw, deepfool
 from .universal import uap, uap_fast
+from .adaptive import eot_note, joint_pgd
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ ATTACKS = {spec.name: spec for spec in (
     AttackSpec("fgsm", fgsm, ("inf", "2"), True, False, "FGSM (Goodfellow 2015), one compiled step; ours"),
     AttackSpec("fgsm_art", fgsm_art, ("inf", "2"), True, False, "FGSM (Goodfellow 2015); ART's FastGradientMethod"),
     AttackSpec("pgd", pgd, ("inf", "2"), True, False, "PGD (Madry 2018), iterated projected steps; ART's"),
+    AttackSpec("apgd", apgd, ("inf", "2"), True, False, "APGD-CE (Croce & Hein 2020), step-size-free PGD on the "
+                                                        "cross-entropy; ART's"),
+    AttackSpec("autoattack", autoattack, ("inf", "2"), False, False, "AutoAttack (Croce & Hein 2020): APGD-CE, "
+                                                                     "APGD-DLR, DeepFool, Square; ART's ensemble"),
     AttackSpec("cw", cw, ("inf", "2"), True, False, "Carlini-Wagner (2017), minimal perturbation; ART's"),
     AttackSpec("deepfool", deepfool, ("2",), False, False, "DeepFool (Moosavi-Dezfooli 2016), minimal L2; ART's"),
     AttackSpec("uap", uap, ("inf", "2"), False, True, "universal perturbation (Moosavi-Dezfooli 2017); ART's"),
@@ -125,6 +130,10 @@ def craft(method, model, x, eps, norm="inf", target=None, *, seed=0, batch_size=
     spec = ATTACKS[method]
     common = {k: v for k, v in (("seed", seed), ("batch_size", batch_size)) if k in spec.params}
     x = np.asarray(x, dtype=np.float32)
+    if float(eps) == 0:
+        # A zero budget leaves every image as it is (the first point of a security curve);
+        # ART refuses a zero step size, and there is nothing to compute.
+        return x.copy(), (np.zeros((1,) + x.shape[1:], np.float32) if spec.universal else None)
     log.debug("crafting %s (eps %.4f, %s, target %s) on %d images with %s", method, eps, norm, target, len(x),
               common | params)
     out = spec.function(model, x, eps=eps, norm=norm, target=target, **common, **params)
@@ -135,5 +144,5 @@ def craft(method, model, x, eps, norm="inf", target=None, *, seed=0, batch_size=
     return apply_budget(x, x_adv, eps, norm), perturbation
 
 
-__all__ = ["ATTACKS", "NORMS", "AttackSpec", "apply_budget", "check_attack", "craft", "perturbation_sizes",
-           "project"]
+__all__ = ["ATTACKS", "NORMS", "AttackSpec", "apply_budget", "check_attack", "craft", "eot_note", "joint_pgd",
+           "perturbation_sizes", "project"]

@@ -67,6 +67,7 @@ class Measurement:
     health_confusion: np.ndarray  # (2, 2) benign / malignant of `counted`
     values: dict  # {metric: value}, no condition prefix
     examples: np.ndarray | None = None  # the first few adversarial images; None for clean ones
+    probabilities: np.ndarray | None = None  # (N, K) softmax of the logits, for the operating point
 
     def records(self):
         return [record(self.model, self.attack, self.threat, self.eps, metric, value)
@@ -106,6 +107,13 @@ class Evaluation:
         return wide_table(self.records, self.primary)
 
 
+def softmax(logits):
+    """(N, K) probabilities of (N, K) logits, computed stably in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
 def _as_classifier(model):
     return model if isinstance(model, DefendedClassifier) else DefendedClassifier(model)
 
@@ -141,12 +149,13 @@ def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical
     out = []
 
     def add(name, classifier, attack, threat, eps, images, reference=None):
-        predictions = classifier.logits(images).argmax(axis=1)
+        logits = classifier.logits(images)
+        predictions = logits.argmax(axis=1)
         rejected = classifier.rejected(images) if classifier.detector is not None else None
         s = score(y, predictions, rejected, reference, health_map)
         examples = None if threat == "clean" else images[:n_examples].copy()
         out.append(Measurement(name, attack, threat, float(eps), predictions, rejected, s.counted, s.confusion,
-                               s.health_confusion, s.values, examples))
+                               s.health_confusion, s.values, examples, softmax(logits)))
         return predictions
 
     surrogate_clean = add(surrogate_name, surrogate, CLEAN, "clean", 0.0, x) if surrogate is not None else None

@@ -11,7 +11,7 @@ so `medrobust --help` does not load TensorFlow.
 from dataclasses import dataclass
 from importlib import import_module
 
-from ..config import AttackConfig, DefendConfig, MainConfig, PoisonConfig, PredictConfig, TrainConfig
+from ..config import AttackConfig, DefendConfig, EvaluateConfig, MainConfig, PoisonConfig, PredictConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,17 @@ def _resolve(reference):
     return getattr(import_module(f"{__name__}.{module}"), attribute)
 
 
-STEPS = {step.name: step for step in (
-    Step("train", TrainConfig, "train:run_train", "train:TrainResult",
-         "train a classifier, register it and point @baseline at it"),
-    Step("poison", PoisonConfig, "poison:run_poison", "poison:PoisonResult",
-         "train on labels flipped from a source to a target class (several fractions: a sweep)"),
-    Step("attack", AttackConfig, "attack:run_attack", "attack:AttackResult",
-         "attack a model (white-box, or transfer from a surrogate) and log clean against attacked metrics"),
-    Step("defend", DefendConfig, "defend:run_defend", "defend:DefendResult",
-         "defend a model, register the defended model @candidate and measure it before and after"),
-    Step("main", MainConfig, "main:run_main", "main:MainResult",
-         "the main job (make run): train the baseline, attack it, defend it, attack it again, in one parent run"),
-    Step("predict", PredictConfig, "predict:run_predict", "predict:PredictResult",
-         "class probabilities and the health call for image files, as CSV", tracked=False),
+def step(name, config, summary, **kw):
+    """A table entry by convention: function run_<name> and result <Name>Result in module <name>."""
+    return Step(name, config, f"{name}:run_{name}", f"{name}:{name.capitalize()}Result", summary, **kw)
+
+
+STEPS = {s.name: s for s in (
+    step("train", TrainConfig, "train a classifier, register it and point @baseline at it"),
+    step("poison", PoisonConfig, "train on labels flipped from a source to a target class (several fractions: a sweep)"),
+    step("attack", AttackConfig, "attack a model (white-box, or transfer from a surrogate); clean against attacked"),
+    step("defend", DefendConfig, "defend a model, register the defended model @candidate, measure it before and after"),
+    step("evaluate", EvaluateConfig, "measure a model under attack suites, with 95 % intervals and the operating point"),
+    step("main", MainConfig, "the main job (make run): train, attack, defend, attack again, in one parent run"),
+    step("predict", PredictConfig, "class probabilities and the health call for image files, as CSV", tracked=False),
 )}

@@ -21,7 +21,12 @@ class PredictResult:
 
 def run_predict(config: PredictConfig) -> PredictResult:
     """Predict every image of config.inputs with the model at config.model_uri, defense applied."""
-    frame = predict_files(tracking.load_classifier(config.model_uri), config.inputs, config.health_map)
+    threshold = config.threshold
+    if threshold is None and "operating_threshold" in (tags := tracking.model_version_tags(config.model_uri)):
+        threshold = float(tags["operating_threshold"])
+        log.info("predict: operating threshold %.4f from %s (set by evaluate run %s)", threshold, config.model_uri,
+                 tags.get("operating_point_run", "?"))
+    frame = predict_files(tracking.load_classifier(config.model_uri), config.inputs, config.health_map, threshold)
     frame.to_csv(sys.stdout if config.output == "-" else config.output, index=False)
     if config.output != "-":
         log.info("predict: %d images, %d called malignant, written to %s", len(frame), int(frame["malignant"].sum()),

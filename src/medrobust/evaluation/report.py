@@ -1,0 +1,254 @@
+"""The evaluate step's report: one model's long-format records (see records.py) turned into
+rows per condition, the worst figures (headline), interval comparisons against clean, security
+curves and one self-contained HTML page. Pure: no MLflow, no TensorFlow.
+
+    h = headline(records, model="defended")
+    h["accuracy"]   # {"value": 0.41, "attack": "pgd", "threat": "whitebox", "eps": 0.0314, "ci_low": ..., "ci_high": ...}
+    headline_text(h)   # ["worst accuracy 0.412 [0.385, 0.440] under pgd 8/255 (white-box)", ...]
+    overlap_notes(records, model="defended")
+    security_curves(records, model="defended", metric="accuracy")   # {"pgd": (eps, values)}
+    page = render_html(title=..., summary={...}, records=records, model="defended", figures={name: png_bytes})
+
+A condition is (attack, threat, eps); the intervals of figure m are the records named
+`m_ci_low` and `m_ci_high` of the same condition (intervals.interval_summary's names).
+"""
+
+import base64
+import html
+import math
+
+import numpy as np
+
+from .intervals import overlap
+from .records import THREAT_TITLES, by_condition
+
+# The headline figures and which end of each is the worst.
+WORST = {"accuracy": min, "macro_recall": min, "fnr": max}
+
+# Table columns: always shown (with intervals where recorded), then shown when any row has them.
+TABLE_METRICS = ("accuracy", "macro_recall", "fnr", "npv", "sensitivity")
+OPTIONAL_METRICS = ("op_sensitivity", "op_fnr", "op_npv", "fooling_rate", "rejected_rate")
+
+_NAN = float("nan")
+
+
+def _defined(value):
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def format_eps(eps):
+    """'0' for 0, 'n/255' when eps is a multiple of 1/255 (on the [0, 1] image scale), else 4 decimals."""
+    eps = float(eps)
+    if eps == 0:
+        return "0"
+    n = round(eps * 255)
+    if n != 0 and math.isclose(eps, n / 255, rel_tol=1e-6, abs_tol=1e-12):
+        return f"{n}/255"
+    return f"{eps:.4f}"
+
+
+def condition_label(attack, threat, eps):
+    """'pgd 8/255 (white-box)', 'fgsm 2/255 (transfer)'; 'no attack (clean)' for a clean row."""
+    if threat == "clean":
+        return "no attack (clean)"
+    return f"{attack} {format_eps(eps)} ({THREAT_TITLES.get(threat, threat)})"
+
+
+def _interval(row, metric):
+    """(low, high) of `metric` in a row, NaN for a missing bound."""
+    return (row.get(f"{metric}_ci_low", _NAN), row.get(f"{metric}_ci_high", _NAN))
+
+
+def _num(value, digits=3):
+    return "nan" if not _defined(value) else f"{value:.{digits}f}"
+
+
+def _with_interval(value, low, high):
+    text = _num(value)
+    if _defined(low) and _defined(high):
+        text += f" [{_num(low)}, {_num(high)}]"
+    return text
+
+
+def rows(records, *, model):
+    """One dict per condition of `model`, in first-seen order:
+    {"attack", "threat", "eps", <metric>: value, ...} (interval bounds included as `m_ci_low`, `m_ci_high`)."""
+    return [{"attack": attack, "threat": threat, "eps": eps, **values}
+            for (m, attack, threat, eps), values in by_condition(records).items() if m == model]
+
+
+def headline(records, *, model, worst=WORST):
+    """The worst value of each figure over every row of `model` (clean row included).
+
+    worst: {metric: fn} with fn(list of values) -> the worst one (min for figures where low is
+    bad, max for error rates). Returns {metric: {"value", "attack", "threat", "eps", "ci_low",
+    "ci_high"}}: the row that reached the worst value (the first one on ties), its interval
+    from `<metric>_ci_low/_ci_high` (NaN if absent). NaN values are skipped; a metric no row
+    defines gets value NaN, attack and threat None and eps NaN.
+    """
+    table = rows(records, model=model)
+    out = {}
+    for metric, pick in worst.items():
+        candidates = [r for r in table if _defined(r.get(metric))]
+        if not candidates:
+            out[metric] = {"value": _NAN, "attack": None, "threat": None, "eps": _NAN,
+                           "ci_low": _NAN, "ci_high": _NAN}
+            continue
+        value = pick([r[metric] for r in candidates])
+        row = next(r for r in candidates if r[metric] == value)
+        low, high = _interval(row, metric)
+        out[metric] = {"value": float(row[metric]), "attack": row["attack"], "threat": row["threat"],
+                       "eps": float(row["eps"]), "ci_low": float(low), "ci_high": float(high)}
+    return out
+
+
+def headline_text(h):
+    """One line per metric of headline(), e.g.
+    'worst accuracy 0.412 [0.385, 0.440] under pgd 8/255 (white-box)'."""
+    lines = []
+    for metric, w in h.items():
+        if w["attack"] is None or not _defined(w["value"]):
+            lines.append(f"worst {metric}: undefined in every condition")
+            continue
+        lines.append(f"worst {metric} {_with_interval(w['value'], w['ci_low'], w['ci_high'])} "
+                     f"under {condition_label(w['attack'], w['threat'], w['eps'])}")
+    return lines
+
+
+def _clean_row(table):
+    return next((r for r in table if r["threat"] == "clean"), None)
+
+
+def overlap_notes(records, *, model, metric="accuracy"):
+    """For each attacked row of `model` with an interval of `metric`, whether it overlaps the
+    clean row's, e.g. 'pgd 2/255 (white-box) accuracy 0.610 [0.580, 0.640] vs clean 0.730
+    [0.700, 0.750]: different' or '...: intervals overlap, not called different'. Rows without
+    an interval (bounds missing or NaN) are skipped; no notes without a clean interval."""
+    table = rows(records, model=model)
+    clean = _clean_row(table)
+    if clean is None:
+        return []
+    clean_ci = _interval(clean, metric)
+    if not all(_defined(v) for v in clean_ci):
+        return []
+    notes = []
+    for r in table:
+        if r["threat"] == "clean":
+            continue
+        ci = _interval(r, metric)
+        if not all(_defined(v) for v in ci):
+            continue
+        verdict = "intervals overlap, not called different" if overlap(ci, clean_ci) else "different"
+        notes.append(f"{condition_label(r['attack'], r['threat'], r['eps'])} {metric} "
+                     f"{_with_interval(r.get(metric, _NAN), *ci)} vs clean "
+                     f"{_with_interval(clean.get(metric, _NAN), *clean_ci)}: {verdict}")
+    return notes
+
+
+def security_curves(records, *, model, metric):
+    """{attack: (eps, values)} over the white-box rows of `model` that hold `metric`, eps
+    ascending (float64 arrays, eps on the [0, 1] image scale); the clean row's value is added
+    at eps 0 to every attack without its own eps-0 row."""
+    table = rows(records, model=model)
+    clean = _clean_row(table)
+    points = {}
+    for r in table:
+        if r["threat"] == "whitebox" and metric in r:
+            points.setdefault(r["attack"], []).append((float(r["eps"]), float(r[metric])))
+    out = {}
+    for attack, pts in points.items():
+        if clean is not None and metric in clean and not any(e == 0 for e, _ in pts):
+            pts = [(0.0, float(clean[metric]))] + pts
+        pts.sort(key=lambda p: p[0])
+        out[attack] = (np.array([e for e, _ in pts], dtype=np.float64),
+                       np.array([v for _, v in pts], dtype=np.float64))
+    return out
+
+
+def _cell(row, metric):
+    if metric not in row:
+        return "-"
+    return _with_interval(row[metric], *_interval(row, metric))
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dt { font-weight: bold; }
+dd { margin: 0; font-family: monospace; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+th { background: #eee; }
+td.name { text-align: left; }
+figure { display: inline-block; margin: 1em; }
+figcaption { text-align: center; }
+"""
+
+
+def render_html(*, title, summary, records, model, figures):
+    """One self-contained HTML page (inline CSS, figures inline as base64 PNG, no links).
+
+    summary: {label: text} shown as a definition list (data, fingerprint, class counts, model
+    URI, threshold ...); figures: {name: PNG bytes} shown with their name as caption. Sections:
+    summary, headline (headline_text), one table row per condition of `model` (attack, eps,
+    threat, TABLE_METRICS with intervals, OPTIONAL_METRICS that some row holds, '-' where
+    missing), overlap notes on accuracy and fnr, figures. All text is HTML-escaped.
+    """
+    e = html.escape
+    table = rows(records, model=model)
+    columns = list(TABLE_METRICS) + [m for m in OPTIONAL_METRICS if any(m in r for r in table)]
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             f"<title>{e(str(title))}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>",
+             f"<h1>{e(str(title))}</h1>", f"<p>model: <code>{e(str(model))}</code></p>"]
+
+    parts.append("<h2>Summary</h2>")
+    parts.append("<dl>")
+    for key, value in summary.items():
+        parts.append(f"<dt>{e(str(key))}</dt><dd>{e(str(value))}</dd>")
+    parts.append("</dl>")
+
+    parts.append("<h2>Headline (worst over every condition)</h2>")
+    parts.append("<ul>")
+    parts.extend(f"<li>{e(line)}</li>" for line in headline_text(headline(records, model=model)))
+    parts.append("</ul>")
+
+    parts.append("<h2>Conditions</h2>")
+    parts.append("<table>")
+    parts.append("<tr>" + "".join(f"<th>{e(c)}</th>" for c in ("attack", "eps", "threat", *columns)) + "</tr>")
+    for r in table:
+        cells = [f'<td class="name">{e(str(r["attack"]))}</td>', f"<td>{e(format_eps(r['eps']))}</td>",
+                 f'<td class="name">{e(THREAT_TITLES.get(r["threat"], str(r["threat"])))}</td>']
+        cells += [f"<td>{e(_cell(r, m))}</td>" for m in columns]
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    parts.append("<p>Intervals are 95 % bootstrap intervals; two figures whose intervals overlap are not "
+                 "called different.</p>")
+
+    notes = overlap_notes(records, model=model, metric="accuracy") + overlap_notes(records, model=model, metric="fnr")
+    parts.append("<h2>Attacked against clean</h2>")
+    if notes:
+        parts.append("<ul>")
+        parts.extend(f"<li>{e(n)}</li>" for n in notes)
+        parts.append("</ul>")
+    else:
+        parts.append("<p>No intervals recorded to compare.</p>")
+
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for name, png in figures.items():
+            data = base64.b64encode(bytes(png)).decode("ascii")
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(str(name))}">'
+                         f"<figcaption>{e(str(name))}</figcaption></figure>")
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def records_frame(records):
+    """pandas DataFrame, one row per (model, attack, threat, eps) in record order, columns
+    model, attack, threat, eps then one per metric (first-seen order), NaN where missing."""
+    import pandas as pd
+
+    data = [{"model": m, "attack": a, "threat": t, "eps": eps, **values}
+            for (m, a, t, eps), values in by_condition(records).items()]
+    metrics = list(dict.fromkeys(r["metric"] for r in records))
+    return pd.DataFrame(data, columns=["model", "attack", "threat", "eps", *metrics])

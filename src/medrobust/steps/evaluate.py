@@ -1,0 +1,272 @@
+"""The `evaluate` step: a model URI (plain or defended) and attack suites in, a robustness
+report out: one row per (attack, eps, threat model) with every figure, its 95 % bootstrap
+interval and the health figures at the clinical operating point, and a headline, the worst
+case over the rows. Logged as metrics, a CSV and one self-contained HTML page."""
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import attacks, plots, tracking
+from ..config import EvaluateConfig, flatten
+from ..data import CLASSES, N_CLASSES, class_index, load_dataset, malignant_mask
+from ..errors import ModelError
+from ..attacks.adaptive import eot_note, joint_pgd
+from ..evaluation import Condition, interval_summary, measure, record, records_csv, score
+from ..evaluation.operating_point import health_at_threshold, malignancy_score, roc, threshold_for_sensitivity
+from ..evaluation.report import headline, headline_text, render_html, rows, security_curves
+from ..evaluation.suite import softmax
+from ..models.training import set_seed
+
+log = logging.getLogger(__name__)
+
+MODEL, SURROGATE = "model", "surrogate"  # the names of the two models in the records
+HEALTH_TARGET = "nv"  # the benign class the health attack pushes cancers to: the commonest
+OPERATING_FIGURES = ("sensitivity", "specificity", "npv", "fnr")
+
+
+@dataclass
+class EvaluateResult:
+    run_id: str
+    records: list  # long format: {model, attack, threat, eps, metric, value}
+    headline: dict  # {metric: {value, attack, threat, eps, ci_low, ci_high}}: the worst case over the rows
+    threshold: float | None  # the operating point on the malignancy score
+    notes: list  # what the suite could not do as asked, and why
+
+
+def attack_params(config, method):
+    """The step-level settings of an attack (each attack gets only what it takes)."""
+    return {"pgd": {"steps": config.pgd_steps, "random_start": True}, "cw": {"steps": config.cw_steps},
+            "uap_fast": {"max_steps": config.uap_max_steps}, "uap": {"uap_max_iter": config.uap_max_iter},
+            "apgd": {"steps": config.apgd_steps}}.get(method, {})
+
+
+def suite_conditions(config, has_surrogate):
+    """(conditions, notes): the Conditions of config.suites in order, without repeats; a
+    transfer condition without a surrogate runs white-box instead, and a note says so."""
+    wanted, notes = [], []
+
+    def add(method, eps, threat):
+        if threat == "transfer" and not has_surrogate:
+            threat = "whitebox"
+            note = "no surrogate (a plain model has no parent; give --attack-model-uri): transfer attacks run white-box"
+            if note not in notes:
+                notes.append(note)
+        wanted.append(Condition(method, float(eps), threat, "inf", attack_params(config, method)))
+
+    for name in config.suites:
+        if name in ("thesis", "full"):
+            for method in ("fgsm", "uap", "uap_fast"):
+                add(method, config.eps, "transfer")
+        if name in ("standard", "full"):
+            for method in ("fgsm", "pgd", "uap_fast", "cw"):
+                add(method, config.eps, "whitebox")
+                add(method, config.eps, "transfer")
+        if name in ("adaptive", "full"):  # white-box through the whole defense (BPDA); the joint attack aside
+            for method in ("fgsm", "pgd", "apgd"):
+                add(method, config.eps, "whitebox")
+        if name == "autoattack":
+            add("autoattack", config.eps, "whitebox")
+        if name == "full":
+            for method in config.curve_attacks:
+                for eps in config.curve_eps:
+                    add(method, eps, "whitebox")
+    unique = []
+    for c in wanted:
+        if all((c.attack, c.eps, c.threat) != (u.attack, u.eps, u.threat) for u in unique):
+            unique.append(c)
+    return tuple(unique), notes
+
+
+def check_request(config):
+    """Every check before any work: (conditions, notes, model, surrogate or None)."""
+    for method in config.curve_attacks:
+        attacks.check_attack(method, max(config.curve_eps), "inf")
+    model = tracking.load_classifier(config.model_uri)
+    if model.n_classes != N_CLASSES or len(model.input_shape) != 3:
+        raise ModelError(f"{config.model_uri} outputs {model.n_classes} classes for inputs {model.input_shape}; the "
+                         f"data has the {N_CLASSES} classes {', '.join(CLASSES)}")
+    surrogate_uri = config.attack_model_uri or model.info.get("parent_model_uri")
+    surrogate = tracking.load_classifier(surrogate_uri) if surrogate_uri else None
+    if surrogate is not None and (surrogate.input_shape != model.input_shape or surrogate.n_classes != model.n_classes):
+        raise ModelError(f"surrogate {surrogate_uri} takes {surrogate.input_shape} and outputs {surrogate.n_classes} "
+                         f"classes; {config.model_uri} takes {model.input_shape} and outputs {model.n_classes}")
+    conditions, notes = suite_conditions(config, surrogate is not None)
+    if "adaptive" in config.suites or "full" in config.suites:
+        notes += adaptive_notes(model)
+    for c in conditions:
+        c.check()
+    if config.split == "all" and config.threshold is None:
+        notes.append("--split all has no validation split to choose the operating point on, and no --threshold was "
+                     "given: the report has no operating-point figures")
+    return conditions, notes, model, surrogate
+
+
+def images(data, split, max_images):
+    """(x, y) of one split, or of every image for split 'all'."""
+    sides = ("train", "val", "test") if split == "all" else (split,)
+    x = np.concatenate([data.x[s] for s in sides])
+    y = np.concatenate([data.y[s] for s in sides])
+    return (x[:max_images], y[:max_images]) if max_images else (x, y)
+
+
+def operating_threshold(config, model, data, malignant):
+    """The malignancy threshold: given, or chosen on the validation split for the target sensitivity."""
+    if config.threshold is not None:
+        return config.threshold
+    if config.split == "all":
+        return None
+    scores = malignancy_score(softmax(model.logits(data.x["val"])), malignant)
+    return threshold_for_sensitivity(scores, malignant[data.y["val"]], target=config.target_sensitivity)
+
+
+def with_intervals_and_operating_point(evaluation, y, malignant, threshold, config):
+    """The records of an Evaluation plus, per measurement, 95 % bootstrap intervals and the
+    health figures at the operating threshold."""
+    out = list(evaluation.records)
+    is_malignant = malignant[y]
+    for m in evaluation.measurements:
+        extra = interval_summary(y, m.counted, malignant, n_resamples=config.n_resamples, seed=config.seed)
+        extra = {k: v for k, v in extra.items() if k.endswith(("_ci_low", "_ci_high"))}
+        if threshold is not None:
+            at = health_at_threshold(malignancy_score(m.probabilities, malignant), is_malignant, threshold)
+            extra |= {f"op_{k}": at[k] for k in OPERATING_FIGURES}
+        out += [record(m.model, m.attack, m.threat, m.eps, k, v) for k, v in extra.items()]
+    return out
+
+
+def health_attack(model, x, y, malignant, config):
+    """The clinically worst attack: PGD pushing only the malignant images to nv. Records the
+    share of those cancers called benign before and after (fnr on the malignant images)."""
+    cancers = malignant[y]
+    if not cancers.any():
+        return []
+    x_mal, y_mal = x[cancers], y[cancers]
+    log.info("health: pgd pushing the %d malignant images to %s (white-box)", len(x_mal), HEALTH_TARGET)
+    x_adv, _ = attacks.craft("pgd", model.as_keras(), x_mal, config.eps, "inf", target=class_index(HEALTH_TARGET),
+                             seed=config.seed, **attack_params(config, "pgd"))
+    before = malignant[model.logits(x_mal).argmax(axis=1)]
+    after = malignant[model.logits(x_adv).argmax(axis=1)]
+    attack = f"pgd_to_{HEALTH_TARGET}"
+    values = {"fnr": float(np.mean(~after)), "fnr_before": float(np.mean(~before)),
+              "cancers_hidden": int(np.sum(before & ~after)), "cancers": int(len(y_mal))}
+    return [record(MODEL, attack, "whitebox", config.eps, k, v) for k, v in values.items()]
+
+
+def adaptive_notes(model):
+    """What the adaptive suite can adapt to in this model, as sentences for the report."""
+    notes = [eot_note(model.chain)] if model.chain else []
+    if not model.chain and model.detector is None:
+        notes.append("adaptive: the model has no input transformation and no detector to adapt to; its attacks run "
+                     "white-box on the network, as plain attacks")
+    if model.detector is None:
+        notes.append("adaptive: no detector, so no joint attack on classifier and detector")
+    return notes
+
+
+def joint_attack(model, x, y, malignant, threshold, config):
+    """PGD on classifier and detector at once (the image must fool one and pass the other):
+    records scored like every row, rejections counted strictly and referred."""
+    log.info("adaptive: joint pgd on the classifier and its detector (white-box), %d images", len(x))
+    x_adv = joint_pgd(model.as_keras(), model.detector, x, eps=config.eps, steps=config.pgd_steps,
+                      threshold=model.threshold, seed=config.seed)
+    logits = model.logits(x_adv)
+    reference = model.logits(x).argmax(axis=1)
+    s = score(y, logits.argmax(axis=1), model.rejected(x_adv), reference, config.data.health_map)
+    values = dict(s.values)
+    values |= {k: v for k, v in interval_summary(y, s.counted, malignant, n_resamples=config.n_resamples,
+                                                 seed=config.seed).items() if k.endswith(("_ci_low", "_ci_high"))}
+    if threshold is not None:
+        at = health_at_threshold(malignancy_score(softmax(logits), malignant), malignant[y], threshold)
+        values |= {f"op_{k}": at[k] for k in OPERATING_FIGURES}
+    return [record(MODEL, "joint_pgd", "whitebox", config.eps, k, v) for k, v in values.items()]
+
+
+def metric_name(r):
+    """The flat MLflow name of a record: clean_<metric>, or <attack>_<threat>_<eps>_<metric> with
+    eps in /255 units (pgd_whitebox_8_accuracy); the surrogate's rows start with surrogate_."""
+    if r["threat"] == "clean":
+        head = "clean"
+    else:
+        eps = r["eps"] * 255
+        head = f"{r['attack']}_{r['threat']}_{eps:g}" if abs(eps - round(eps)) < 1e-6 else \
+            f"{r['attack']}_{r['threat']}_{r['eps']:.4f}"
+    return (f"{r['model']}_" if r["model"] != MODEL else "") + f"{head}_{r['metric']}"
+
+
+def _figures(records, roc_curve):
+    out = {}
+    for metric in ("accuracy", "fnr"):
+        curves = {a: c for a, c in security_curves(records, model=MODEL, metric=metric).items() if len(c[0]) > 2}
+        if curves:
+            fig = plots.security_curve_figure(curves, metric, f"{metric} against the budget (white-box)")
+            out[f"security curve: {metric}"] = plots.figure_png(fig)
+    if roc_curve is not None:
+        fpr, tpr, _, auc = roc_curve
+        out["ROC, malignant against benign (clean)"] = plots.figure_png(plots.roc_figure(fpr, tpr, auc, "clean"))
+    return out
+
+
+def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
+    """Measure the model at config.model_uri under config.suites; log the report; see EvaluateResult."""
+    conditions, notes, model, surrogate = check_request(config)
+    config = replace(config, data=replace(config.data, image_size=int(model.input_shape[0])))
+    tags = {"medrobust.step": "evaluate", "medrobust.suites": ",".join(config.suites)}
+    name = config.run_name or f"evaluate-{'+'.join(config.suites)}"
+    with tracking.run(config.experiment, run_name=name, tags=tags) as run_id:
+        tracking.log_params(flatten(config))
+        set_seed(config.seed)
+        data = load_dataset(config.data)
+        tracking.log_dataset(data, context=config.split)
+        tracking.log_params({"data.fingerprint": data.fingerprint})
+        malignant = malignant_mask(config.data.health_map)
+        threshold = operating_threshold(config, model, data, malignant)
+        x, y = images(data, config.split, config.max_images)
+        log.info("evaluate: %d %s images, %d conditions%s", len(x), config.split, len(conditions),
+                 f", operating threshold {threshold:.4f}" if threshold is not None else "")
+        evaluation = measure(model, x, y, conditions, surrogate=surrogate, health_map=config.data.health_map,
+                             seed=config.seed, names=(MODEL, SURROGATE))
+        records = with_intervals_and_operating_point(evaluation, y, malignant, threshold, config)
+        if "health" in config.suites or "full" in config.suites:
+            records += health_attack(model, x, y, malignant, config)
+        if ("adaptive" in config.suites or "full" in config.suites) and model.detector is not None:
+            records += joint_attack(model, x, y, malignant, threshold, config)
+        clean = evaluation.get(MODEL)
+        roc_curve = roc(malignancy_score(clean.probabilities, malignant), malignant[y])
+        records.append(record(MODEL, "none", "clean", 0.0, "roc_auc", roc_curve[3]))
+        tracking.log_metrics({metric_name(r): r["value"] for r in records if np.isfinite(r["value"])})
+        if threshold is not None:
+            tracking.log_metrics({"operating_threshold": threshold})
+        if threshold is not None and config.threshold is None:
+            # Stored with the model, so that predict makes the same health call.
+            tagged = tracking.tag_model_version(config.model_uri, {
+                "operating_threshold": f"{threshold:.6f}", "operating_target_sensitivity": config.target_sensitivity,
+                "operating_point_run": run_id})
+            if not tagged:
+                notes.append(f"{config.model_uri} is no registered version: the operating threshold is logged on this "
+                             "run only")
+        worst = headline(records, model=MODEL)
+        tracking.log_metrics({f"worst_{k}": v["value"] for k, v in worst.items() if np.isfinite(v["value"])})
+        counts = np.bincount(y, minlength=N_CLASSES)
+        summary = {"model": config.model_uri, "data": f"{data.source} ({data.layout}), split {config.split}",
+                   "fingerprint": data.fingerprint, "images": str(len(y)),
+                   "class counts": ", ".join(f"{c} {n}" for c, n in zip(CLASSES, counts)),
+                   "operating threshold": "none" if threshold is None else
+                   f"{threshold:.4f} (malignancy score; target sensitivity {config.target_sensitivity:g} on the "
+                   f"validation split)" if config.threshold is None else f"{threshold:.4f} (given)",
+                   "surrogate": config.attack_model_uri or model.info.get("parent_model_uri") or "none",
+                   **{f"note {i + 1}": n for i, n in enumerate(notes)}}
+        page = render_html(title=f"medrobust evaluate: {config.model_uri}", summary=summary, records=records,
+                           model=MODEL, figures=_figures(records, roc_curve))
+        tracking.log_text(records_csv(records), "report/records.csv")
+        tracking.log_text(page, "report/report.html")
+        tracking.log_json({k: dict(v) for k, v in worst.items()}, "report/headline.json")
+    for note in notes:
+        log.warning("evaluate: %s", note)
+    log.info("evaluate %s: run %s, %d rows\n%s", "+".join(config.suites), run_id, len(rows(records, model=MODEL)),
+             "\n".join(headline_text(worst)))
+    return EvaluateResult(run_id, records, worst, threshold, notes)
+
+
+__all__ = ["EvaluateResult", "run_evaluate", "suite_conditions"]

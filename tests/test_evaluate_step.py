@@ -1,0 +1,189 @@
+"""The evaluate step on a model trained on a real HAM10000 subset: suites, the operating
+point, intervals, the report, an external test set."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medrobust import tracking
+from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, TrainConfig
+from medrobust.data import CLASSES, load_dataset, malignant_mask
+from medrobust.data.labels import ISIC2018_COLUMNS
+from medrobust.errors import ConfigError
+from medrobust.evaluation.operating_point import health_at_threshold, malignancy_score
+from medrobust.evaluation import Condition, measure
+from medrobust.evaluation.suite import softmax
+from medrobust.steps.defend import run_defend
+from medrobust.steps.evaluate import operating_threshold, run_evaluate, suite_conditions
+from medrobust.steps.train import run_train
+
+
+@pytest.fixture
+def trained(ham_dir):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
+    result = run_train(TrainConfig(data=data, epochs=4, batch_size=32, class_weight="balanced", experiment="test"))
+    return data, result
+
+
+def _by_condition(records, model="model"):
+    out = {}
+    for r in records:
+        if r["model"] == model:
+            out.setdefault((r["attack"], r["threat"], round(r["eps"] * 255, 6)), {})[r["metric"]] = r["value"]
+    return out
+
+
+def test_standard_suite_report_headline_and_intervals(trained):
+    data, model = trained
+    result = run_evaluate(EvaluateConfig(model_uri=model.model_uri, data=data, suites=("standard",), n_resamples=200,
+                                         cw_steps=1, pgd_steps=3, uap_max_steps=3, max_images=24, experiment="test"))
+    rows = _by_condition(result.records)
+    assert {k[0] for k in rows} == {"none", "fgsm", "pgd", "uap_fast", "cw"}
+    assert "no surrogate" in result.notes[0]  # a plain model: transfer rows run white-box, and it says so
+    for figures in rows.values():
+        if "accuracy_ci_low" in figures:
+            assert figures["accuracy_ci_low"] <= figures["accuracy"] <= figures["accuracy_ci_high"]
+    worst = min(f["accuracy"] for f in rows.values() if "accuracy" in f)
+    assert result.headline["accuracy"]["value"] == worst
+    assert rows[(result.headline["accuracy"]["attack"], "whitebox" if result.headline["accuracy"]["attack"] != "none"
+                 else "clean", round(result.headline["accuracy"]["eps"] * 255, 6))]["accuracy"] == worst
+    assert result.headline["fnr"]["value"] == max(f["fnr"] for f in rows.values() if "fnr" in f)
+    run = tracking.get_run(result.run_id)
+    assert run["status"] == "FINISHED" and run["tags"]["medrobust.step"] == "evaluate"
+    assert run["metrics"]["worst_accuracy"] == pytest.approx(worst)
+    assert 0 <= run["metrics"]["operating_threshold"] <= 1
+    page = open(tracking.download_artifact(result.run_id, "report/report.html", "page")).read()
+    for attack in ("fgsm", "pgd", "uap_fast", "cw"):
+        assert attack in page
+    assert "data:image/png;base64," in page and "http" not in page.replace(model.model_uri, "")
+
+
+def test_operating_point_reaches_its_target_on_validation(trained):
+    data, model = trained
+    classifier = tracking.load_classifier(model.model_uri)
+    loaded = load_dataset(data, progress=False)
+    malignant = malignant_mask("clinical")
+    config = EvaluateConfig(model_uri=model.model_uri, data=data, target_sensitivity=0.9)
+    threshold = operating_threshold(config, classifier, loaded, malignant)
+    scores = malignancy_score(softmax(classifier.logits(loaded.x["val"])), malignant)
+    assert health_at_threshold(scores, malignant[loaded.y["val"]], threshold)["sensitivity"] >= 0.9
+
+
+def test_presets_expand_to_their_conditions():
+    config = EvaluateConfig(suites=("thesis", "standard", "full"), curve_attacks=("fgsm",), curve_eps=(0.0, 4 / 255))
+    conditions, notes = suite_conditions(config, has_surrogate=True)
+    keys = [(c.attack, round(c.eps * 255), c.threat) for c in conditions]
+    assert len(keys) == len(set(keys)) and not notes  # each condition once, whatever asks for it
+    assert set(keys) == {("fgsm", 2, "transfer"), ("uap", 2, "transfer"), ("uap_fast", 2, "transfer"),
+                         ("pgd", 2, "transfer"), ("cw", 2, "transfer"), ("fgsm", 2, "whitebox"),
+                         ("pgd", 2, "whitebox"), ("uap_fast", 2, "whitebox"), ("cw", 2, "whitebox"),
+                         ("fgsm", 0, "whitebox"), ("fgsm", 4, "whitebox")}
+    assert next(c for c in conditions if c.attack == "pgd").params == {"steps": 20, "random_start": True}
+    plain, notes = suite_conditions(EvaluateConfig(suites=("thesis",)), has_surrogate=False)
+    assert {c.threat for c in plain} == {"whitebox"} and "no surrogate" in notes[0]
+
+
+def _test_images(data, n=40):
+    loaded = load_dataset(data, progress=False)
+    return loaded.x["test"][:n], loaded.y["test"][:n]
+
+
+def test_security_curve_starts_at_clean_and_does_not_rise(trained):
+    data, model = trained
+    x, y = _test_images(data)
+    network = tracking.load_classifier(model.model_uri)
+    conditions = [Condition(a, eps, "whitebox", params={"steps": 5} if a == "pgd" else {})
+                  for a in ("fgsm", "pgd") for eps in (0.0, 4 / 255, 16 / 255)]
+    evaluation = measure(network, x, y, conditions, names=("model", "surrogate"))
+    clean = evaluation.get("model").values
+    for attack in ("fgsm", "pgd"):
+        at_zero = evaluation.get("model", attack, "whitebox")  # the first: eps 0
+        assert at_zero.eps == 0 and at_zero.values["fooling_rate"] == 0
+        np.testing.assert_equal({k: at_zero.values[k] for k in clean}, clean)  # exactly; NaN == NaN here
+        curve = [m.values["accuracy"] for m in evaluation.measurements if m.attack == attack]
+        assert curve[2] <= curve[1] + 0.05 and curve[1] <= curve[0] + 0.05  # no rise beyond noise
+
+
+def test_llt_white_box_bpda_hurts_at_least_as_much_as_transfer(trained):
+    data, model = trained
+    defended = run_defend(DefendConfig(model_uri=model.model_uri, data=data, defense="llt", eval_attacks=("fgsm",),
+                                       eval_eps=8 / 255, max_images=8, experiment="test", register=False))
+    x, y = _test_images(data)
+    conditions = [Condition(a, 8 / 255, threat, params={"steps": 10} if a == "pgd" else {})
+                  for a in ("fgsm", "pgd") for threat in ("transfer", "whitebox")]
+    evaluation = measure(tracking.load_classifier(defended.model_uri), x, y, conditions,
+                         surrogate=tracking.load_classifier(model.model_uri), seed=0, names=("model", "surrogate"))
+    for attack in ("fgsm", "pgd"):
+        white = evaluation.get("model", attack, "whitebox").values["accuracy"]
+        assert white <= evaluation.get("model", attack, "transfer").values["accuracy"], attack
+
+
+def test_an_isic2018_folder_is_evaluated_whole(trained, ham_dir, ham_metadata, tmp_path):
+    _, model = trained
+    folder = tmp_path / "isic2018_test"
+    folder.mkdir()
+    picked = ham_metadata.groupby("dx").head(6)
+    onehot = pd.DataFrame({"image": picked.image_id})
+    for column in ISIC2018_COLUMNS:
+        onehot[column] = (picked.dx.str.upper() == column).astype(float).to_numpy()
+    onehot.to_csv(folder / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+    for image_id in picked.image_id:
+        shutil.copy(ham_dir / "images" / f"{image_id}.jpg", folder)
+    result = run_evaluate(EvaluateConfig(model_uri=model.model_uri, data=DataConfig(path=str(folder)), split="all",
+                                         suites=("health",), threshold=0.5, n_resamples=50, pgd_steps=3,
+                                         experiment="test"))
+    clean = _by_condition(result.records)[("none", "clean", 0.0)]
+    assert "op_fnr" in clean
+    page = open(tracking.download_artifact(result.run_id, "report/report.html", tmp_path / "page")).read()
+    assert "isic2018" in page and f"{CLASSES[0]} 6" in page
+    run = tracking.get_run(result.run_id)
+    assert run["params"]["data.image_size"] == "32" and run["params"]["split"] == "all"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"suites": ("strong",)}, "suites must be one of thesis, standard, health, full, got 'strong'"),
+    ({"suites": ()}, "suites needs at least one value"),
+    ({"curve_eps": (0.0, 2.0)}, r"curve_eps must be in \[0, 1\]"),
+    ({"target_sensitivity": 1.0}, r"target_sensitivity must be in \(0, 1\)"),
+    ({"curve_attacks": ("fgsm", "nope")}, "unknown attack method 'nope'"),
+])
+def test_bad_requests_fail_before_any_run(ham_dir, change, message):
+    with pytest.raises(ConfigError, match=message):
+        run_evaluate(EvaluateConfig.from_dict({"data": {"path": str(ham_dir)}, "experiment": "test", **change}))
+    assert tracking.search_runs("test") == []
+
+
+def test_the_operating_point_is_stored_with_the_model_and_used_by_predict(trained, ham_dir, tmp_path):
+    from medrobust.config import PredictConfig
+    from medrobust.steps.predict import run_predict
+
+    data, model = trained
+    uri = f"models:/medrobust-small_cnn/{model.version}"
+    result = run_evaluate(EvaluateConfig(model_uri=uri, data=data, suites=("health",), n_resamples=20,
+                                         pgd_steps=3, experiment="test"))
+    tags = tracking.model_versions("medrobust-small_cnn")[0]["tags"]
+    assert float(tags["operating_threshold"]) == pytest.approx(result.threshold, abs=1e-6)
+    assert tags["operating_point_run"] == result.run_id
+    files = sorted((ham_dir / "images").glob("*.jpg"))[:5]
+    frame = run_predict(PredictConfig(inputs=tuple(map(str, files)), model_uri=uri, output=str(tmp_path / "p.csv"))).frame
+    expected = frame["malignancy_score"] >= float(tags["operating_threshold"])
+    assert (frame["malignant_at_threshold"] == expected).all()
+    np.testing.assert_allclose(frame["malignancy_score"], frame[["p_akiec", "p_bcc", "p_mel"]].sum(axis=1), rtol=1e-6)
+
+
+def test_the_joint_attack_gets_more_images_past_the_detector(ham_dir):
+    # More images than the other tests: a detector needs them (as in test_defend_step).
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=100, fractions=(0.6, 0.1, 0.3))
+    model = run_train(TrainConfig(data=data, epochs=4, batch_size=32, class_weight="balanced", experiment="test"))
+    defended = run_defend(DefendConfig(model_uri=model.model_uri, data=data, defense="detector", detector_eps=8 / 255,
+                                       detector_attacks=("pgd",), detector_epochs=6, eval_attacks=("pgd",),
+                                       eval_eps=8 / 255, max_images=8, experiment="test", register=False))
+    result = run_evaluate(EvaluateConfig(model_uri=defended.model_uri, data=data, suites=("adaptive",), eps=8 / 255,
+                                         pgd_steps=10, apgd_steps=5, n_resamples=20, max_images=60, experiment="test"))
+    rows = _by_condition(result.records)
+    plain, joint = rows[("pgd", "whitebox", 8.0)], rows[("joint_pgd", "whitebox", 8.0)]
+    assert plain["rejected_rate"] > 0.5, plain  # the detector catches plain PGD ...
+    assert joint["rejected_rate"] < plain["rejected_rate"] - 0.2, joint  # ... and far less of the joint attack
+    assert joint["fooling_rate"] > 0.2  # which still changes the classifier's answers
