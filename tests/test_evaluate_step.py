@@ -27,7 +27,7 @@ def trained(ham_dir):
     return data, result
 
 
-def _by_condition(records, model="model"):
+def _by_condition(records, model="target"):
     out = {}
     for r in records:
         if r["model"] == model:
@@ -79,7 +79,7 @@ def test_presets_expand_to_their_conditions():
     assert set(keys) == {("fgsm", 2, "transfer"), ("uap", 2, "transfer"), ("uap_fast", 2, "transfer"),
                          ("pgd", 2, "transfer"), ("cw", 2, "transfer"), ("fgsm", 2, "whitebox"),
                          ("pgd", 2, "whitebox"), ("uap_fast", 2, "whitebox"), ("cw", 2, "whitebox"),
-                         ("fgsm", 0, "whitebox"), ("fgsm", 4, "whitebox")}
+                         ("apgd", 2, "whitebox"), ("fgsm", 0, "whitebox"), ("fgsm", 4, "whitebox")}
     assert next(c for c in conditions if c.attack == "pgd").params == {"steps": 20, "random_start": True}
     plain, notes = suite_conditions(EvaluateConfig(suites=("thesis",)), has_surrogate=False)
     assert {c.threat for c in plain} == {"whitebox"} and "no surrogate" in notes[0]
@@ -96,10 +96,10 @@ def test_security_curve_starts_at_clean_and_does_not_rise(trained):
     network = tracking.load_classifier(model.model_uri)
     conditions = [Condition(a, eps, "whitebox", params={"steps": 5} if a == "pgd" else {})
                   for a in ("fgsm", "pgd") for eps in (0.0, 4 / 255, 16 / 255)]
-    evaluation = measure(network, x, y, conditions, names=("model", "surrogate"))
-    clean = evaluation.get("model").values
+    evaluation = measure(network, x, y, conditions, names=("target", "surrogate"))
+    clean = evaluation.get("target").values
     for attack in ("fgsm", "pgd"):
-        at_zero = evaluation.get("model", attack, "whitebox")  # the first: eps 0
+        at_zero = evaluation.get("target", attack, "whitebox")  # the first: eps 0
         assert at_zero.eps == 0 and at_zero.values["fooling_rate"] == 0
         np.testing.assert_equal({k: at_zero.values[k] for k in clean}, clean)  # exactly; NaN == NaN here
         curve = [m.values["accuracy"] for m in evaluation.measurements if m.attack == attack]
@@ -114,10 +114,10 @@ def test_llt_white_box_bpda_hurts_at_least_as_much_as_transfer(trained):
     conditions = [Condition(a, 8 / 255, threat, params={"steps": 10} if a == "pgd" else {})
                   for a in ("fgsm", "pgd") for threat in ("transfer", "whitebox")]
     evaluation = measure(tracking.load_classifier(defended.model_uri), x, y, conditions,
-                         surrogate=tracking.load_classifier(model.model_uri), seed=0, names=("model", "surrogate"))
+                         surrogate=tracking.load_classifier(model.model_uri), seed=0, names=("target", "surrogate"))
     for attack in ("fgsm", "pgd"):
-        white = evaluation.get("model", attack, "whitebox").values["accuracy"]
-        assert white <= evaluation.get("model", attack, "transfer").values["accuracy"], attack
+        white = evaluation.get("target", attack, "whitebox").values["accuracy"]
+        assert white <= evaluation.get("target", attack, "transfer").values["accuracy"], attack
 
 
 def test_an_isic2018_folder_is_evaluated_whole(trained, ham_dir, ham_metadata, tmp_path):

@@ -21,7 +21,7 @@ from ..models.training import set_seed
 
 log = logging.getLogger(__name__)
 
-MODEL, SURROGATE = "model", "surrogate"  # the names of the two models in the records
+MODEL, SURROGATE = "target", "surrogate"  # the names of the two models in the records
 HEALTH_TARGET = "nv"  # the benign class the health attack pushes cancers to: the commonest
 OPERATING_FIGURES = ("sensitivity", "specificity", "npv", "fnr")
 
