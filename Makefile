@@ -30,4 +30,4 @@ bench: install
 	$(PY) benchmarks/bench_defenses.py
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns
+	rm -rf $(VENV) mlflow.db mlflow.db.lock mlruns mlartifacts

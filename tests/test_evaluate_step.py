@@ -143,7 +143,7 @@ def test_an_isic2018_folder_is_evaluated_whole(trained, ham_dir, ham_metadata, t
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"suites": ("strong",)}, "suites must be one of thesis, standard, health, full, got 'strong'"),
+    ({"suites": ("strong",)}, "suites must be one of thesis, standard, adaptive, autoattack, health, full, got 'strong'"),
     ({"suites": ()}, "suites needs at least one value"),
     ({"curve_eps": (0.0, 2.0)}, r"curve_eps must be in \[0, 1\]"),
     ({"target_sensitivity": 1.0}, r"target_sensitivity must be in \(0, 1\)"),

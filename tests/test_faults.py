@@ -77,10 +77,23 @@ def test_sigterm_ends_the_run_killed_and_registers_nothing(small_ham, child_env)
         _, stderr = child.communicate(timeout=120)
     finally:
         child.kill()
-    assert child.returncode == 130, stderr
+    assert child.returncode == 143, stderr
     assert "stopped (SIGTERM); its runs are marked KILLED" in stderr and "Traceback" not in stderr
     assert tracking.get_run(run["run_id"])["status"] == "KILLED"
     assert tracking.model_versions("medrobust-small_cnn") == []
+
+
+def test_a_registration_cut_half_way_leaves_no_version(small_ham, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", interrupted)  # between version and alias
+    with pytest.raises(KeyboardInterrupt):
+        run_train(TrainConfig(data=DataConfig(path=str(small_ham), image_size=16), epochs=1, experiment="test"))
+    assert tracking.model_versions("medrobust-small_cnn") == []
+    assert [r["status"] for r in tracking.search_runs("test")] == ["KILLED"]
 
 
 def test_after_kill_9_the_next_command_marks_the_orphan_failed(small_ham, child_env, caplog):

@@ -104,7 +104,7 @@ def main(argv=None):
     step = STEPS[command]
     # SIGTERM (a scheduler, `timeout`, a container stop) unwinds like Ctrl-C: every open run
     # is ended KILLED and nothing half-done is registered.
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         step.run(step.config.from_dict(args))
     except MedrobustError as e:
@@ -112,8 +112,10 @@ def main(argv=None):
         log.error("medrobust %s: error: %s", command, e)
         return 2
     except KeyboardInterrupt as e:
-        log.error("medrobust %s: stopped (%s); its runs are marked KILLED", command, e or "interrupted")
-        return 130
+        log.error("medrobust %s: stopped (%s); its runs are marked KILLED", command, str(e) or "interrupted")
+        return 143 if isinstance(e, Terminated) else 130  # 128 + the signal, as shells report it
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -444,6 +444,13 @@ def registered_version(model_uri):
         return None
 
 
+def pinned_uri(model_uri):
+    """models:/<name>/<version> for a models:/<name>@<alias> URI (an alias moves; a record of
+    where a model came from must not); any other URI as it is."""
+    found = registered_version(model_uri) if "@" in str(model_uri) else None
+    return f"models:/{found[0]}/{found[1]}" if found else model_uri
+
+
 def tag_model_version(model_uri, tags):
     """Set tags on the registered version a models:/ URI points to; returns (name, version) or
     None when the URI names no registered version (nothing is tagged then)."""

@@ -134,6 +134,7 @@ def run_defend(config: DefendConfig) -> DefendResult:
     """Build the defense `config.defense` on the model at `config.model_uri`, measure it, log
     and register it; see DefendResult."""
     names, parent = check_request(config)
+    config = replace(config, model_uri=tracking.pinned_uri(config.model_uri))  # the parent, even once @baseline moves
     spec = "+".join(names)
     config = replace(config, data=replace(config.data, image_size=int(parent.input_shape[1])))
     tags = {"medrobust.step": "defend", "medrobust.defense": spec, "medrobust.parent_model_uri": config.model_uri}

@@ -13,7 +13,7 @@ from ..config import EvaluateConfig, flatten
 from ..data import CLASSES, N_CLASSES, class_index, load_dataset, malignant_mask
 from ..errors import ModelError
 from ..attacks.adaptive import eot_note, joint_pgd
-from ..evaluation import Condition, interval_summary, measure, record, records_csv, score
+from ..evaluation import Condition, bootstrap_metrics, interval_summary, measure, record, records_csv, score
 from ..evaluation.operating_point import health_at_threshold, malignancy_score, roc, threshold_for_sensitivity
 from ..evaluation.report import headline, headline_text, render_html, rows, security_curves
 from ..evaluation.suite import softmax
@@ -22,7 +22,6 @@ from ..models.training import set_seed
 log = logging.getLogger(__name__)
 
 MODEL, SURROGATE = "target", "surrogate"  # the names of the two models in the records
-HEALTH_TARGET = "nv"  # the benign class the health attack pushes cancers to: the commonest
 OPERATING_FIGURES = ("sensitivity", "specificity", "npv", "fnr")
 
 
@@ -129,29 +128,41 @@ def with_intervals_and_operating_point(evaluation, y, malignant, threshold, conf
     for m in evaluation.measurements:
         extra = interval_summary(y, m.counted, malignant, n_resamples=config.n_resamples, seed=config.seed)
         extra = {k: v for k, v in extra.items() if k.endswith(("_ci_low", "_ci_high"))}
-        if threshold is not None:
+        if threshold is not None and m.model == MODEL:  # the threshold is the measured model's own
             at = health_at_threshold(malignancy_score(m.probabilities, malignant), is_malignant, threshold)
             extra |= {f"op_{k}": at[k] for k in OPERATING_FIGURES}
         out += [record(m.model, m.attack, m.threat, m.eps, k, v) for k, v in extra.items()]
     return out
 
 
-def health_attack(model, x, y, malignant, config):
-    """The clinically worst attack: PGD pushing only the malignant images to nv. Records the
-    share of those cancers called benign before and after (fnr on the malignant images)."""
+def health_target(y_train, malignant):
+    """The benign class the health attack pushes cancers to: the commonest benign class of the
+    training split (nv under the clinical map; bkl under the thesis map, where nv counts as malignant)."""
+    counts = np.bincount(y_train, minlength=len(malignant)).astype(float)
+    counts[malignant] = -1
+    return CLASSES[int(counts.argmax())]
+
+
+def health_attack(model, x, y, malignant, target, config):
+    """The clinically worst attack: PGD pushing only the malignant images to the benign class
+    `target`. Records the share of those cancers called benign before and after (fnr on the
+    malignant images, with its bootstrap interval; a rejected image counts as missed, as in
+    every strict figure)."""
     cancers = malignant[y]
     if not cancers.any():
         return []
     x_mal, y_mal = x[cancers], y[cancers]
-    log.info("health: pgd pushing the %d malignant images to %s (white-box)", len(x_mal), HEALTH_TARGET)
-    x_adv, _ = attacks.craft("pgd", model.as_keras(), x_mal, config.eps, "inf", target=class_index(HEALTH_TARGET),
+    log.info("health: pgd pushing the %d malignant images to %s (white-box)", len(x_mal), target)
+    x_adv, _ = attacks.craft("pgd", model.as_keras(), x_mal, config.eps, "inf", target=class_index(target),
                              seed=config.seed, **attack_params(config, "pgd"))
-    before = malignant[model.logits(x_mal).argmax(axis=1)]
-    after = malignant[model.logits(x_adv).argmax(axis=1)]
-    attack = f"pgd_to_{HEALTH_TARGET}"
-    values = {"fnr": float(np.mean(~after)), "fnr_before": float(np.mean(~before)),
-              "cancers_hidden": int(np.sum(before & ~after)), "cancers": int(len(y_mal))}
-    return [record(MODEL, attack, "whitebox", config.eps, k, v) for k, v in values.items()]
+    before = malignant[model.logits(x_mal).argmax(axis=1)] & ~model.rejected(x_mal)
+    after = malignant[model.logits(x_adv).argmax(axis=1)] & ~model.rejected(x_adv)
+    missed = bootstrap_metrics(after, after, {"fnr": lambda _, caught: float(np.mean(~caught))},
+                               n_resamples=config.n_resamples, seed=config.seed)["fnr"]
+    values = {"fnr": missed[0], "fnr_ci_low": missed[1], "fnr_ci_high": missed[2],
+              "fnr_before": float(np.mean(~before)), "cancers_hidden": int(np.sum(before & ~after)),
+              "cancers": int(len(y_mal))}
+    return [record(MODEL, f"pgd_to_{target}", "whitebox", config.eps, k, v) for k, v in values.items()]
 
 
 def adaptive_notes(model):
@@ -229,7 +240,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
                              seed=config.seed, names=(MODEL, SURROGATE))
         records = with_intervals_and_operating_point(evaluation, y, malignant, threshold, config)
         if "health" in config.suites or "full" in config.suites:
-            records += health_attack(model, x, y, malignant, config)
+            records += health_attack(model, x, y, malignant, health_target(data.y["train"], malignant), config)
         if ("adaptive" in config.suites or "full" in config.suites) and model.detector is not None:
             records += joint_attack(model, x, y, malignant, threshold, config)
         clean = evaluation.get(MODEL)
@@ -239,13 +250,16 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
         if threshold is not None:
             tracking.log_metrics({"operating_threshold": threshold})
         if threshold is not None and config.threshold is None:
-            # Stored with the model, so that predict makes the same health call.
-            tagged = tracking.tag_model_version(config.model_uri, {
-                "operating_threshold": f"{threshold:.6f}", "operating_target_sensitivity": config.target_sensitivity,
-                "operating_point_run": run_id})
-            if not tagged:
-                notes.append(f"{config.model_uri} is no registered version: the operating threshold is logged on this "
-                             "run only")
+            # Stored with the model, so that predict makes the same health call; only when chosen
+            # on the validation split of the very data the version was trained on.
+            trained_on = tracking.model_version_tags(config.model_uri).get("data_fingerprint")
+            if trained_on == data.fingerprint:
+                tracking.tag_model_version(config.model_uri, {
+                    "operating_threshold": f"{threshold:.6f}", "operating_target_sensitivity": config.target_sensitivity,
+                    "operating_health_map": config.data.health_map, "operating_point_run": run_id})
+            else:
+                notes.append(f"the operating threshold is logged on this run only: {config.model_uri} is no registered "
+                             "version trained on this data")
         worst = headline(records, model=MODEL)
         tracking.log_metrics({f"worst_{k}": v["value"] for k, v in worst.items() if np.isfinite(v["value"])})
         counts = np.bincount(y, minlength=N_CLASSES)

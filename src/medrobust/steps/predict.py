@@ -22,7 +22,8 @@ class PredictResult:
 def run_predict(config: PredictConfig) -> PredictResult:
     """Predict every image of config.inputs with the model at config.model_uri, defense applied."""
     threshold = config.threshold
-    if threshold is None and "operating_threshold" in (tags := tracking.model_version_tags(config.model_uri)):
+    tags = tracking.model_version_tags(config.model_uri) if threshold is None else {}
+    if "operating_threshold" in tags and tags.get("operating_health_map", config.health_map) == config.health_map:
         threshold = float(tags["operating_threshold"])
         log.info("predict: operating threshold %.4f from %s (set by evaluate run %s)", threshold, config.model_uri,
                  tags.get("operating_point_run", "?"))
