@@ -11,7 +11,7 @@ from medrobust.data.labels import N_CLASSES, malignant_mask
 from medrobust.errors import ConfigError
 from medrobust.evaluation import intervals, operating_point
 from medrobust.evaluation.intervals import (INTERVAL_METRICS, bootstrap_confusion, bootstrap_indices,
-                                            bootstrap_metrics, compare_note, interval_summary, overlap)
+                                            bootstrap_metrics, interval_summary, overlap)
 from medrobust.evaluation.operating_point import (health_at_threshold, malignancy_score, roc,
                                                   threshold_for_sensitivity)
 
@@ -175,19 +175,14 @@ def test_bootstrap_metrics_takes_scores_for_an_auc_interval():
     assert low < point < high
 
 
-# --- overlap / compare_note ----------------------------------------------------------------------
+# --- overlap -------------------------------------------------------------------------------------
 
-def test_overlap_and_notes():
+def test_overlap():
     assert overlap((0.1, 0.3), (0.2, 0.4)) and overlap((0.2, 0.4), (0.1, 0.3))
     assert overlap((0.1, 0.3), (0.3, 0.5))  # touching
     assert overlap((0.1, 0.5), (0.2, 0.3))  # nested
     assert not overlap((0.1, 0.2), (0.3, 0.4)) and not overlap((0.3, 0.4), (0.1, 0.2))
     assert overlap((float("nan"), float("nan")), (0.3, 0.4))  # unknown: not called different
-    note = compare_note("accuracy", (0.70, 0.76), (0.72, 0.78), labels=("clean", "fgsm"))
-    assert note.startswith("clean and fgsm accuracy intervals overlap") and note.endswith("not called different")
-    note = compare_note("accuracy", (0.70, 0.76), (0.40, 0.47), labels=("clean", "fgsm"))
-    assert "do not overlap" in note and note.endswith(": called different")
-    assert "undefined" in compare_note("fnr", (float("nan"), float("nan")), (0.1, 0.2))
 
 
 # --- operating point -----------------------------------------------------------------------------
@@ -268,6 +263,6 @@ def test_roc_auc_equals_sklearn_and_one_when_separated():
 
 def test_package_exports():
     from medrobust import evaluation
-    for name in ("interval_summary", "bootstrap_metrics", "threshold_for_sensitivity", "roc", "compare_note"):
+    for name in ("interval_summary", "bootstrap_metrics", "threshold_for_sensitivity", "roc", "overlap"):
         assert name in evaluation.__all__ and hasattr(evaluation, name)
     assert evaluation.health_at_threshold is operating_point.health_at_threshold

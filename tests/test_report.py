@@ -8,7 +8,7 @@ import pytest
 
 from medrobust import plots
 from medrobust.evaluation.records import record
-from medrobust.evaluation.report import (format_eps, headline, headline_text, overlap_notes, records_frame,
+from medrobust.evaluation.report import (format_eps, headline, headline_text, overlap_notes,
                                          render_html, rows, security_curves)
 
 E = 1 / 255
@@ -144,18 +144,6 @@ def test_security_curves_sorted_and_own_eps0_kept():
     eps, values = security_curves(recs, model="m", metric="accuracy")["pgd"]
     np.testing.assert_allclose(eps, [0.0, 2 * E, 8 * E])
     np.testing.assert_allclose(values, [0.88, 0.6, 0.3])
-
-
-def test_records_frame_wide_by_metric():
-    recs = _records()
-    frame = records_frame(recs)
-    assert len(frame) == 7  # 5 conditions of defended + 2 of parent
-    assert list(frame.columns[:4]) == ["model", "attack", "threat", "eps"]
-    metrics = {r["metric"] for r in recs}
-    assert set(frame.columns[4:]) == metrics
-    row = frame[(frame.model == "defended") & (frame.attack == "pgd") & (frame.eps > 7 * E)].iloc[0]
-    assert row["accuracy"] == 0.412 and row["fooling_rate"] == 0.50
-    assert math.isnan(frame.iloc[0]["fooling_rate"])  # clean rows hold none
 
 
 @pytest.fixture(scope="module")

@@ -182,6 +182,7 @@ def log_dataset(data, context):
         source = resolve_dataset_source(str(data.source))
     name = f"{Path(data.source).name} ({data.layout})"
     mlflow.log_input(MetaDataset(source, name=name, digest=data.fingerprint[:32]), context=context)
+    log_params({"data.fingerprint": data.fingerprint})
 
 
 def _param_text(value):

@@ -17,14 +17,14 @@ from .records import (CLEAN, FIELDS, THREATS, by_condition, column_title, condit
 from .scoring import Scores, evaluate, score, with_rejection
 from .suite import ATTACKED, Condition, Evaluation, Measurement, measure, suite
 from .intervals import (INTERVAL_METRICS, batched_summary, bootstrap_confusion, bootstrap_indices, bootstrap_metrics,
-                        compare_note, interval_summary, overlap, percentile_interval)
+                        interval_summary, overlap, percentile_interval)
 from .operating_point import health_at_threshold, malignancy_score, roc, threshold_for_sensitivity
-from .report import headline, headline_text, overlap_notes, records_frame, render_html, rows, security_curves
+from .report import headline, headline_text, overlap_notes, render_html, rows, security_curves
 
 __all__ = ["ATTACKED", "CLEAN", "FIELDS", "THREATS", "Condition", "Evaluation", "Measurement", "Scores",
            "by_condition", "column_title", "condition_name", "evaluate", "flat_metrics", "measure", "record",
            "records_csv", "score", "suite", "wide_table", "with_rejection",
            "INTERVAL_METRICS", "batched_summary", "bootstrap_confusion", "bootstrap_indices", "bootstrap_metrics",
-           "compare_note", "interval_summary", "overlap", "percentile_interval",
+           "interval_summary", "overlap", "percentile_interval",
            "health_at_threshold", "malignancy_score", "roc", "threshold_for_sensitivity",
-           "headline", "headline_text", "overlap_notes", "records_frame", "render_html", "rows", "security_curves"]
+           "headline", "headline_text", "overlap_notes", "render_html", "rows", "security_curves"]

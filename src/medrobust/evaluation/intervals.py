@@ -172,17 +172,3 @@ def overlap(a, b):
     if any(math.isnan(float(v)) for v in (a_low, a_high, b_low, b_high)):
         return True
     return bool(a_low <= b_high and b_low <= a_high)
-
-
-def compare_note(name, a, b, *, labels=None):
-    """One sentence on whether figure `name`'s intervals a and b (low, high) overlap, e.g.
-    compare_note("accuracy", a, b, labels=("clean", "fgsm")) ->
-    "clean and fgsm accuracy intervals overlap ([0.712, 0.768] vs [0.701, 0.755]): not called different".
-    """
-    subject = f"{labels[0]} and {labels[1]} {name}" if labels else name
-    shown = f"([{a[0]:.3g}, {a[1]:.3g}] vs [{b[0]:.3g}, {b[1]:.3g}])"
-    if any(math.isnan(float(v)) for v in (*a, *b)):
-        return f"{subject} intervals {shown}: one is undefined, not called different"
-    if overlap(a, b):
-        return f"{subject} intervals overlap {shown}: not called different"
-    return f"{subject} intervals do not overlap {shown}: called different"

@@ -241,14 +241,3 @@ def render_html(*, title, summary, records, model, figures):
                          f"<figcaption>{e(str(name))}</figcaption></figure>")
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
-
-
-def records_frame(records):
-    """pandas DataFrame, one row per (model, attack, threat, eps) in record order, columns
-    model, attack, threat, eps then one per metric (first-seen order), NaN where missing."""
-    import pandas as pd
-
-    data = [{"model": m, "attack": a, "threat": t, "eps": eps, **values}
-            for (m, a, t, eps), values in by_condition(records).items()]
-    metrics = list(dict.fromkeys(r["metric"] for r in records))
-    return pd.DataFrame(data, columns=["model", "attack", "threat", "eps", *metrics])

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import special
 
 from .. import attacks
 from ..defenses.defended import DefendedClassifier
@@ -108,10 +109,8 @@ class Evaluation:
 
 
 def softmax(logits):
-    """(N, K) probabilities of (N, K) logits, computed stably in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    """(N, K) probabilities of (N, K) logits (scipy's, in float64)."""
+    return special.softmax(np.asarray(logits, dtype=np.float64), axis=1)
 
 
 def _as_classifier(model):

@@ -81,7 +81,7 @@ def run_attack(config: AttackConfig) -> AttackResult:
         x, y = data.x[config.split], data.y[config.split]
         if config.max_images:
             x, y = x[: config.max_images], y[: config.max_images]
-        tracking.log_params({"data.fingerprint": data.fingerprint, "n_images": len(x)})
+        tracking.log_params({"n_images": len(x)})
         tracking.log_dataset(data, context=config.split)
 
         pred_clean = predict_logits(model, x).argmax(axis=1)

@@ -144,7 +144,6 @@ def run_defend(config: DefendConfig) -> DefendResult:
         set_seed(config.seed)
         data = load_dataset(config.data)
         tracking.log_dataset(data, context="test")
-        tracking.log_params({"data.fingerprint": data.fingerprint})
         defended = build_defense(names, parent, data, config, TrackingHooks())
         x, y = data.x["test"], data.y["test"]
         if config.max_images:

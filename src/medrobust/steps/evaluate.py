@@ -230,7 +230,6 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
         set_seed(config.seed)
         data = load_dataset(config.data)
         tracking.log_dataset(data, context=config.split)
-        tracking.log_params({"data.fingerprint": data.fingerprint})
         malignant = malignant_mask(config.data.health_map)
         threshold = operating_threshold(config, model, data, malignant)
         x, y = images(data, config.split, config.max_images)

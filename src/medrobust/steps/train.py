@@ -61,7 +61,7 @@ def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_t
     tracking.log_params(flatten(config))
     tracking.log_dataset(data, context="train")
     tracking.log_params({
-        "data.fingerprint": data.fingerprint, "data.layout": data.layout, "data.source": data.source,
+        "data.layout": data.layout, "data.source": data.source,
         **{f"data.n_{side}": len(y) for side, y in data.y.items()},
     })
     tracking.set_tags({"medrobust.data_fingerprint": data.fingerprint})
