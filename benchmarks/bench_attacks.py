@@ -5,6 +5,9 @@
    FastGradientMethod and our compiled `fgsm` are both measured.
 2. ART's `uap` against our `uap_fast` at the same eps: ART's UAP runs first; uap_fast is then
    asked for the fooling rate ART reached, and the two times are compared.
+3. The iterative attacks the evaluate step runs most, PGD (20 steps, random start) and
+   APGD-CE (20 steps), both ART's: image-steps/s (one input gradient per image per step)
+   against the same forward+backward rate; 1.0 would be no overhead at all.
 
 Run by hand (never in the test suite), against a trained model in the tracking store:
   MLFLOW_TRACKING_URI=sqlite:///mlflow.db .venv/bin/python benchmarks/bench_attacks.py \\
@@ -51,6 +54,7 @@ def main():
     parser.add_argument("--fgsm-images", type=int, default=1252, help="images for FGSM (a compiled attack traces once per call)")
     parser.add_argument("--eps", type=float, default=8 / 255)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20, help="iterations of pgd and apgd")
     args = parser.parse_args()
     model = tracking.load_keras_model(args.model_uri)
     data = load_dataset(DataConfig(path=args.data, image_size=int(model.input_shape[1])), progress=False)
@@ -88,7 +92,21 @@ def main():
     print("| universal attack | fooling rate | seconds |\n|---|---|---|")
     print(f"| ART `uap` (fgsm inner, max_iter 5) | {art_rate:.3f} | {art_s:.1f} |")
     print(f"| our `uap_fast` (stops at ART's rate) | {fast_rate:.3f} | {fast_s:.1f} |")
-    print(f"| time ratio uap_fast / uap | | {fast_s / art_s:.3f} |")
+    print(f"| time ratio uap_fast / uap | | {fast_s / art_s:.3f} |\n")
+
+    fb_iter = forward_backward_images_per_s(model, x, args.batch_size)
+    print(f"PGD and APGD-CE on {len(x)} images, {args.steps} steps, eps {args.eps:.4f}\n")
+    print("| attack | seconds | image-steps/s | ratio to forward+backward | accuracy after |\n|---|---|---|---|---|")
+    print(f"| forward + backward (input gradient) | | {fb_iter:.0f} | 1.00 | |")
+    y = data.y["test"][: args.images]
+    for method, params in (("pgd", {"steps": args.steps, "random_start": True}), ("apgd", {"steps": args.steps})):
+        craft(method, model, x[:8], args.eps, **params)  # warm-up
+        start = time.perf_counter()
+        x_adv, _ = craft(method, model, x, args.eps, batch_size=args.batch_size, **params)
+        seconds = time.perf_counter() - start
+        rate = len(x) * args.steps / seconds
+        accuracy = float(np.mean(predict_logits(model, x_adv).argmax(axis=1) == y))
+        print(f"| `{method}` | {seconds:.1f} | {rate:.0f} | {rate / fb_iter:.2f} | {accuracy:.3f} |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from medrobust.data import load_dataset
 from medrobust.models import create_model
 from medrobust.models.training import fit, predict_logits, set_seed
 
-FAST_PARAMS = {"pgd": {"steps": 3}, "cw": {"steps": 2}, "deepfool": {"steps": 3},
+FAST_PARAMS = {"pgd": {"steps": 3}, "cw": {"steps": 2}, "cw_pgd": {"steps": 3}, "deepfool": {"steps": 3},
                "uap": {"uap_max_iter": 1}, "uap_fast": {"max_steps": 5, "eval_every": 5}}
 
 
@@ -110,7 +110,8 @@ def test_params_are_named_as_the_attack_settings():
     own = {p for spec in ATTACKS.values() for p in spec.params} - settings
     assert own == {"search_steps", "attacker_eps", "eval_every"}
     # seed only where an attack draws random numbers
-    assert sorted(n for n, spec in ATTACKS.items() if "seed" in spec.params) == ["apgd", "autoattack", "pgd", "uap", "uap_fast"]
+    assert sorted(n for n, spec in ATTACKS.items() if "seed" in spec.params) == ["apgd", "autoattack", "cw_pgd", "pgd", "uap",
+                                                                                           "uap_fast"]
 
 
 def test_a_parameter_the_attack_lacks_is_refused_naming_it():
@@ -229,3 +230,21 @@ def test_a_zero_budget_leaves_the_images_as_they_are(method):
     x = np.random.default_rng(0).random((4, 8, 8, 3), dtype=np.float32)
     x_adv, _ = craft(method, model, x, 0.0)
     np.testing.assert_array_equal(x_adv, x)
+
+
+def test_cw_pgd_breaks_at_least_what_pgd_breaks_and_follows_its_target(ham_model):
+    model, x, y = ham_model
+    x, y = x[:200], y[:200]
+    own = predict_logits(model, x).argmax(axis=1)
+    flipped = {}
+    for method in ("pgd", "cw_pgd"):
+        x_adv, _ = craft(method, model, x, 2 / 255, "inf", seed=1, steps=10)
+        flipped[method] = (predict_logits(model, x_adv).argmax(axis=1) != own).mean()
+    # the margin loss does not saturate: as strong as PGD on the cross-entropy, within noise
+    assert flipped["cw_pgd"] >= flipped["pgd"] - 0.03 and flipped["cw_pgd"] > 0.3, flipped
+    again, _ = craft("cw_pgd", model, x, 2 / 255, "inf", seed=1, steps=10)
+    other, _ = craft("cw_pgd", model, x, 2 / 255, "inf", seed=2, steps=10)
+    np.testing.assert_array_equal(again, craft("cw_pgd", model, x, 2 / 255, "inf", seed=1, steps=10)[0])
+    assert not np.array_equal(again, other)  # the random start follows the seed
+    to_nv, _ = craft("cw_pgd", model, x, 8 / 255, "inf", target=5, steps=10)
+    assert (predict_logits(model, to_nv).argmax(axis=1) == 5).mean() > max(0.5, (own == 5).mean())

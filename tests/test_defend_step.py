@@ -125,6 +125,12 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     pyfunc = tracking.pyfunc_predict("models:/medrobust-small_cnn@candidate", pd.DataFrame({"path": map(str, files)}))
     assert list(pyfunc["path"]) == [str(f) for f in files]
     assert np.allclose(pyfunc.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
+    # The operating point travels inside the model: the same health call as the version's tag.
+    threshold = loaded.info["operating_threshold"]
+    version_tags = tracking.model_version_tags("models:/medrobust-small_cnn@candidate")
+    assert float(version_tags["operating_threshold"]) == pytest.approx(threshold, abs=1e-6)
+    assert version_tags["operating_point_run"] == result.run_id
+    assert (pyfunc["malignant_at_threshold"] == (pyfunc["malignancy_score"] >= threshold)).all()
     # And from the command line, in MLflow's own CLI.
     (tmp_path / "input.csv").write_text("path\n" + "\n".join(map(str, files)) + "\n")
     done = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", "models:/medrobust-small_cnn@candidate",
@@ -133,6 +139,7 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     served = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
     np.testing.assert_allclose(served.filter(like="p_").to_numpy(), pyfunc.filter(like="p_").to_numpy(), rtol=1e-5)
+    assert list(served["malignant_at_threshold"]) == list(pyfunc["malignant_at_threshold"])
     # The attack step takes the defended model by its URI and attacks it whole (LLT by BPDA).
     attacked = run_attack(AttackConfig(model_uri="models:/medrobust-small_cnn@candidate", data=data, method="fgsm",
                                        eps=EPS, max_images=16, experiment="test"))

@@ -40,7 +40,7 @@ def test_standard_suite_report_headline_and_intervals(trained):
     result = run_evaluate(EvaluateConfig(model_uri=model.model_uri, data=data, suites=("standard",), n_resamples=200,
                                          cw_steps=1, pgd_steps=3, uap_max_steps=3, max_images=24, experiment="test"))
     rows = _by_condition(result.records)
-    assert {k[0] for k in rows} == {"none", "fgsm", "pgd", "uap_fast", "cw"}
+    assert {k[0] for k in rows} == {"none", "fgsm", "pgd", "uap_fast", "cw_pgd"}
     assert "no surrogate" in result.notes[0]  # a plain model: transfer rows run white-box, and it says so
     for figures in rows.values():
         if "accuracy_ci_low" in figures:
@@ -55,9 +55,16 @@ def test_standard_suite_report_headline_and_intervals(trained):
     assert run["metrics"]["worst_accuracy"] == pytest.approx(worst)
     assert 0 <= run["metrics"]["operating_threshold"] <= 1
     page = open(tracking.download_artifact(result.run_id, "report/report.html", "page")).read()
-    for attack in ("fgsm", "pgd", "uap_fast", "cw"):
+    for attack in ("fgsm", "pgd", "uap_fast", "cw_pgd"):
         assert attack in page
     assert "data:image/png;base64," in page and "http" not in page.replace(model.model_uri, "")
+    assert "confusion: no attack (clean)" in page and "examples: " in page
+    assert all(f["seconds"] > 0 for f in rows.values())
+    # One nested run per report row, named by its condition, with that row's figures.
+    nested = [r for r in tracking.search_runs("test") if r["parent"] == result.run_id]
+    assert len(nested) == len(rows) and {r["step"] for r in nested} == {"evaluate-row"}
+    clean_run = next(r for r in nested if r["name"] == "no attack (clean)")
+    assert tracking.get_run(clean_run["run_id"])["metrics"]["accuracy"] == rows[("none", "clean", 0.0)]["accuracy"]
 
 
 def test_operating_point_reaches_its_target_on_validation(trained):
@@ -77,8 +84,8 @@ def test_presets_expand_to_their_conditions():
     keys = [(c.attack, round(c.eps * 255), c.threat) for c in conditions]
     assert len(keys) == len(set(keys)) and not notes  # each condition once, whatever asks for it
     assert set(keys) == {("fgsm", 2, "transfer"), ("uap", 2, "transfer"), ("uap_fast", 2, "transfer"),
-                         ("pgd", 2, "transfer"), ("cw", 2, "transfer"), ("fgsm", 2, "whitebox"),
-                         ("pgd", 2, "whitebox"), ("uap_fast", 2, "whitebox"), ("cw", 2, "whitebox"),
+                         ("pgd", 2, "transfer"), ("cw_pgd", 2, "transfer"), ("fgsm", 2, "whitebox"),
+                         ("pgd", 2, "whitebox"), ("uap_fast", 2, "whitebox"), ("cw_pgd", 2, "whitebox"),
                          ("apgd", 2, "whitebox"), ("fgsm", 0, "whitebox"), ("fgsm", 4, "whitebox")}
     assert next(c for c in conditions if c.attack == "pgd").params == {"steps": 20, "random_start": True}
     plain, notes = suite_conditions(EvaluateConfig(suites=("thesis",)), has_surrogate=False)
@@ -101,7 +108,8 @@ def test_security_curve_starts_at_clean_and_does_not_rise(trained):
     for attack in ("fgsm", "pgd"):
         at_zero = evaluation.get("target", attack, "whitebox")  # the first: eps 0
         assert at_zero.eps == 0 and at_zero.values["fooling_rate"] == 0
-        np.testing.assert_equal({k: at_zero.values[k] for k in clean}, clean)  # exactly; NaN == NaN here
+        figures = {k: v for k, v in clean.items() if k != "seconds"}  # every figure but the time taken
+        np.testing.assert_equal({k: at_zero.values[k] for k in figures}, figures)  # exactly; NaN == NaN here
         curve = [m.values["accuracy"] for m in evaluation.measurements if m.attack == attack]
         assert curve[2] <= curve[1] + 0.05 and curve[1] <= curve[0] + 0.05  # no rise beyond noise
 
@@ -124,7 +132,7 @@ def test_an_isic2018_folder_is_evaluated_whole(trained, ham_dir, ham_metadata, t
     _, model = trained
     folder = tmp_path / "isic2018_test"
     folder.mkdir()
-    picked = ham_metadata.groupby("dx").head(6)
+    picked = ham_metadata[ham_metadata.dx != "df"].groupby("dx").head(6)  # an external set may lack a class
     onehot = pd.DataFrame({"image": picked.image_id})
     for column in ISIC2018_COLUMNS:
         onehot[column] = (picked.dx.str.upper() == column).astype(float).to_numpy()
@@ -137,7 +145,7 @@ def test_an_isic2018_folder_is_evaluated_whole(trained, ham_dir, ham_metadata, t
     clean = _by_condition(result.records)[("none", "clean", 0.0)]
     assert "op_fnr" in clean
     page = open(tracking.download_artifact(result.run_id, "report/report.html", tmp_path / "page")).read()
-    assert "isic2018" in page and f"{CLASSES[0]} 6" in page
+    assert "isic2018" in page and f"{CLASSES[0]} 6" in page and "df 0" in page
     run = tracking.get_run(result.run_id)
     assert run["params"]["data.image_size"] == "32" and run["params"]["split"] == "all"
 

@@ -24,18 +24,28 @@ def test_format_table_puts_each_condition_in_a_column():
 def test_main_nests_every_step_under_one_run(ham_dir, caplog):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
     config = MainConfig(data=data, epochs=2, batch_size=32, experiment="main", uap_max_steps=3, rounds=1,
-                        epochs_per_round=1)
+                        epochs_per_round=1, evaluate_images=20)
     with caplog.at_level(logging.INFO, logger="medrobust"):
         out = run_main(config)
     columns = out.attacks
     assert list(columns) == ["clean", "fgsm 2/255", "uap_fast 2/255"]
-    runs = tracking.search_runs("main")
+    every = tracking.search_runs("main")
+    assert all(r["status"] == "FINISHED" for r in every)
+    runs = [r for r in every if r["step"] != "evaluate-row"]
     assert [r["name"] for r in runs] == ["main", "train-small_cnn", "attack-fgsm", "attack-uap_fast",
-                                         "defend-retrain+llt"]
-    assert [r["step"] for r in runs] == ["main", "train", "attack", "attack", "defend"]
+                                         "defend-retrain+llt", "evaluate-standard+adaptive+health"]
+    assert [r["step"] for r in runs] == ["main", "train", "attack", "attack", "defend", "evaluate"]
     assert runs[0]["run_id"] == out.run_id and runs[0]["parent"] is None
     assert all(r["parent"] == out.run_id for r in runs[1:])
-    assert all(r["status"] == "FINISHED" for r in runs)
+    # The evaluate run measured the defended model, one nested run per row of its report.
+    evaluation = out.evaluation
+    assert runs[5]["run_id"] == evaluation.run_id
+    assert tracking.get_run(evaluation.run_id)["tags"]["medrobust.model_uri"] == out.defense.model_uri
+    rows = [r for r in every if r["step"] == "evaluate-row"]
+    assert rows and all(r["parent"] == evaluation.run_id for r in rows)
+    assert {"pgd 2/255 (white-box)", "apgd 2/255 (white-box)", "cw 2/255 (transfer)", "pgd_to_nv 2/255 (white-box)"} \
+        <= {r["name"] for r in rows}
+    assert "worst accuracy" in caplog.text and "worst fnr" in caplog.text
     fgsm = tracking.get_run(runs[2]["run_id"])
     assert fgsm["metrics"]["adv_accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
     assert fgsm["metrics"]["clean_accuracy"] == pytest.approx(columns["clean"]["accuracy"])
@@ -57,7 +67,8 @@ def test_main_nests_every_step_under_one_run(ham_dir, caplog):
 
 def test_main_without_a_defense_stops_after_the_attacks(ham_dir):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
-    config = MainConfig(data=data, epochs=1, batch_size=32, experiment="main", attacks=("fgsm",), defense="none")
+    config = MainConfig(data=data, epochs=1, batch_size=32, experiment="main", attacks=("fgsm",), defense="none",
+                        evaluate_suites=None)
     assert run_main(config).defense is None
     assert [r["name"] for r in tracking.search_runs("main")] == ["main", "train-small_cnn", "attack-fgsm"]
 

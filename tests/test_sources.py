@@ -156,10 +156,15 @@ def test_duplicate_image_id(small_ham):
         open_source(small_ham)
 
 
-def test_class_with_no_image(small_ham):
+def test_class_with_no_image_is_refused_for_training_not_for_an_external_test_set(small_ham, tmp_path):
     _edit_csv(small_ham, lambda t: t[t.dx != "df"])
+    config = DataConfig(path=str(small_ham), image_size=16, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataError, match="class df has no image"):
-        open_source(small_ham)
+        load_dataset(config)
+    whole = load_dataset(config, whole=True)  # measured as a whole: any classes, no split
+    assert len(whole.y["train"]) == len(whole.y["val"]) == 0
+    assert len(whole.y["test"]) == len(open_source(small_ham).records)
+    assert CLASSES.index("df") not in set(whole.y["test"])
 
 
 def test_npz_missing_keys(tmp_path):

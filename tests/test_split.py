@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medrobust.data.split import DEFAULT_FRACTIONS, grouped_stratified_split, subset_by_class
+from medrobust.data.split import DEFAULT_FRACTIONS, grouped_stratified_split, subset_by_class, stratified_subset
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,16 @@ def test_subset_takes_whole_lesions_of_each_class(labels_groups):
         members = np.flatnonzero(groups == lesion)
         assert all(m in kept for m in members)
     assert np.array_equal(keep, subset_by_class(labels, groups, 40, seed=0))
+
+
+def test_stratified_subset_keeps_each_class_share(labels_groups):
+    labels = np.unique(labels_groups[0], return_inverse=True)[1]  # class codes, in the metadata's order
+    keep = stratified_subset(labels, 500, seed=3)
+    assert len(keep) == 500 and len(set(keep)) == 500 and np.all(np.diff(keep) > 0)
+    share = np.bincount(labels, minlength=7) * 500 / len(labels)
+    assert np.all(np.abs(np.bincount(labels[keep], minlength=7) - share) < 1)  # within one image per class
+    assert np.array_equal(keep, stratified_subset(labels, 500, seed=3))
+    assert not np.array_equal(keep, stratified_subset(labels, 500, seed=4))
+    # HAM10000's metadata lists images by class: the first 500 would hold two classes only.
+    assert len(set(labels[:500])) < 3 < len(set(labels[keep]))
+    assert np.array_equal(stratified_subset(labels[:10], 50), np.arange(10))

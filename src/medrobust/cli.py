@@ -14,7 +14,8 @@ import sys
 import typing
 from dataclasses import MISSING, fields, is_dataclass
 
-from .errors import MedrobustError
+from .config import non_empty
+from .errors import GateFailed, MedrobustError
 from .steps import STEPS
 
 log = logging.getLogger("medrobust")
@@ -86,7 +87,8 @@ def build_parser():
         groups = {t: p.add_argument_group(t) for t in order if any(title == t for title, _, _ in titled)}
         for title, dotted, f in titled:
             if f.metadata.get("positional"):
-                p.add_argument(dotted, nargs="+", metavar=f.name.upper(), help=_help(f))
+                required = f.metadata.get("check") is non_empty
+                p.add_argument(dotted, nargs="+" if required else "*", metavar=f.name.upper(), help=_help(f))
             else:
                 groups[title].add_argument(option(f), dest=dotted, default=argparse.SUPPRESS, metavar=_metavar(f),
                                            help=_help(f))
@@ -109,8 +111,8 @@ def main(argv=None):
         step.run(step.config.from_dict(args))
     except MedrobustError as e:
         # Expected: bad input. One line naming the file, row, parameter or URI; no traceback.
-        log.error("medrobust %s: error: %s", command, e)
-        return 2
+        log.error("medrobust %s: %s: %s", command, "failed" if isinstance(e, GateFailed) else "error", e)
+        return getattr(e, "exit_status", 2)
     except KeyboardInterrupt as e:
         log.error("medrobust %s: stopped (%s); its runs are marked KILLED", command, str(e) or "interrupted")
         return 143 if isinstance(e, Terminated) else 130  # 128 + the signal, as shells report it

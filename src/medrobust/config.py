@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 # The registered name every step defaults to: the latest network `train` registered.
 BASELINE_URI = "models:/medrobust-small_cnn@baseline"
+CANDIDATE_URI = "models:/medrobust-small_cnn@candidate"
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")  # see models.training.class_weights
 NORMS = ("inf", "2")
 SPLITS = ("train", "val", "test")
@@ -298,8 +299,8 @@ class ModelStepConfig(StepConfig):
 
 @dataclass(frozen=True)
 class AttackConfig(ModelStepConfig):
-    method: str = setting("fgsm", "attack from medrobust.attacks.ATTACKS: fgsm, fgsm_art, pgd, cw, deepfool, uap, "
-                                  "uap_fast")
+    method: str = setting("fgsm", "attack from medrobust.attacks.ATTACKS: fgsm, fgsm_art, pgd, apgd, autoattack, cw, "
+                                  "cw_pgd, deepfool, uap, uap_fast")
     eps: float = setting(2 / 255, "perturbation budget on [0, 1] images (2/255 is accepted as written)",
                          check=eps_range)
     norm: str = setting("inf", "budget norm", choices=NORMS)
@@ -307,13 +308,14 @@ class AttackConfig(ModelStepConfig):
                                  choices=CLASSES)
     attack_model_uri: str | None = setting(None, "surrogate model for a transfer attack; none: white-box on the model")
     split: str = setting("test", "which split is attacked", choices=SPLITS)
-    max_images: int | None = setting(None, "attack only the first N images of the split", check=at_least(1))
+    max_images: int | None = setting(None, "attack a class-stratified sample of N images of the split (seeded)", check=at_least(1))
     batch_size: int = setting(128, "images per attack batch", check=at_least(1))
     # Settings of some attacks only; giving one to an attack that does not take it is an error.
-    steps: int = setting(10, "pgd, apgd, cw, deepfool: iterations", check=at_least(1))
+    steps: int = setting(10, "pgd, apgd, cw, cw_pgd, deepfool: iterations", check=at_least(1))
     restarts: int = setting(1, "apgd: random starts", check=at_least(1))
-    step_size: float | None = setting(None, "pgd, uap_fast: step; none: eps/4 (pgd), eps/5 (uap_fast)", check=positive)
-    random_start: bool = setting(True, "pgd: start from a random point of the eps-ball")
+    step_size: float | None = setting(None, "pgd, cw_pgd, uap_fast: step; none: eps/4 (pgd, cw_pgd), eps/5 (uap_fast)",
+                                      check=positive)
+    random_start: bool = setting(True, "pgd, cw_pgd: start from a random point of the eps-ball")
     uap_attacker: str = setting("fgsm", "uap: the inner attack", choices=("fgsm", "pgd", "deepfool"))
     uap_delta: float = setting(0.2, "uap: stop at fooling rate 1 - delta", check=between(0, 1, low_open=True, high_open=True))
     uap_max_iter: int = setting(5, "uap: passes over the attack set", check=at_least(1))
@@ -356,7 +358,10 @@ class DefendConfig(ModelStepConfig):
                                                                    "and white-box")
     eval_eps: float = setting(2 / 255, "budget of those attacks", check=eps_range)
     uap_max_steps: int = setting(60, "uap_fast's step limit wherever the step runs it", check=at_least(1))
-    max_images: int | None = setting(None, "measure on the first N test images only", check=at_least(1))
+    max_images: int | None = setting(None, "measure on a class-stratified sample of N test images (seeded)", check=at_least(1))
+    target_sensitivity: float = setting(0.95, "operating point stored in the defended model: the malignancy threshold "
+                                              "that catches this share of the validation split's cancers",
+                                        check=between(0, 1, low_open=True, high_open=True))
     register: bool = setting(True, "register the defended model as a new version")
     alias: str | None = setting("candidate", "registry alias of the defended version; none: no alias")
 
@@ -369,7 +374,7 @@ class EvaluateConfig(ModelStepConfig):
     """A model (plain or defended) measured clean and under an attack suite: a report."""
 
     suites: tuple[str, ...] = setting(("standard",), "presets: thesis (fgsm, uap, uap_fast, transfer), standard "
-                                                     "(fgsm, pgd, uap_fast, cw; white-box and transfer), adaptive "
+                                                     "(fgsm, pgd, uap_fast, cw_pgd; white-box and transfer), adaptive "
                                                      "(white-box through the whole defense: BPDA, APGD-CE, a joint "
                                                      "attack on classifier and detector), autoattack (ART's "
                                                      "AutoAttack; slow), health (malignant images pushed to nv), "
@@ -383,7 +388,7 @@ class EvaluateConfig(ModelStepConfig):
                                              check=non_empty)
     split: str = setting("test", "images measured; all: every image of the data (an external test set)",
                          choices=(*SPLITS, "all"))
-    max_images: int | None = setting(None, "measure the first N images only (CPU budgets)", check=at_least(1))
+    max_images: int | None = setting(None, "measure a class-stratified sample of N images (seeded; CPU budgets)", check=at_least(1))
     attack_model_uri: str | None = setting(None, "surrogate for transfer attacks; none: a defended model's "
                                                  "undefended parent (transfer rows are left out for a plain model)")
     target_sensitivity: float = setting(0.95, "operating point: the malignancy threshold is chosen on the validation "
@@ -394,10 +399,42 @@ class EvaluateConfig(ModelStepConfig):
                                       check=between(0, 1))
     n_resamples: int = setting(1000, "bootstrap resamples of the test images for the 95 % intervals", check=at_least(10))
     pgd_steps: int = setting(20, "pgd: iterations (random start)", check=at_least(1))
-    cw_steps: int = setting(10, "cw: iterations", check=at_least(1))
+    cw_steps: int = setting(20, "cw_pgd: iterations (random start)", check=at_least(1))
     uap_max_steps: int = setting(60, "uap_fast: mini-batch steps", check=at_least(1))
     uap_max_iter: int = setting(1, "uap (ART): passes over the images", check=at_least(1))
     apgd_steps: int = setting(20, "apgd: iterations", check=at_least(1))
+
+
+@dataclass(frozen=True)
+class PromoteConfig(ModelStepConfig):
+    """A registry gate: the version at model_uri is evaluated (or an evaluate run of it with
+    the same settings is reused) and moves to @robust only if it passes every criterion."""
+
+    model_uri: str = setting(CANDIDATE_URI, "the version to promote: models:/<name>@<alias> or models:/<name>/<version>")
+    suites: tuple[str, ...] = setting(("standard", "health"), "evaluate suites of the gate", choices=EVALUATE_SUITES,
+                                      check=non_empty)
+    eps: float = setting(2 / 255, "budget of the gate's attacks", check=eps_range)
+    max_images: int | None = setting(None, "evaluate a class-stratified sample of N test images", check=at_least(1))
+    min_robust_macro_recall: float | None = setting(0.35, "pass only if the worst macro recall under attack is at least "
+                                                          "this; none: not checked", check=between(0, 1))
+    max_attacked_fnr: float | None = setting(0.5, "pass only if the worst FNR under attack at the operating point "
+                                                  "(op_fnr) is at most this; none: not checked", check=between(0, 1))
+    max_accuracy_loss: float | None = setting(0.03, "pass only if clean accuracy is at most this below the current "
+                                                    "@robust version's on the same images; none: not checked",
+                                              check=between(0, 1))
+    reuse: bool = setting(True, "reuse a finished evaluate run of this version with the same settings")
+    alias: str = setting("robust", "alias the version moves to on a pass")
+    previous_alias: str = setting("previous", "alias the replaced version gets")
+
+
+@dataclass(frozen=True)
+class ReportConfig(StepConfig):
+    """The recap across evaluate runs: the comparison table and the thesis' recap curves."""
+
+    runs: tuple[str, ...] = setting((), "evaluate run ids to compare; none given: every finished evaluate run of "
+                                        "--experiment, the latest per model", positional=True)
+    metrics: tuple[str, ...] = setting(("accuracy", "macro_recall", "macro_specificity", "fnr"),
+                                       "figures compared (the evaluate step's metric names)", check=non_empty)
 
 
 @dataclass(frozen=True)
@@ -415,6 +452,12 @@ class MainConfig(TrainConfig):
     defense: str = setting("retrain+llt", "defense built and measured after the attacks; none: stop after them")
     rounds: int = setting(2, "retrain rounds", check=at_least(1))
     epochs_per_round: int = setting(2, "retrain epochs per round", check=at_least(1))
+    evaluate_suites: tuple[str, ...] | None = setting(("standard", "adaptive", "health"), "evaluate suites run last, on the "
+                                               "defended model (the baseline with defense none); none: no evaluate run",
+                                               choices=EVALUATE_SUITES)
+    # 500 of the 1,252 test images keep the evaluate run near eight minutes on 2 cores.
+    evaluate_images: int | None = setting(500, "evaluate: a class-stratified sample of N test images; none: all",
+                                          check=at_least(1))
 
 
 @dataclass(frozen=True)

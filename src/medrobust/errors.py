@@ -25,3 +25,9 @@ class ModelError(MedrobustError):
 
 class TrainingError(MedrobustError):
     """Training diverged: a non-finite loss, weights or outputs. Nothing is registered."""
+
+
+class GateFailed(MedrobustError):
+    """A model version failed the promotion gate: not bad input, a verdict. Exit status 1."""
+
+    exit_status = 1

@@ -116,6 +116,26 @@ def security_curve_figure(curves, metric, title):
     return fig
 
 
+def recap_figure(labels, series, title):
+    """The thesis' recap curve (its Figures 5.1 and 5.2): one line per metric of `series`
+    ({metric: (values, lows, highs)}, each as long as `labels`) across the stages in `labels`,
+    with the 95 % interval as error bars where both bounds are finite."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels)), 4.5))
+    x = np.arange(len(labels))
+    for metric, (values, lows, highs) in series.items():
+        values, lows, highs = (np.asarray(a, dtype=float) for a in (values, lows, highs))
+        known = np.isfinite(lows) & np.isfinite(highs)
+        err = np.where(known, [values - lows, highs - values], 0.0)
+        ax.errorbar(x, values, yerr=err, marker="o", capsize=3, label=metric)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def roc_figure(fpr, tpr, auc, title):
     """ROC curve (false positive rate against true positive rate) with its AUC and the chance diagonal."""
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -193,6 +193,12 @@ def _param_text(value):
     return str(value)
 
 
+def params_match(logged, params):
+    """Whether a run's logged parameters hold every one of `params` ({name: value}) as
+    log_params would have written it."""
+    return all(logged.get(k) == _param_text(v) for k, v in params.items())
+
+
 def active_run_id():
     return mlflow.active_run().info.run_id
 
@@ -225,6 +231,14 @@ def log_text(text, path):
 
 def log_figure(figure, path):
     mlflow.log_figure(figure, path)
+
+
+def log_bytes(data, path):
+    """Log raw bytes (a PNG made elsewhere) as artifact `path`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(path).name
+        local.write_bytes(bytes(data))
+        mlflow.log_artifact(str(local), artifact_path=str(Path(path).parent) if Path(path).parent != Path(".") else None)
 
 
 def log_array(array, path):
@@ -281,7 +295,8 @@ def register_model(model_uri, name, tags=None, alias=None):
 class DefendedPyfunc(mlflow.pyfunc.PythonModel):
     """A defended classifier as an MLflow pyfunc model: predict takes images (an (N, H, W, 3)
     array in [0, 1]) or a DataFrame with a `path` column of image files, applies the defense
-    and returns one row per image (medrobust.predict.predict_frame). A served model reads
+    and returns one row per image (medrobust.predict.predict_frame), with the health call at
+    the operating point the defend step stored in it (malignant_at_threshold). A served model reads
     files only below $MEDROBUST_IMAGE_ROOT (or the `image_root` predict parameter); with
     neither, paths are refused."""
 
@@ -294,7 +309,9 @@ class DefendedPyfunc(mlflow.pyfunc.PythonModel):
         from .predict import IMAGE_ROOT_ENV, predict_frame
 
         root = (params or {}).get("image_root") or os.environ.get(IMAGE_ROOT_ENV) or None
-        return predict_frame(self.classifier, model_input, image_root=root)
+        info = self.classifier.info
+        return predict_frame(self.classifier, model_input, info.get("operating_health_map", "clinical"),
+                             image_root=root, threshold=info.get("operating_threshold"))
 
 
 def log_defended_model(classifier, name="model"):
@@ -385,15 +402,20 @@ def _unresolved(model_uri, error):
 
 
 def get_run(run_id):
-    """{'status', 'params', 'metrics', 'tags', 'artifact_uri'} of a run."""
+    """{'status', 'params', 'metrics', 'tags', 'artifact_uri', 'name'} of a run; ConfigError
+    naming an id the tracking store does not hold."""
     _configure()
-    r = MlflowClient().get_run(run_id)
+    try:
+        r = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError(f"no run {run_id!r} in the tracking store {tracking_uri()}") from e
     return {
         "status": r.info.status,
         "params": dict(r.data.params),
         "metrics": dict(r.data.metrics),
         "tags": dict(r.data.tags),
         "artifact_uri": r.info.artifact_uri,
+        "name": r.info.run_name,
     }
 
 
@@ -406,6 +428,15 @@ def list_artifacts(run_id, path=None):
         for item in client.list_artifacts(run_id, stack.pop()):
             (stack.append(item.path) if item.is_dir else out.append(item.path))
     return sorted(out)
+
+
+def load_text_artifact(run_id, path):
+    """The text of artifact `path` of a run; ModelError if the run has no such artifact."""
+    _configure()
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise ModelError(f"run {run_id} has no artifact {path} ({e})") from e
 
 
 def load_json_artifact(run_id, path):
@@ -483,6 +514,26 @@ def search_runs(experiment=None):
     return [{"run_id": r.info.run_id, "status": r.info.status, "name": r.info.run_name,
              "experiment": experiments[r.info.experiment_id], "parent": r.data.tags.get("mlflow.parentRunId"),
              "step": r.data.tags.get("medrobust.step")} for r in found]
+
+
+def set_alias(name, alias, version):
+    """Point `alias` of registered model `name` at `version` (moving it from any other)."""
+    _configure()
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def finished_runs(experiment, tags):
+    """[{'run_id', 'params', 'metrics', 'tags'}] of the FINISHED runs of `experiment` holding
+    every tag of `tags` ({key: value}), newest first; [] for an experiment that does not exist."""
+    _configure()
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"])
+    runs = client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1000)
+    return [{"run_id": r.info.run_id, "params": dict(r.data.params), "metrics": dict(r.data.metrics),
+             "tags": dict(r.data.tags)} for r in runs]
 
 
 def model_aliases(name):

@@ -22,7 +22,7 @@ import numpy as np
 from ..config import eps_range
 from ..errors import ConfigError
 from .budget import NORMS, apply_budget, check_norm, perturbation_sizes, project
-from .gradient import apgd, autoattack, fgsm, fgsm_art, pgd
+from .gradient import apgd, autoattack, cw_pgd, fgsm, fgsm_art, pgd
 from .minimal import cw, deepfool
 from .universal import uap, uap_fast
 from .adaptive import eot_note, joint_pgd
@@ -74,6 +74,8 @@ ATTACKS = {spec.name: spec for spec in (
                                                         "cross-entropy; ART's"),
     AttackSpec("autoattack", autoattack, ("inf", "2"), False, False, "AutoAttack (Croce & Hein 2020): APGD-CE, "
                                                                      "APGD-DLR, DeepFool, Square; ART's ensemble"),
+    AttackSpec("cw_pgd", cw_pgd, ("inf",), True, False, "PGD on the Carlini-Wagner margin loss, L-inf, batched and "
+               "compiled; ours"),
     AttackSpec("cw", cw, ("inf", "2"), True, False, "Carlini-Wagner (2017), minimal perturbation; ART's"),
     AttackSpec("deepfool", deepfool, ("2",), False, False, "DeepFool (Moosavi-Dezfooli 2016), minimal L2; ART's"),
     AttackSpec("uap", uap, ("inf", "2"), False, True, "universal perturbation (Moosavi-Dezfooli 2017); ART's"),

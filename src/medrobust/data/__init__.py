@@ -15,13 +15,13 @@ from . import download
 from .images import default_cache_dir, load_images
 from .labels import CLASSES, HEALTH_MAPS, N_CLASSES, class_index, malignant_mask
 from .sources import DataError, Source, check_all_classes, fingerprint, open_source
-from .split import SPLITS, check_fractions, grouped_stratified_split, subset_by_class
+from .split import SPLITS, check_fractions, grouped_stratified_split, stratified_subset, subset_by_class
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSES", "HEALTH_MAPS", "N_CLASSES", "SPLITS", "DataError", "Dataset", "Source",
-    "class_index", "load_dataset", "malignant_mask", "open_source", "resolve_data_path",
+    "class_index", "load_dataset", "malignant_mask", "open_source", "resolve_data_path", "stratified_subset",
 ]
 
 
@@ -58,24 +58,32 @@ def resolve_data_path(path, cache_dir=None, image_size=64):
     return download.dermamnist(Path(cache_dir) if cache_dir else default_cache_dir(), size=size)
 
 
-def load_dataset(config, progress=True):
-    """Read, subset, split, decode (or read from cache) and scale the data of a DataConfig."""
+def load_dataset(config, progress=True, *, whole=False):
+    """Read, subset, split, decode (or read from cache) and scale the data of a DataConfig.
+
+    whole: every image goes to the test split (train and val empty) and a class may have no
+    image: an external test set, measured as a whole. Otherwise every class needs an image and
+    every split at least one."""
     fractions = check_fractions(config.fractions)
     source = open_source(resolve_data_path(config.path, config.cache_dir, config.image_size))
     records = source.records
+    if not whole:
+        check_all_classes(records, source.csv or source.path)
     if config.per_class_limit:
         keep = subset_by_class(records["label"], records["lesion_id"], config.per_class_limit, config.split_seed)
         records = records.iloc[keep].reset_index(drop=True)
         source = replace(source, records=records)
-    if "split" not in records:  # MedMNIST keeps its official split
+    if "split" not in records and not whole:  # MedMNIST keeps its official split
         sides = grouped_stratified_split(records["label"], records["lesion_id"], fractions, config.split_seed)
         records = records.assign(split=np.asarray(SPLITS)[sides])
         source = replace(source, records=records)
-    for side in SPLITS:
+    for side in () if whole else SPLITS:
         if not (records["split"] == side).any():
             raise DataError(f"{source.path}: the {side} split is empty; use more images or other fractions")
     digest = fingerprint(source)
     images, cache_path, from_cache = load_images(source, digest, config.image_size, config.cache_dir, progress)
+    if whole:
+        records = records.assign(split="test")
     log.info("data: %d images from %s (%s), %s %s", len(records), source.path, source.layout,
              "read from the cache" if from_cache else "decoded into the cache", cache_path)
     x, y, parts = {}, {}, []

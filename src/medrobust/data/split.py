@@ -85,3 +85,20 @@ def subset_by_class(labels, groups, per_class, seed=0):
             keep.append(idx)
             taken += len(idx)
     return np.sort(np.concatenate(keep))
+
+
+def stratified_subset(labels, n, seed=0):
+    """Sorted indices of `n` images drawn so that each class keeps its share (largest
+    remainders round the quotas; seeded). Taking the first n instead would follow the
+    metadata's order, which in HAM10000 is grouped by class. n >= len(labels): every index."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(keep))

@@ -75,7 +75,7 @@ def flat_metrics(records, primary="defended"):
 
 def wide_table(records, primary="defended"):
     """{column title: {metric: value}}, one column per condition in record order (see
-    column_title); what steps.report.format_table prints."""
+    column_title); what steps.logbook.format_table prints."""
     return _named(records, lambda *c: column_title(*c, primary))
 
 
@@ -86,3 +86,13 @@ def records_csv(records):
     writer.writeheader()
     writer.writerows({k: r[k] for k in FIELDS} for r in records)
     return out.getvalue()
+
+
+def read_records_csv(text):
+    """Records from records_csv's text, eps and value as floats. ValueError, naming the
+    columns found, for a header other than FIELDS."""
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != FIELDS:
+        raise ValueError(f"expected the columns {', '.join(FIELDS)}, got {', '.join(reader.fieldnames or ())}")
+    return [record(r["model"], r["attack"], r["threat"], float(r["eps"]), r["metric"], float(r["value"]))
+            for r in reader]

@@ -27,7 +27,7 @@ WORST = {"accuracy": min, "macro_recall": min, "fnr": max}
 
 # Table columns: always shown (with intervals where recorded), then shown when any row has them.
 TABLE_METRICS = ("accuracy", "macro_recall", "fnr", "npv", "sensitivity")
-OPTIONAL_METRICS = ("op_sensitivity", "op_fnr", "op_npv", "fooling_rate", "rejected_rate")
+OPTIONAL_METRICS = ("op_sensitivity", "op_fnr", "op_npv", "fooling_rate", "rejected_rate", "seconds")
 
 _NAN = float("nan")
 
@@ -171,7 +171,7 @@ def _cell(row, metric):
     return _with_interval(row[metric], *_interval(row, metric))
 
 
-_STYLE = """
+STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dt { font-weight: bold; }
@@ -183,6 +183,13 @@ td.name { text-align: left; }
 figure { display: inline-block; margin: 1em; }
 figcaption { text-align: center; }
 """
+
+
+def figure_html(name, png):
+    """A <figure> holding PNG bytes inline (base64) with `name` as its caption."""
+    data = base64.b64encode(bytes(png)).decode("ascii")
+    name = html.escape(str(name))
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{name}"><figcaption>{name}</figcaption></figure>'
 
 
 def render_html(*, title, summary, records, model, figures):
@@ -198,7 +205,7 @@ def render_html(*, title, summary, records, model, figures):
     table = rows(records, model=model)
     columns = list(TABLE_METRICS) + [m for m in OPTIONAL_METRICS if any(m in r for r in table)]
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             f"<title>{e(str(title))}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>",
+             f"<title>{e(str(title))}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
              f"<h1>{e(str(title))}</h1>", f"<p>model: <code>{e(str(model))}</code></p>"]
 
     parts.append("<h2>Summary</h2>")
@@ -235,9 +242,6 @@ def render_html(*, title, summary, records, model, figures):
 
     if figures:
         parts.append("<h2>Figures</h2>")
-        for name, png in figures.items():
-            data = base64.b64encode(bytes(png)).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(str(name))}">'
-                         f"<figcaption>{e(str(name))}</figcaption></figure>")
+        parts.extend(figure_html(name, png) for name, png in figures.items())
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"

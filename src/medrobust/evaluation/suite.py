@@ -9,6 +9,7 @@ the confusion matrices and a few adversarial examples. Nothing here logs to MLfl
 """
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,6 +129,7 @@ def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical
         It is measured too, clean and under each transfer attack's images, which are a
         white-box attack on it; each attack's images are crafted once and serve both.
     seed: passed to the attacks that take one. names: (target's name, surrogate's name).
+    The target's rows also hold `seconds`: wall time of crafting and measuring the condition.
     With a detector, the figures count rejections strictly and add referred_* and
     rejected_rate; attacked conditions add the fooling rate against the same model's clean
     predictions.
@@ -147,21 +149,24 @@ def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical
     target_name, surrogate_name = names
     out = []
 
-    def add(name, classifier, attack, threat, eps, images, reference=None):
+    def add(name, classifier, attack, threat, eps, images, reference=None, started=None):
         logits = classifier.logits(images)
         predictions = logits.argmax(axis=1)
         rejected = classifier.rejected(images) if classifier.detector is not None else None
         s = score(y, predictions, rejected, reference, health_map)
         examples = None if threat == "clean" else images[:n_examples].copy()
+        # seconds: crafting (on whichever model) and predicting, on the measured model's rows only
+        values = s.values if started is None else {**s.values, "seconds": time.perf_counter() - started}
         out.append(Measurement(name, attack, threat, float(eps), predictions, rejected, s.counted, s.confusion,
-                               s.health_confusion, s.values, examples, softmax(logits)))
+                               s.health_confusion, values, examples, softmax(logits)))
         return predictions
 
     surrogate_clean = add(surrogate_name, surrogate, CLEAN, "clean", 0.0, x) if surrogate is not None else None
-    target_clean = add(target_name, target, CLEAN, "clean", 0.0, x)
+    target_clean = add(target_name, target, CLEAN, "clean", 0.0, x, started=time.perf_counter())
     attacked = target.as_keras() if any(c.threat == "whitebox" for c in conditions) else None
     surrogate_done = set()
     for c in conditions:
+        started = time.perf_counter()
         if c.threat == "transfer":
             log.info("%s: crafting on the %s model (transfer), %d images", c.attack, surrogate_name, len(x))
             x_adv, _ = attacks.craft(c.attack, surrogate.as_keras(), x, c.eps, c.norm, seed=seed, **c.params)
@@ -173,7 +178,7 @@ def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical
             log.info("%s: crafting on the %s model (white-box%s), %d images", c.attack, target_name,
                      ", BPDA through its input transformations" if target.chain else "", len(x))
             x_adv, _ = attacks.craft(c.attack, attacked, x, c.eps, c.norm, seed=seed, **c.params)
-        add(target_name, target, c.attack, c.threat, c.eps, x_adv, target_clean)
+        add(target_name, target, c.attack, c.threat, c.eps, x_adv, target_clean, started)
         log.debug("%s %s: accuracy %.3f", c.attack, THREAT_TITLES[c.threat], out[-1].values["accuracy"])
     return Evaluation(y, health_map, target_name, out)
 

@@ -11,7 +11,8 @@ so `medrobust --help` does not load TensorFlow.
 from dataclasses import dataclass
 from importlib import import_module
 
-from ..config import AttackConfig, DefendConfig, EvaluateConfig, MainConfig, PoisonConfig, PredictConfig, TrainConfig
+from ..config import (AttackConfig, DefendConfig, EvaluateConfig, MainConfig, PoisonConfig, PredictConfig, PromoteConfig,
+                      ReportConfig, TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ STEPS = {s.name: s for s in (
     step("attack", AttackConfig, "attack a model (white-box, or transfer from a surrogate); clean against attacked"),
     step("defend", DefendConfig, "defend a model, register the defended model @candidate, measure it before and after"),
     step("evaluate", EvaluateConfig, "measure a model under attack suites, with 95 % intervals and the operating point"),
-    step("main", MainConfig, "the main job (make run): train, attack, defend, attack again, in one parent run"),
+    step("promote", PromoteConfig, "gate a version (default @candidate) on an evaluate suite; pass: it becomes @robust"),
+    step("report", ReportConfig, "the recap across evaluate runs: one comparison table and the thesis' recap curves"),
+    step("main", MainConfig, "the main job (make run): train, attack, defend, attack again, evaluate, in one parent run"),
     step("predict", PredictConfig, "class probabilities and the health call for image files, as CSV", tracked=False),
 )}

@@ -8,10 +8,10 @@ import numpy as np
 
 from .. import attacks, metrics, plots, tracking
 from ..config import AttackConfig, flatten
-from ..data import CLASSES, class_index, load_dataset
+from ..data import CLASSES, class_index, load_dataset, stratified_subset
 from ..errors import ConfigError, ModelError
 from ..models.training import predict_logits, set_seed
-from .report import log_evaluation
+from .logbook import log_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def run_attack(config: AttackConfig) -> AttackResult:
         data = load_dataset(config.data)
         x, y = data.x[config.split], data.y[config.split]
         if config.max_images:
-            x, y = x[: config.max_images], y[: config.max_images]
+            keep = stratified_subset(y, config.max_images, seed=config.seed)
+            x, y = x[keep], y[keep]
         tracking.log_params({"n_images": len(x)})
         tracking.log_dataset(data, context=config.split)
 

@@ -9,13 +9,15 @@ import keras
 
 from .. import attacks, plots, tracking
 from ..config import DefendConfig, flatten
-from ..data import CLASSES, N_CLASSES, load_dataset
+from ..data import CLASSES, N_CLASSES, load_dataset, malignant_mask, stratified_subset
 from ..defenses import DEFENSES, DefendedClassifier, Hooks, check_settings, parse_spec
 from ..defenses.retrain import ON_THE_FLY_METHODS
 from ..errors import ConfigError, ModelError
 from ..evaluation import flat_metrics, measure, records_csv, suite, wide_table
+from ..evaluation.operating_point import malignancy_score, threshold_for_sensitivity
+from ..evaluation.suite import softmax
 from ..models.training import set_seed
-from .report import format_table, log_confusion
+from .logbook import format_table, log_confusion
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,17 @@ def build_defense(names, parent, data, config, hooks=None):
     return classifier
 
 
+def operating_point(defended, data, config):
+    """The defended model's operating point, stored with it (pyfunc and version tags) so that
+    predict and `mlflow models predict` make the health call a clinic would: the malignancy
+    threshold catching config.target_sensitivity of the validation split's cancers."""
+    malignant = malignant_mask(config.data.health_map)
+    scores = malignancy_score(softmax(defended.logits(data.x["val"])), malignant)
+    threshold = threshold_for_sensitivity(scores, malignant[data.y["val"]], target=config.target_sensitivity)
+    return {"operating_threshold": float(threshold), "operating_target_sensitivity": config.target_sensitivity,
+            "operating_health_map": config.data.health_map}
+
+
 def _log_evaluation(evaluation, x):
     """Metrics, confusion matrices and the white-box example grids of an Evaluation."""
     tracking.log_metrics(evaluation.metrics())
@@ -147,7 +160,8 @@ def run_defend(config: DefendConfig) -> DefendResult:
         defended = build_defense(names, parent, data, config, TrackingHooks())
         x, y = data.x["test"], data.y["test"]
         if config.max_images:
-            x, y = x[: config.max_images], y[: config.max_images]
+            keep = stratified_subset(y, config.max_images, seed=config.seed)
+            x, y = x[keep], y[keep]
         evaluation = measure(defended, x, y, suite(config.eval_attacks, config.eval_eps, params=eval_params(config)),
                              surrogate=parent, health_map=config.data.health_map, seed=config.seed,
                              names=(DEFENDED, PARENT))
@@ -157,12 +171,16 @@ def run_defend(config: DefendConfig) -> DefendResult:
         tracking.log_text(format_table(table), "report/before_after.txt")
         tracking.log_json(table, "report/before_after.json")
         tracking.log_text(records_csv(records), "report/records.csv")
+        defended.info |= operating_point(defended, data, config)
+        tracking.log_metrics({"operating_threshold": defended.info["operating_threshold"]})
         model_uri, logged_uri = tracking.log_defended_model(defended)
         name = version = None
         if config.register:  # last, so a failure anywhere above registers nothing
             name = f"medrobust-{parent.name}"
             version_tags = {k: f"{values[k]:.4f}" for k in VERSION_TAGS if k in values}
-            version_tags |= {"defense": spec, "parent_model_uri": config.model_uri, "data_fingerprint": data.fingerprint}
+            version_tags |= {"defense": spec, "parent_model_uri": config.model_uri, "data_fingerprint": data.fingerprint,
+                             **{k: str(v) for k, v in defended.info.items() if k.startswith("operating_")},
+                             "operating_point_run": run_id}
             version = tracking.register_model(logged_uri, name, tags=version_tags, alias=config.alias)
     log.info(_headline(spec, run_id, values, config, name, version))
     return DefendResult(run_id, model_uri, name, version, values, table, records)

@@ -4,18 +4,19 @@ interval and the health figures at the clinical operating point, and a headline,
 case over the rows. Logged as metrics, a CSV and one self-contained HTML page."""
 
 import logging
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .. import attacks, plots, tracking
 from ..config import EvaluateConfig, flatten
-from ..data import CLASSES, N_CLASSES, class_index, load_dataset, malignant_mask
+from ..data import CLASSES, N_CLASSES, class_index, load_dataset, malignant_mask, stratified_subset
 from ..errors import ModelError
 from ..attacks.adaptive import eot_note, joint_pgd
 from ..evaluation import Condition, bootstrap_metrics, interval_summary, measure, record, records_csv, score
 from ..evaluation.operating_point import health_at_threshold, malignancy_score, roc, threshold_for_sensitivity
-from ..evaluation.report import headline, headline_text, render_html, rows, security_curves
+from ..evaluation.report import condition_label, format_eps, headline, headline_text, render_html, rows, security_curves
 from ..evaluation.suite import softmax
 from ..models.training import set_seed
 
@@ -36,7 +37,7 @@ class EvaluateResult:
 
 def attack_params(config, method):
     """The step-level settings of an attack (each attack gets only what it takes)."""
-    return {"pgd": {"steps": config.pgd_steps, "random_start": True}, "cw": {"steps": config.cw_steps},
+    return {"pgd": {"steps": config.pgd_steps, "random_start": True}, "cw_pgd": {"steps": config.cw_steps},
             "uap_fast": {"max_steps": config.uap_max_steps}, "uap": {"uap_max_iter": config.uap_max_iter},
             "apgd": {"steps": config.apgd_steps}}.get(method, {})
 
@@ -59,7 +60,7 @@ def suite_conditions(config, has_surrogate):
             for method in ("fgsm", "uap", "uap_fast"):
                 add(method, config.eps, "transfer")
         if name in ("standard", "full"):
-            for method in ("fgsm", "pgd", "uap_fast", "cw"):
+            for method in ("fgsm", "pgd", "uap_fast", "cw_pgd"):
                 add(method, config.eps, "whitebox")
                 add(method, config.eps, "transfer")
         if name in ("adaptive", "full"):  # white-box through the whole defense (BPDA); the joint attack aside
@@ -102,12 +103,16 @@ def check_request(config):
     return conditions, notes, model, surrogate
 
 
-def images(data, split, max_images):
-    """(x, y) of one split, or of every image for split 'all'."""
+def images(data, split, max_images, seed):
+    """(x, y) of one split, or of every image for split 'all'; max_images: a class-stratified
+    sample of that many."""
     sides = ("train", "val", "test") if split == "all" else (split,)
     x = np.concatenate([data.x[s] for s in sides])
     y = np.concatenate([data.y[s] for s in sides])
-    return (x[:max_images], y[:max_images]) if max_images else (x, y)
+    if max_images:
+        keep = stratified_subset(y, max_images, seed=seed)
+        x, y = x[keep], y[keep]
+    return x, y
 
 
 def operating_threshold(config, model, data, malignant):
@@ -137,7 +142,8 @@ def with_intervals_and_operating_point(evaluation, y, malignant, threshold, conf
 
 def health_target(y_train, malignant):
     """The benign class the health attack pushes cancers to: the commonest benign class of the
-    training split (nv under the clinical map; bkl under the thesis map, where nv counts as malignant)."""
+    training split (nv under the clinical map; bkl under the thesis map, where nv counts as
+    malignant); of the measured images for an external set, which has no training split."""
     counts = np.bincount(y_train, minlength=len(malignant)).astype(float)
     counts[malignant] = -1
     return CLASSES[int(counts.argmax())]
@@ -152,6 +158,7 @@ def health_attack(model, x, y, malignant, target, config):
     if not cancers.any():
         return []
     x_mal, y_mal = x[cancers], y[cancers]
+    started = time.perf_counter()
     log.info("health: pgd pushing the %d malignant images to %s (white-box)", len(x_mal), target)
     x_adv, _ = attacks.craft("pgd", model.as_keras(), x_mal, config.eps, "inf", target=class_index(target),
                              seed=config.seed, **attack_params(config, "pgd"))
@@ -161,7 +168,7 @@ def health_attack(model, x, y, malignant, target, config):
                                n_resamples=config.n_resamples, seed=config.seed)["fnr"]
     values = {"fnr": missed[0], "fnr_ci_low": missed[1], "fnr_ci_high": missed[2],
               "fnr_before": float(np.mean(~before)), "cancers_hidden": int(np.sum(before & ~after)),
-              "cancers": int(len(y_mal))}
+              "cancers": int(len(y_mal)), "seconds": time.perf_counter() - started}
     return [record(MODEL, f"pgd_to_{target}", "whitebox", config.eps, k, v) for k, v in values.items()]
 
 
@@ -179,6 +186,7 @@ def adaptive_notes(model):
 def joint_attack(model, x, y, malignant, threshold, config):
     """PGD on classifier and detector at once (the image must fool one and pass the other):
     records scored like every row, rejections counted strictly and referred."""
+    started = time.perf_counter()
     log.info("adaptive: joint pgd on the classifier and its detector (white-box), %d images", len(x))
     x_adv = joint_pgd(model.as_keras(), model.detector, x, eps=config.eps, steps=config.pgd_steps,
                       threshold=model.threshold, seed=config.seed)
@@ -191,6 +199,7 @@ def joint_attack(model, x, y, malignant, threshold, config):
     if threshold is not None:
         at = health_at_threshold(malignancy_score(softmax(logits), malignant), malignant[y], threshold)
         values |= {f"op_{k}": at[k] for k in OPERATING_FIGURES}
+    values["seconds"] = time.perf_counter() - started
     return [record(MODEL, "joint_pgd", "whitebox", config.eps, k, v) for k, v in values.items()]
 
 
@@ -206,7 +215,15 @@ def metric_name(r):
     return (f"{r['model']}_" if r["model"] != MODEL else "") + f"{head}_{r['metric']}"
 
 
-def _figures(records, roc_curve):
+def _measurement(evaluation, row):
+    """The Measurement of the measured model behind a report row, or None (health, joint rows)."""
+    return next((m for m in evaluation.measurements if m.model == MODEL and
+                 (m.attack, m.threat, m.eps) == (row["attack"], row["threat"], row["eps"])), None)
+
+
+def _figures(records, roc_curve, evaluation, worst, x):
+    """{caption: PNG}: security curves, ROC, the confusion matrices of the clean row and of
+    each headline row, and adversarial examples of the attacked row with the lowest accuracy."""
     out = {}
     for metric in ("accuracy", "fnr"):
         curves = {a: c for a, c in security_curves(records, model=MODEL, metric=metric).items() if len(c[0]) > 2}
@@ -216,30 +233,55 @@ def _figures(records, roc_curve):
     if roc_curve is not None:
         fpr, tpr, _, auc = roc_curve
         out["ROC, malignant against benign (clean)"] = plots.figure_png(plots.roc_figure(fpr, tpr, auc, "clean"))
+    clean = evaluation.get(MODEL)
+    for m in [clean] + [_measurement(evaluation, w) for w in worst.values() if w["attack"] is not None]:
+        label = None if m is None else condition_label(m.attack, m.threat, m.eps)
+        if label is not None and f"confusion: {label}" not in out:
+            out[f"confusion: {label}"] = plots.figure_png(plots.confusion_matrix_figure(m.confusion, CLASSES, label))
+    attacked = [m for m in evaluation.measurements if m.model == MODEL and m.examples is not None]
+    if attacked:
+        m = min(attacked, key=lambda m: m.values["accuracy"])
+        n = len(m.examples)
+        fig = plots.examples_figure(x[:n], m.examples, evaluation.y_true[:n], clean.predictions[:n],
+                                    m.predictions[:n], CLASSES, m.eps)
+        out[f"examples: {condition_label(m.attack, m.threat, m.eps)}"] = plots.figure_png(fig)
     return out
+
+
+def log_rows(records, experiment):
+    """One nested run per report row (condition of the measured model), named by its condition,
+    holding that row's figures without prefix, so the MLflow UI compares rows side by side."""
+    for row in rows(records, model=MODEL):
+        tags = {"medrobust.step": "evaluate-row", "medrobust.attack": row["attack"],
+                "medrobust.threat": row["threat"], "medrobust.eps": format_eps(row["eps"])}
+        with tracking.run(experiment, run_name=condition_label(row["attack"], row["threat"], row["eps"]), tags=tags):
+            tracking.log_metrics({k: float(v) for k, v in row.items() if k not in ("attack", "threat", "eps")
+                                  and isinstance(v, (int, float)) and np.isfinite(v)})
 
 
 def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Measure the model at config.model_uri under config.suites; log the report; see EvaluateResult."""
     conditions, notes, model, surrogate = check_request(config)
     config = replace(config, data=replace(config.data, image_size=int(model.input_shape[0])))
-    tags = {"medrobust.step": "evaluate", "medrobust.suites": ",".join(config.suites)}
+    tags = {"medrobust.step": "evaluate", "medrobust.suites": ",".join(config.suites),
+            "medrobust.defense": model.info.get("spec", "none"), "medrobust.model_uri": config.model_uri,
+            "medrobust.model_version": tracking.pinned_uri(config.model_uri)}
     name = config.run_name or f"evaluate-{'+'.join(config.suites)}"
     with tracking.run(config.experiment, run_name=name, tags=tags) as run_id:
         tracking.log_params(flatten(config))
         set_seed(config.seed)
-        data = load_dataset(config.data)
+        data = load_dataset(config.data, whole=config.split == "all")
         tracking.log_dataset(data, context=config.split)
         malignant = malignant_mask(config.data.health_map)
         threshold = operating_threshold(config, model, data, malignant)
-        x, y = images(data, config.split, config.max_images)
+        x, y = images(data, config.split, config.max_images, config.seed)
         log.info("evaluate: %d %s images, %d conditions%s", len(x), config.split, len(conditions),
                  f", operating threshold {threshold:.4f}" if threshold is not None else "")
         evaluation = measure(model, x, y, conditions, surrogate=surrogate, health_map=config.data.health_map,
                              seed=config.seed, names=(MODEL, SURROGATE))
         records = with_intervals_and_operating_point(evaluation, y, malignant, threshold, config)
         if "health" in config.suites or "full" in config.suites:
-            records += health_attack(model, x, y, malignant, health_target(data.y["train"], malignant), config)
+            records += health_attack(model, x, y, malignant, health_target(data.y["train"] if len(data.y["train"]) else y, malignant), config)
         if ("adaptive" in config.suites or "full" in config.suites) and model.detector is not None:
             records += joint_attack(model, x, y, malignant, threshold, config)
         clean = evaluation.get(MODEL)
@@ -260,6 +302,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
                 notes.append(f"the operating threshold is logged on this run only: {config.model_uri} is no registered "
                              "version trained on this data")
         worst = headline(records, model=MODEL)
+        log_rows(records, config.experiment)
         tracking.log_metrics({f"worst_{k}": v["value"] for k, v in worst.items() if np.isfinite(v["value"])})
         counts = np.bincount(y, minlength=N_CLASSES)
         summary = {"model": config.model_uri, "data": f"{data.source} ({data.layout}), split {config.split}",
@@ -271,7 +314,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
                    "surrogate": config.attack_model_uri or model.info.get("parent_model_uri") or "none",
                    **{f"note {i + 1}": n for i, n in enumerate(notes)}}
         page = render_html(title=f"medrobust evaluate: {config.model_uri}", summary=summary, records=records,
-                           model=MODEL, figures=_figures(records, roc_curve))
+                           model=MODEL, figures=_figures(records, roc_curve, evaluation, worst, x))
         tracking.log_text(records_csv(records), "report/records.csv")
         tracking.log_text(page, "report/report.html")
         tracking.log_json({k: dict(v) for k, v in worst.items()}, "report/headline.json")

@@ -1,16 +1,18 @@
-"""The main job (`make run`): train the baseline, attack it, defend it, attack it again, all
-as nested runs of one parent run, and log clean against attacked, before against after."""
+"""The main job (`make run`): train the baseline, attack it, defend it, attack it again, then
+evaluate the defended model under the standard, adaptive and health suites, all as nested
+runs of one parent run, and log clean against attacked, before against after."""
 
 import logging
 from dataclasses import dataclass, replace
 
 from .. import tracking
 from ..attacks import check_attack
-from ..config import AttackConfig, DefendConfig, MainConfig, TrainConfig, narrow
+from ..config import AttackConfig, DefendConfig, EvaluateConfig, MainConfig, TrainConfig, narrow
 from ..defenses import applicable, parse_spec
 from .attack import run_attack
 from .defend import run_defend
-from .report import format_table
+from .evaluate import run_evaluate
+from .logbook import format_table
 from .train import run_train
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,7 @@ class MainResult:
     train: object  # TrainResult
     attacks: dict  # {column title: metrics without prefix}: clean, then each attack
     defense: object | None  # DefendResult, or None with defense=none
+    evaluation: object | None = None  # EvaluateResult of the last model, or None with evaluate_suites=none
 
 
 def strip_prefix(values, prefix):
@@ -62,5 +65,12 @@ def run_main(config: MainConfig) -> MainResult:
                 **settings))
             log.info("before (parent) and after (defended); transfer = the parent's adversarial images\n%s",
                      format_table(defense.table))
-    log.info("main: run %s, %d nested runs", run_id, 1 + len(config.attacks) + int(defended))
-    return MainResult(run_id, train, columns, defense)
+        evaluation = None
+        if config.evaluate_suites:
+            evaluation = run_evaluate(EvaluateConfig(
+                model_uri=defense.model_uri if defense else train.model_uri, data=config.data,
+                suites=config.evaluate_suites, eps=config.eps, max_images=config.evaluate_images, seed=config.seed,
+                uap_max_steps=config.uap_max_steps, experiment=config.experiment))
+    steps = 1 + len(config.attacks) + int(defended) + int(evaluation is not None)
+    log.info("main: run %s, %d nested steps", run_id, steps)
+    return MainResult(run_id, train, columns, defense, evaluation)

@@ -21,13 +21,19 @@ class PredictResult:
 
 def run_predict(config: PredictConfig) -> PredictResult:
     """Predict every image of config.inputs with the model at config.model_uri, defense applied."""
+    classifier = tracking.load_classifier(config.model_uri)
     threshold = config.threshold
-    tags = tracking.model_version_tags(config.model_uri) if threshold is None else {}
-    if "operating_threshold" in tags and tags.get("operating_health_map", config.health_map) == config.health_map:
-        threshold = float(tags["operating_threshold"])
-        log.info("predict: operating threshold %.4f from %s (set by evaluate run %s)", threshold, config.model_uri,
-                 tags.get("operating_point_run", "?"))
-    frame = predict_files(tracking.load_classifier(config.model_uri), config.inputs, config.health_map, threshold)
+    if threshold is None:
+        # The version's tag (the latest evaluate or defend run that chose one on this model's own
+        # data), else what the defended model carries; only for the same health map.
+        tags = tracking.model_version_tags(config.model_uri)
+        for found in (tags, classifier.info):
+            if "operating_threshold" in found and found.get("operating_health_map", config.health_map) == config.health_map:
+                threshold = float(found["operating_threshold"])
+                log.info("predict: operating threshold %.4f from %s (set by run %s)", threshold, config.model_uri,
+                         found.get("operating_point_run", "defend"))
+                break
+    frame = predict_files(classifier, config.inputs, config.health_map, threshold)
     frame.to_csv(sys.stdout if config.output == "-" else config.output, index=False)
     if config.output != "-":
         log.info("predict: %d images, %d called malignant, written to %s", len(frame), int(frame["malignant"].sum()),

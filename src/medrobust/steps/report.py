@@ -1,65 +1,120 @@
-"""What every step logs about one set of predictions: metrics and the 7x7 and 2x2 matrices;
-and the before/after table as text. The figures come from medrobust.evaluation."""
+"""The `report` step: evaluate runs gathered side by side (the latest per model of an
+experiment, or the runs named), as the thesis' recap: one comparison table of every model
+under every condition, with intervals, and its Figures 5.1 and 5.2 (each metric across the
+undefended model clean, attacked, and each defended model under the same attack). Logged as
+a run of its own: CSV, text, one HTML page and the figures."""
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
 
 from .. import plots, tracking
-from ..data import CLASSES
-from ..evaluation import evaluate
+from ..config import ReportConfig, flatten
+from ..defenses import DEFENSES, parse_spec
+from ..errors import ConfigError
+from ..evaluation.recap import UNDEFENDED, comparison, comparison_text, render_recap_html, shared_conditions, stages
+from ..evaluation.records import read_records_csv
+from ..evaluation.report import condition_label
 
-__all__ = ["TABLE_ROWS", "evaluate", "format_table", "log_confusion", "log_evaluation"]
+log = logging.getLogger(__name__)
 
-
-def log_evaluation(y_true, y_pred, health_map="clinical", condition="clean"):
-    """Log `<condition>_*` metrics and the confusion matrices (JSON and figure) under confusion/."""
-    values, cm, cm2 = evaluate(y_true, y_pred, health_map, prefix=f"{condition}_")
-    tracking.log_metrics(values)
-    log_confusion(cm, cm2, health_map, condition)
-    return values
+RECORDS = "report/records.csv"  # where the evaluate step logs its records
 
 
-def log_confusion(cm, cm2, health_map, condition):
-    """Log the 7x7 matrix `cm` and the 2x2 health matrix `cm2` of `condition` as
-    confusion/<condition>_7x7.json/.png and confusion/<condition>_2x2.json/.png."""
-    tracking.log_json(
-        {"labels": list(CLASSES), "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
-        f"confusion/{condition}_7x7.json",
-    )
-    tracking.log_json(
-        {"labels": ["benign", "malignant"], "health_map": health_map, "rows": "true", "columns": "predicted",
-         "matrix": cm2.tolist()},
-        f"confusion/{condition}_2x2.json",
-    )
-    for matrix, labels, name in ((cm, CLASSES, "7x7"), (cm2, ("benign", "malignant"), "2x2")):
-        fig = plots.confusion_matrix_figure(matrix, labels, f"{condition} ({health_map} health map)" if name == "2x2" else condition)
-        tracking.log_figure(fig, f"confusion/{condition}_{name}.png")
-        plots.close(fig)
+@dataclass
+class ReportResult:
+    run_id: str
+    models: dict  # {model label: evaluate run id}, in recap order
+    table: list  # evaluation.recap.comparison rows
+    figures: list  # captions of the recap curves
 
 
-# (label, metric name without its condition prefix); fooling_rate exists only under attack.
-TABLE_ROWS = (
-    ("multi-class", (("accuracy", "accuracy"), ("macro recall", "macro_recall"),
-                     ("macro specificity", "macro_specificity"), ("macro F1", "macro_f1"))),
-    ("health", (("accuracy", "health_accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
-                ("NPV", "npv"), ("PPV", "ppv"), ("false-negative rate", "fnr"))),
-    ("attack", (("fooling rate", "fooling_rate"), ("rejected (detector)", "rejected_rate"))),
-    # With a detector the rows above count a rejected image as an error (a rejected cancer as
-    # missed); these count it as handled, since a rejected image goes to a doctor.
-    ("rejected sent to a doctor", (("accuracy", "referred_accuracy"), ("macro recall", "referred_macro_recall"),
-                                   ("false-negative rate", "referred_fnr"))),
-)
+def model_label(spec):
+    """'undefended' for a plain model, else the defense spec ('retrain+llt')."""
+    return UNDEFENDED if spec in (None, "", "none") else spec
 
 
-def format_table(columns):
-    """{column title: {condition-free metric name: value}} as a plain-text table, one metric per
-    line and one column per condition; a metric a column lacks is shown as '-', one no column
-    has is left out."""
-    titles = list(columns)
-    width = max(12, *(len(t) + 2 for t in titles))
-    lines = [f"{'':<22}" + "".join(f"{t:>{width}}" for t in titles)]
-    for group, rows in TABLE_ROWS:
-        rows = [(label, key) for label, key in rows if any(key in values for values in columns.values())]
-        if rows:
-            lines.append(group)
-        for label, key in rows:
-            cells = "".join(f"{columns[t][key]:>{width}.3f}" if key in columns[t] else f"{'-':>{width}}" for t in titles)
-            lines.append(f"  {label:<20}{cells}")
-    return "\n".join(lines)
+def recap_order(label):
+    """Undefended first, then single defenses before combinations, each in DEFENSES' order
+    (the thesis' baseline, retrain, llt, retrain+llt)."""
+    if label == UNDEFENDED:
+        return (0, ())
+    names = list(DEFENSES)
+    parts = parse_spec(label.split(" (")[0])
+    return (len(parts), tuple(names.index(p) for p in parts))
+
+
+def evaluate_runs(config):
+    """{label: run id}: the runs named (each must be a finished evaluate run), or the latest
+    finished evaluate run per model label of config.experiment. ConfigError when none is found."""
+    if config.runs:
+        chosen = {}
+        for run_id in config.runs:
+            run = tracking.get_run(run_id)
+            if run["tags"].get("medrobust.step") != "evaluate":
+                raise ConfigError(f"run {run_id} is a {run['tags'].get('medrobust.step', 'non-medrobust')} run, not "
+                                  "an evaluate run")
+            if run["status"] != "FINISHED":
+                raise ConfigError(f"evaluate run {run_id} is {run['status']}, not FINISHED")
+            label = model_label(run["tags"].get("medrobust.defense"))
+            if label in chosen:  # two runs of one kind of model: tell them apart by run name
+                label = f"{label} ({run['name']})"
+            chosen[label] = run_id
+        return chosen
+    found = [r for r in tracking.search_runs(config.experiment) if r["step"] == "evaluate" and r["status"] == "FINISHED"]
+    if not found:
+        raise ConfigError(f"no finished evaluate run in experiment {config.experiment!r}; run medrobust evaluate first")
+    chosen = {}
+    for r in found:  # oldest first, so the latest per model wins
+        chosen[model_label(tracking.get_run(r["run_id"])["tags"].get("medrobust.defense"))] = r["run_id"]
+    return chosen
+
+
+def run_report(config: ReportConfig) -> ReportResult:
+    """Gather the evaluate runs of config (see evaluate_runs), log the recap; see ReportResult."""
+    chosen = evaluate_runs(config)
+    chosen = dict(sorted(chosen.items(), key=lambda item: recap_order(item[0])))
+    models = {}
+    for label, run_id in chosen.items():
+        try:
+            models[label] = read_records_csv(tracking.load_text_artifact(run_id, RECORDS))
+        except ValueError as e:
+            raise ConfigError(f"evaluate run {run_id}: {RECORDS} is not a records file ({e})") from e
+    present = {r["metric"] for records in models.values() for r in records}
+    missing = [m for m in config.metrics if m not in present]
+    if missing:
+        raise ConfigError(f"metrics {', '.join(missing)} are in none of the runs; they hold "
+                          f"{', '.join(sorted(m for m in present if not m.endswith(('_ci_low', '_ci_high'))))}")
+    table = comparison(models, metrics=config.metrics)
+    tags = {"medrobust.step": "report", "medrobust.runs": ",".join(chosen.values())}
+    with tracking.run(config.experiment, run_name=config.run_name or "report", tags=tags) as run_id:
+        tracking.log_params(flatten(config) | {f"run_{label}": rid for label, rid in chosen.items()})
+        figures = {}
+        for condition in shared_conditions(models):
+            title = f"recap: {condition_label(*condition)}"
+            series = {}
+            for metric in config.metrics:
+                labels, values, lows, highs = stages(models, condition, metric=metric)
+                series[metric] = (values, lows, highs)
+            figures[title] = plots.figure_png(plots.recap_figure(labels, series, title))
+        text = comparison_text(table, config.metrics)
+        columns = ["model", "condition", "attack", "threat", "eps"] + [
+            k for m in config.metrics for k in (m, f"{m}_ci_low", f"{m}_ci_high")]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+        tracking.log_text(out.getvalue(), "report/recap.csv")
+        tracking.log_text(text + "\n", "report/recap.txt")
+        for i, (caption, png) in enumerate(figures.items()):
+            tracking.log_bytes(png, f"report/recap_{i + 1}.png")
+        summary = {"experiment": config.experiment, **{label: f"evaluate run {rid}" for label, rid in chosen.items()}}
+        tracking.log_text(render_recap_html(title=f"medrobust recap: {config.experiment}", summary=summary,
+                                            table=table, metrics=config.metrics, figures=figures),
+                          "report/recap.html")
+    log.info("report: run %s, %d models, %d recap curves\n%s", run_id, len(models), len(figures), text)
+    return ReportResult(run_id, chosen, table, list(figures))
+
+
+__all__ = ["ReportResult", "run_report"]

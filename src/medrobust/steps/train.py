@@ -8,7 +8,7 @@ from ..config import TrainConfig, flatten
 from ..data import N_CLASSES, load_dataset
 from ..models.training import fit, predict_logits, set_seed
 from ..models.zoo import create_model
-from .report import log_evaluation
+from .logbook import log_evaluation
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,65 @@
+"""What every step logs about one set of predictions: metrics and the 7x7 and 2x2 matrices;
+and the before/after table as text. The figures come from medrobust.evaluation."""
+
+from .. import plots, tracking
+from ..data import CLASSES
+from ..evaluation import evaluate
+
+__all__ = ["TABLE_ROWS", "evaluate", "format_table", "log_confusion", "log_evaluation"]
+
+
+def log_evaluation(y_true, y_pred, health_map="clinical", condition="clean"):
+    """Log `<condition>_*` metrics and the confusion matrices (JSON and figure) under confusion/."""
+    values, cm, cm2 = evaluate(y_true, y_pred, health_map, prefix=f"{condition}_")
+    tracking.log_metrics(values)
+    log_confusion(cm, cm2, health_map, condition)
+    return values
+
+
+def log_confusion(cm, cm2, health_map, condition):
+    """Log the 7x7 matrix `cm` and the 2x2 health matrix `cm2` of `condition` as
+    confusion/<condition>_7x7.json/.png and confusion/<condition>_2x2.json/.png."""
+    tracking.log_json(
+        {"labels": list(CLASSES), "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
+        f"confusion/{condition}_7x7.json",
+    )
+    tracking.log_json(
+        {"labels": ["benign", "malignant"], "health_map": health_map, "rows": "true", "columns": "predicted",
+         "matrix": cm2.tolist()},
+        f"confusion/{condition}_2x2.json",
+    )
+    for matrix, labels, name in ((cm, CLASSES, "7x7"), (cm2, ("benign", "malignant"), "2x2")):
+        fig = plots.confusion_matrix_figure(matrix, labels, f"{condition} ({health_map} health map)" if name == "2x2" else condition)
+        tracking.log_figure(fig, f"confusion/{condition}_{name}.png")
+        plots.close(fig)
+
+
+# (label, metric name without its condition prefix); fooling_rate exists only under attack.
+TABLE_ROWS = (
+    ("multi-class", (("accuracy", "accuracy"), ("macro recall", "macro_recall"),
+                     ("macro specificity", "macro_specificity"), ("macro F1", "macro_f1"))),
+    ("health", (("accuracy", "health_accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+                ("NPV", "npv"), ("PPV", "ppv"), ("false-negative rate", "fnr"))),
+    ("attack", (("fooling rate", "fooling_rate"), ("rejected (detector)", "rejected_rate"))),
+    # With a detector the rows above count a rejected image as an error (a rejected cancer as
+    # missed); these count it as handled, since a rejected image goes to a doctor.
+    ("rejected sent to a doctor", (("accuracy", "referred_accuracy"), ("macro recall", "referred_macro_recall"),
+                                   ("false-negative rate", "referred_fnr"))),
+)
+
+
+def format_table(columns):
+    """{column title: {condition-free metric name: value}} as a plain-text table, one metric per
+    line and one column per condition; a metric a column lacks is shown as '-', one no column
+    has is left out."""
+    titles = list(columns)
+    width = max(12, *(len(t) + 2 for t in titles))
+    lines = [f"{'':<22}" + "".join(f"{t:>{width}}" for t in titles)]
+    for group, rows in TABLE_ROWS:
+        rows = [(label, key) for label, key in rows if any(key in values for values in columns.values())]
+        if rows:
+            lines.append(group)
+        for label, key in rows:
+            cells = "".join(f"{columns[t][key]:>{width}.3f}" if key in columns[t] else f"{'-':>{width}}" for t in titles)
+            lines.append(f"  {label:<20}{cells}")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""The `promote` step: a registry gate. A model version (default @candidate) is evaluated under
+the gate's suites (or a finished evaluate run of that version with the same settings is
+reused) and checked against each criterion: the worst macro recall under attack, the worst
+FNR under attack at the operating point, and the clean accuracy lost against the current
+@robust version. Pass: @robust moves to it and the version it replaces gets @previous. Fail:
+no alias moves. Either way the version's tags record the gate, its numbers and the verdict.
+
+MLflow's deprecated stages map to aliases: Staging = @candidate (set by defend), Production =
+@robust (set here), Archived = @previous.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+from .. import tracking
+from ..config import EvaluateConfig, PromoteConfig, flatten
+from ..errors import ConfigError, GateFailed
+from ..evaluation.records import read_records_csv
+from ..evaluation.report import condition_label, rows
+from .evaluate import MODEL, run_evaluate
+
+log = logging.getLogger(__name__)
+
+# Settings of an evaluate run that must match for it to be reused (the run's name, experiment
+# and the image size, which follows the model, aside).
+REUSE_IGNORES = ("experiment", "run_name", "data.image_size", "data.cache_dir")
+
+
+@dataclass
+class PromoteResult:
+    run_id: str
+    version: int
+    passed: bool
+    criteria: list  # [{"criterion", "value", "limit", "passed", "where"}]
+    evaluate_run_id: str  # the evaluate run the gate read (made now or reused)
+    reused: bool
+    aliases: dict  # {alias: version} of the registered model afterwards
+
+
+def check_request(config):
+    """(name, version) of the version to promote; ConfigError before any work for a URI that
+    names no registered version or a gate that checks nothing."""
+    if not any(v is not None for v in (config.min_robust_macro_recall, config.max_attacked_fnr,
+                                       config.max_accuracy_loss)):
+        raise ConfigError("the gate checks nothing: give min_robust_macro_recall, max_attacked_fnr or max_accuracy_loss")
+    if config.alias == config.previous_alias:
+        raise ConfigError(f"alias and previous_alias are both {config.alias!r}")
+    found = tracking.registered_version(config.model_uri)
+    if found is None:
+        raise ConfigError(f"{config.model_uri} names no registered model version (promote takes "
+                          "models:/<name>@<alias> or models:/<name>/<version>; a defended model is registered by defend)")
+    return found
+
+
+def evaluation_of(config, experiment, reuse):
+    """(records, evaluate run id, reused) of an EvaluateConfig: a finished evaluate run of the
+    same version with the same settings if `reuse`, else a new one (nested in the active run)."""
+    if reuse:
+        wanted = {k: v for k, v in flatten(config).items() if k not in REUSE_IGNORES}
+        for run in tracking.finished_runs(experiment, {"medrobust.step": "evaluate",
+                                                       "medrobust.model_version": config.model_uri}):
+            if tracking.params_match(run["params"], wanted):
+                log.info("promote: reusing evaluate run %s of %s", run["run_id"], config.model_uri)
+                return read_records_csv(tracking.load_text_artifact(run["run_id"], "report/records.csv")), \
+                    run["run_id"], True
+    result = run_evaluate(config)
+    return result.records, result.run_id, False
+
+
+def gate_figures(records):
+    """{figure: (value, where)} the gate reads from one evaluate run's records: the clean
+    accuracy, the worst macro recall over the attacked rows and the worst op_fnr over them."""
+    table = rows(records, model=MODEL)
+    clean = next(r for r in table if r["threat"] == "clean")
+    attacked = [r for r in table if r["threat"] != "clean"]
+    out = {"clean_accuracy": (clean["accuracy"], "clean")}
+    for figure, metric, pick in (("robust_macro_recall", "macro_recall", min), ("attacked_fnr", "op_fnr", max)):
+        defined = [r for r in attacked if not math.isnan(r.get(metric, math.nan))]
+        if defined:
+            row = pick(defined, key=lambda r: r[metric])
+            out[figure] = (row[metric], condition_label(row["attack"], row["threat"], row["eps"]))
+    return out
+
+
+def judge(config, figures, robust_accuracy):
+    """The criteria as dicts {criterion, value, limit, passed, where}; ConfigError for a
+    criterion the suite does not produce."""
+    out = []
+    for criterion, figure, limit, passes in (
+            ("min_robust_macro_recall", "robust_macro_recall", config.min_robust_macro_recall, lambda v, l: v >= l),
+            ("max_attacked_fnr", "attacked_fnr", config.max_attacked_fnr, lambda v, l: v <= l)):
+        if limit is None:
+            continue
+        if figure not in figures:
+            raise ConfigError(f"the gate's {criterion} needs {figure}, which suites {','.join(config.suites)} do not "
+                              "produce (op_fnr needs an operating point: a validation split)")
+        value, where = figures[figure]
+        out.append({"criterion": criterion, "value": value, "limit": limit, "passed": passes(value, limit),
+                    "where": where})
+    if config.max_accuracy_loss is not None and robust_accuracy is not None:
+        loss = robust_accuracy - figures["clean_accuracy"][0]
+        out.append({"criterion": "max_accuracy_loss", "value": loss, "limit": config.max_accuracy_loss,
+                    "passed": loss <= config.max_accuracy_loss + 1e-12, "where": f"clean, against @{config.alias}"})
+    return out
+
+
+def describe(c):
+    """'max_attacked_fnr 0.612 > 0.5 (pgd 2/255 (white-box))' for a failed criterion."""
+    sign = (">=" if c["passed"] else "<") if c["criterion"].startswith("min") else ("<=" if c["passed"] else ">")
+    return f"{c['criterion']} {c['value']:.3f} {sign} {c['limit']:g} ({c['where']})"
+
+
+def run_promote(config: PromoteConfig) -> PromoteResult:
+    """Evaluate the version at config.model_uri, gate it, move the aliases on a pass; see
+    PromoteResult. Raises GateFailed (exit status 1) after logging when the gate fails."""
+    name, version = check_request(config)
+    pinned = f"models:/{name}/{version}"
+    current = tracking.model_aliases(name).get(config.alias)
+    evaluate = EvaluateConfig(model_uri=pinned, data=config.data, suites=config.suites, eps=config.eps,
+                              max_images=config.max_images, seed=config.seed, experiment=config.experiment)
+    tags = {"medrobust.step": "promote", "medrobust.model_version": pinned}
+    with tracking.run(config.experiment, run_name=config.run_name or f"promote {name} v{version}", tags=tags) as run_id:
+        tracking.log_params(flatten(config) | {"current_version": current or "none"})
+        records, evaluate_run, reused = evaluation_of(evaluate, config.experiment, config.reuse)
+        figures = gate_figures(records)
+        robust_accuracy = None
+        if config.max_accuracy_loss is not None and current is not None and current != version:
+            robust_records, _, _ = evaluation_of(replace(evaluate, model_uri=f"models:/{name}/{current}"),
+                                                 config.experiment, config.reuse)
+            robust_accuracy = gate_figures(robust_records)["clean_accuracy"][0]
+        criteria = judge(config, figures, robust_accuracy)
+        passed = all(c["passed"] for c in criteria)
+        reasons = [describe(c) for c in criteria if not c["passed"]]
+        tracking.log_metrics({c["criterion"]: c["value"] for c in criteria})
+        tracking.log_json({"criteria": criteria, "passed": passed, "evaluate_run": evaluate_run}, "gate.json")
+        verdict = {"gate_result": "passed" if passed else "failed", "gate_run": run_id, "gate_suites": ",".join(config.suites),
+                   "gate_evaluate_run": evaluate_run, "gate_reasons": "; ".join(reasons) or "none",
+                   **{f"gate_{c['criterion']}": f"{c['value']:.4f} (limit {c['limit']:g})" for c in criteria}}
+        tracking.tag_model_version(pinned, verdict)
+        tracking.set_tags({"medrobust.gate": verdict["gate_result"]})
+        if passed and current != version:
+            if current is not None:
+                tracking.set_alias(name, config.previous_alias, current)
+            tracking.set_alias(name, config.alias, version)
+    aliases = tracking.model_aliases(name)
+    for c in criteria:
+        log.info("promote: %s %s", "pass" if c["passed"] else "FAIL", describe(c))
+    if not passed:
+        raise GateFailed(f"{name} v{version} stays where it is ({', '.join(f'@{a}' for a, v in aliases.items() if v == version) or 'no alias'}); "
+                         + "; ".join(reasons))
+    log.info("promote: %s v%d is @%s%s (run %s)", name, version, config.alias,
+             f", v{current} is @{config.previous_alias}" if current not in (None, version) else "", run_id)
+    return PromoteResult(run_id, version, passed, criteria, evaluate_run, reused, aliases)
+
+
+__all__ = ["PromoteResult", "run_promote"]
