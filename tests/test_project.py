@@ -15,7 +15,7 @@ import yaml
 from medrobust import tracking
 from medrobust.cli import build_parser, leaves, option
 from medrobust.config import (AttackConfig, DataConfig, DefendConfig, EvaluateConfig, MainConfig, PoisonConfig,
-                              PredictConfig, TrainConfig)
+                              PredictConfig, PromoteConfig, ReportConfig, TrainConfig, TuneConfig)
 from medrobust.errors import ConfigError
 from medrobust.steps import STEPS
 from medrobust.steps.attack import method_params
@@ -72,7 +72,9 @@ def test_every_tracked_step_has_an_entry_point():
 CONFIGS = [TrainConfig(), PoisonConfig(poison_fractions=(0.05, 0.6)), AttackConfig(method="pgd", eps=8 / 255),
            DefendConfig(defense="distill", retrain_attacks=("fgsm", "pgd")), MainConfig(attacks=("fgsm",)),
            EvaluateConfig(suites=("thesis", "full"), split="all", threshold=0.3, curve_eps=(0.0, 4 / 255)),
-           PredictConfig(inputs=("a.jpg", "b/"))]
+           PredictConfig(inputs=("a.jpg", "b/")), ReportConfig(runs=("a", "b"), metrics=("fnr",)),
+           TuneConfig(objective="defense", suites=("standard", "health"), storage="sqlite:///o.db", timeout=60.0),
+           PromoteConfig(max_accuracy_loss=None, suites=("adaptive",), max_images=100)]
 
 
 @pytest.mark.parametrize("config", CONFIGS + [replace(c, data=DataConfig(image_size=32, per_class_limit=9))

@@ -405,6 +405,51 @@ class EvaluateConfig(ModelStepConfig):
     apgd_steps: int = setting(20, "apgd: iterations", check=at_least(1))
 
 
+TUNE_OBJECTIVES = ("attack_eps", "poison_fraction", "defense", "train")
+
+
+@dataclass(frozen=True)
+class TuneConfig(ModelStepConfig):
+    """One Optuna study; every trial a nested run calling the steps themselves."""
+
+    objective: str = setting("attack_eps", "attack_eps: smallest eps reaching a fooling rate; poison_fraction: the "
+                                           "flip fraction doing most harm per flipped label; defense: retraining "
+                                           "settings maximising robust macro recall; train: training settings "
+                                           "maximising validation macro recall", choices=TUNE_OBJECTIVES)
+    n_trials: int = setting(8, "trials this worker runs", check=at_least(1))
+    timeout: float | None = setting(None, "stop starting trials after this many seconds; none: no limit",
+                                    check=positive)
+    study_name: str | None = setting(None, "Optuna study (workers sharing one give the same); none: medrobust-<objective>")
+    storage: str | None = setting(None, "Optuna storage URL (sqlite:///..., postgresql://...); none: optuna.db beside "
+                                        "the SQLite tracking store")
+    heartbeat: int = setting(30, "seconds between a trial's heartbeats; a trial silent for twice this is failed "
+                                 "and retried by the next worker", check=at_least(1))
+    max_images: int | None = setting(300, "attack_eps, defense: a class-stratified sample of N test images",
+                                     check=at_least(1))
+    # attack_eps
+    method: str = setting("fgsm", "attack_eps: the attack")
+    eps_max: float = setting(16 / 255, "attack_eps: the largest budget searched", check=eps_range)
+    eps_step: float = setting(1 / 255, "attack_eps: the search step (the answer is a multiple of it)",
+                              check=between(0, 1, low_open=True))
+    target_fooling_rate: float = setting(0.5, "attack_eps: the fooling rate to reach",
+                                         check=between(0, 1, low_open=True))
+    # poison_fraction
+    source: str = setting("nv", "poison_fraction: class whose training labels are flipped", choices=CLASSES)
+    target: str = setting("bkl", "poison_fraction: class they are flipped to", choices=CLASSES)
+    fraction_max: float = setting(0.6, "poison_fraction: the largest fraction searched", check=between(0, 1, low_open=True))
+    fnr_increase: float = setting(0.05, "poison_fraction: report the smallest fraction raising FNR this much",
+                                  check=between(0, 1))
+    trial_epochs: int = setting(6, "poison_fraction, train: training epochs per trial", check=at_least(1))
+    # defense
+    defense: str = setting("retrain+llt", "defense: the spec tuned (retrain settings, llt quality)")
+    suites: tuple[str, ...] = setting(("adaptive",), "defense: evaluate suites measuring each trial",
+                                      choices=EVALUATE_SUITES, check=non_empty)
+    max_rounds: int = setting(3, "defense: most retrain rounds tried", check=at_least(1))
+    max_accuracy_loss: float = setting(0.05, "defense: trials losing more clean accuracy are infeasible",
+                                       check=between(0, 1))
+    multi_objective: bool = setting(False, "defense: the Pareto front of robust macro recall against clean FNR")
+
+
 @dataclass(frozen=True)
 class PromoteConfig(ModelStepConfig):
     """A registry gate: the version at model_uri is evaluated (or an evaluate run of it with

@@ -21,7 +21,7 @@ def configure(verbose=False):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model loaded
         _import_tensorflow_quietly()
         warnings.showwarning = _ours_only(warnings.showwarning)
-        for name in ("mlflow", "alembic", "absl", "tensorflow", "art"):
+        for name in ("mlflow", "alembic", "absl", "tensorflow", "art", "optuna"):
             logging.getLogger(name).setLevel(logging.ERROR)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))

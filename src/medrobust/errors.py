@@ -31,3 +31,8 @@ class GateFailed(MedrobustError):
     """A model version failed the promotion gate: not bad input, a verdict. Exit status 1."""
 
     exit_status = 1
+
+
+class Stopped(Exception):
+    """A run stopped on purpose before its end (a pruned tuning trial): its runs end KILLED,
+    not FAILED. Not an error: the CLI never sees one."""

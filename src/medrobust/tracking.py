@@ -22,7 +22,7 @@ import numpy as np
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, Stopped
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 HOST_TAG, PID_TAG = "medrobust.host", "medrobust.pid"
@@ -100,7 +100,7 @@ def run(experiment, run_name=None, tags=None):
     - Otherwise a new top-level run in `experiment`.
 
     An exception inside marks the run FAILED (KILLED for an interrupt: Ctrl-C, or SIGTERM as the
-    CLI turns it into one), tags it with the reason (`medrobust.error`) and propagates, so
+    CLI turns it into one, and for errors.Stopped: a pruned trial), tags it with the reason (`medrobust.error`) and propagates, so
     nothing after the failure, registration included, happens. Before a top-level run starts,
     runs left RUNNING by a killed process of this host are marked FAILED.
     """
@@ -120,7 +120,7 @@ def run(experiment, run_name=None, tags=None):
         except BaseException as e:
             # The reason stays on the FAILED (or KILLED) run: the UI shows why it stopped.
             mlflow.set_tag("medrobust.error", f"{type(e).__name__}: {e}"[:5000])
-            if isinstance(e, KeyboardInterrupt):
+            if isinstance(e, (KeyboardInterrupt, Stopped)):
                 mlflow.end_run("KILLED")
             raise
 

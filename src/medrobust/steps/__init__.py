@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import import_module
 
 from ..config import (AttackConfig, DefendConfig, EvaluateConfig, MainConfig, PoisonConfig, PredictConfig, PromoteConfig,
-                      ReportConfig, TrainConfig)
+                      ReportConfig, TrainConfig, TuneConfig)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ STEPS = {s.name: s for s in (
     step("attack", AttackConfig, "attack a model (white-box, or transfer from a surrogate); clean against attacked"),
     step("defend", DefendConfig, "defend a model, register the defended model @candidate, measure it before and after"),
     step("evaluate", EvaluateConfig, "measure a model under attack suites, with 95 % intervals and the operating point"),
+    step("tune", TuneConfig, "an Optuna study (attack_eps, poison_fraction, defense, train), each trial a nested run"),
     step("promote", PromoteConfig, "gate a version (default @candidate) on an evaluate suite; pass: it becomes @robust"),
     step("report", ReportConfig, "the recap across evaluate runs: one comparison table and the thesis' recap curves"),
     step("main", MainConfig, "the main job (make run): train, attack, defend, attack again, evaluate, in one parent run"),

@@ -40,7 +40,7 @@ class PoisonResult:
     runs: dict  # fraction -> TrainResult
 
 
-def _one(config, data, source, target, fraction):
+def _one(config, data, source, target, fraction, on_epoch=None):
     poisoned, flipped = poison_labels(data.y["train"], source, target, fraction, config.seed)
     if len(flipped) == 0:
         raise ConfigError(f"poison fraction {fraction} flips no image: the training split holds "
@@ -51,15 +51,17 @@ def _one(config, data, source, target, fraction):
     tracking.log_text("image_id\n" + "\n".join(train_ids[flipped]) + "\n", "poison/flipped.csv")
     result = train_in_run(tracking.active_run_id(), narrow(config, TrainConfig), data, y_train=poisoned,
                           registered_as=f"{registered_name(config.arch)}-poisoned",
-                          extra_tags={"poison": f"{CLASSES[source]}->{CLASSES[target]} {fraction}"})
+                          extra_tags={"poison": f"{CLASSES[source]}->{CLASSES[target]} {fraction}"},
+                          on_epoch=on_epoch)
     log.info("poison %s -> %s at %g (%d labels flipped): %s", CLASSES[source], CLASSES[target], fraction,
              len(flipped), headline(result))
     return result
 
 
-def run_poison(config: PoisonConfig) -> PoisonResult:
+def run_poison(config: PoisonConfig, *, on_epoch=None) -> PoisonResult:
     """One poisoned training per fraction; several fractions run as nested runs under a parent
-    that draws every metric against the fraction (the thesis' Figure 4.6)."""
+    that draws every metric against the fraction (the thesis' Figure 4.6). on_epoch(epoch,
+    logs): called after each training epoch (see run_train)."""
     source, target = class_index(config.source), class_index(config.target)
     fractions = config.poison_fractions
     tags = {"medrobust.step": "poison", "medrobust.arch": config.arch}
@@ -68,14 +70,14 @@ def run_poison(config: PoisonConfig) -> PoisonResult:
         set_seed(config.seed)
         data = load_dataset(config.data)
         if len(fractions) == 1:
-            return PoisonResult(parent, {fractions[0]: _one(config, data, source, target, fractions[0])})
+            return PoisonResult(parent, {fractions[0]: _one(config, data, source, target, fractions[0], on_epoch)})
         tracking.log_params({"poison.source": config.source, "poison.target": config.target,
                              "poison.fractions": ",".join(str(f) for f in fractions)})
         tracking.log_dataset(data, context="train")
         runs = {}
         for fraction in fractions:
             with tracking.run(config.experiment, run_name=f"{name}-{fraction}", tags=tags):
-                runs[fraction] = _one(config, data, source, target, fraction)
+                runs[fraction] = _one(config, data, source, target, fraction, on_epoch)
         series = {k: [runs[f].metrics[k] for f in fractions] for k in SWEEP_METRICS}
         tracking.log_json({"fractions": list(fractions), **series}, "poison/sweep.json")
         fig = plots.sweep_figure(fractions, series, f"{config.source} relabelled as {config.target}")

@@ -33,13 +33,14 @@ def registered_name(arch):
     return f"medrobust-{arch}"
 
 
-def run_train(config: TrainConfig) -> TrainResult:
-    """Train `config.arch` on `config.data`, log everything, register the model; see TrainResult."""
+def run_train(config: TrainConfig, *, on_epoch=None) -> TrainResult:
+    """Train `config.arch` on `config.data`, log everything, register the model; see TrainResult.
+    on_epoch(epoch, logs): called after each epoch is logged (a tuning trial reports and prunes there)."""
     tags = {"medrobust.step": "train", "medrobust.arch": config.arch}
     with tracking.run(config.experiment, run_name=config.run_name or f"train-{config.arch}", tags=tags) as run_id:
         set_seed(config.seed)
         data = load_dataset(config.data)
-        result = train_in_run(run_id, config, data)
+        result = train_in_run(run_id, config, data, on_epoch=on_epoch)
     log.info("train %s: %s", config.arch, headline(result))
     return result
 
@@ -54,7 +55,7 @@ def headline(result):
     return text
 
 
-def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_tags=None):
+def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_tags=None, on_epoch=None):
     """Inside an active run: train on `data` (with `y_train` in place of the train labels if
     given, as poisoning does), evaluate on the clean test split, log and register.
     Returns a TrainResult."""
@@ -72,6 +73,8 @@ def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_t
 
     def log_epoch(epoch, logs):
         tracking.log_metrics({EPOCH_METRICS[k]: v for k, v in logs.items() if k in EPOCH_METRICS}, step=epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, logs)
 
     history = fit(model, data.x["train"], y_train, data.x["val"], data.y["val"], config, on_epoch=log_epoch)
     tracking.log_json(history, "training/history.json")

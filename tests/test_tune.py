@@ -1,0 +1,110 @@
+"""The tune step on a model trained on a real HAM10000 subset: the attack_eps bisection against
+a brute-force scan, one nested run per trial, a pruned trial in both Optuna and MLflow, bad
+requests refused before any run, and `mlflow run . -e tune` with only a data parameter."""
+
+import numpy as np
+import optuna
+import pytest
+
+from medrobust import tracking
+from medrobust.attacks import craft
+from medrobust.config import DataConfig, TrainConfig, TuneConfig
+from medrobust.data import load_dataset, stratified_subset
+from medrobust.errors import ConfigError
+from medrobust.models.training import predict_logits
+from medrobust.steps.train import run_train
+from medrobust.steps.tune import run_tune
+
+STEP = 1 / 255
+
+
+@pytest.fixture
+def baseline(ham_dir):
+    # Trained enough for FGSM to fool it: 4 epochs on 30 images per class give a network whose
+    # answer barely depends on the image (fooling rate 0 up to 16/255).
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=60)
+    return data, run_train(TrainConfig(data=data, epochs=8, batch_size=32, experiment="test"))
+
+
+def _children(parent):
+    return [r for r in tracking.search_runs("test") if r["parent"] == parent]
+
+
+def test_attack_eps_finds_the_brute_force_eps_and_each_trial_is_one_run(baseline):
+    data, model = baseline
+    loaded = load_dataset(data, progress=False)
+    keep = stratified_subset(loaded.y["test"], 40, seed=0)
+    x = loaded.x["test"][keep]
+    network = tracking.load_keras_model(model.model_uri)
+    own = predict_logits(network, x).argmax(axis=1)
+    rates = [float(np.mean(predict_logits(network, craft("fgsm", network, x, k * STEP)[0]).argmax(axis=1) != own))
+             for k in range(1, 9)]
+    assert rates[-1] > 0.2, rates
+    target = rates[4] if rates[4] > 0 else rates[-1]  # reached at 5/255 (or 8/255) or before
+    brute = next(k for k, r in enumerate(rates, start=1) if r >= target) * STEP
+    result = run_tune(TuneConfig(objective="attack_eps", model_uri=model.model_uri, data=data, eps_max=8 * STEP,
+                                 eps_step=STEP, target_fooling_rate=target, max_images=40, experiment="test"))
+    assert abs(result.summary["eps"] - brute) <= STEP + 1e-9, (result.summary, rates)
+    # a bisection of 8 points: the top, then at most 3 halvings
+    assert 2 <= len(result.trials) <= 4 and all(t["state"] == "COMPLETE" for t in result.trials)
+    trial_runs = _children(result.run_id)
+    assert len(trial_runs) == len(result.trials) and {r["step"] for r in trial_runs} == {"tune-trial"}
+    assert sorted(t["run_id"] for t in result.trials) == sorted(r["run_id"] for r in trial_runs)
+    run = tracking.get_run(result.run_id)
+    assert run["metrics"]["eps"] == pytest.approx(result.summary["eps"])
+    assert {"tune/trials.csv", "tune/best.json", "tune/history.png"} <= set(tracking.list_artifacts(result.run_id))
+    # The same study again: every point it needs is known, so no trial is run twice.
+    again = run_tune(TuneConfig(objective="attack_eps", model_uri=model.model_uri, data=data, eps_max=8 * STEP,
+                                eps_step=STEP, target_fooling_rate=target, max_images=40, experiment="test"))
+    assert again.summary["eps"] == result.summary["eps"] and len(again.trials) == len(result.trials)
+
+
+def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(ham_dir, monkeypatch):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
+    # Optuna's median pruner decides from the other trials; here trial 1 is told to stop at its
+    # second epoch, so what is tested is what we do with a pruned trial.
+    asked = {}
+
+    def should_prune(self):  # called once per epoch, after the epoch's report
+        asked[self.number] = asked.get(self.number, 0) + 1
+        return self.number == 1 and asked[1] >= 2
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", should_prune)
+    result = run_tune(TuneConfig(objective="train", data=data, trial_epochs=3, n_trials=3, experiment="test"))
+    states = [t["state"] for t in result.trials]
+    assert states == ["COMPLETE", "PRUNED", "COMPLETE"]
+    runs = {r["run_id"]: r for r in tracking.search_runs("test")}
+    trial_runs = [r for r in runs.values() if r["parent"] == result.run_id]
+    assert len(trial_runs) == 3
+    pruned = next(r for r in trial_runs if tracking.get_run(r["run_id"])["tags"]["optuna.trial"] == "1")
+    assert tracking.get_run(pruned["run_id"])["tags"]["optuna.trial_state"] == "PRUNED"
+    inner = [r for r in runs.values() if r["parent"] == pruned["run_id"]]
+    assert [r["status"] for r in inner] == ["KILLED"]  # the training it stopped
+    assert len(tracking.metric_history(inner[0]["run_id"], "val_macro_recall")) == 2
+    assert result.best_params and 0 <= result.best_value <= 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"objective": "speed"}, "objective must be one of attack_eps, poison_fraction, defense, train, got 'speed'"),
+    ({"eps_max": 1.5}, r"eps_max must be in \[0, 1\]"),
+    ({"fraction_max": 0.0}, r"fraction_max must be in \(0, 1\]"),
+    ({"eps_step": 0.1, "eps_max": 0.05}, "eps_step 0.1 is larger than eps_max 0.05"),
+    ({"objective": "defense", "defense": "llt"}, "has no retrain part"),
+    ({"objective": "train", "storage": "postgresql://nobody@127.0.0.1:9/none"}, "cannot open Optuna storage postgresql://"),
+])
+def test_bad_requests_fail_before_any_run(ham_dir, change, message):
+    with pytest.raises(ConfigError, match=message):
+        run_tune(TuneConfig.from_dict({"data": {"path": str(ham_dir)}, "experiment": "test",
+                                       "model_uri": "runs:/none/model", **change}))
+    assert tracking.search_runs("test") == []
+
+
+def test_mlflow_run_tune_with_only_data(small_ham, mlflow_project):
+    made = run_train(TrainConfig(data=DataConfig(path=str(small_ham), image_size=32), epochs=1, experiment="test"))
+    assert made.alias == "baseline"
+    done = mlflow_project("tune", {"data": small_ham})
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tracking.search_runs("e2e")
+    top = [r for r in runs if r["parent"] is None]
+    assert len(top) == 1 and top[0]["step"] == "tune" and top[0]["status"] == "FINISHED"
+    assert {r["step"] for r in runs if r["parent"] == top[0]["run_id"]} == {"tune-trial"}
