@@ -40,7 +40,7 @@ def test_main_nests_every_step_under_one_run(ham_dir, caplog):
     # The evaluate run measured the defended model, one nested run per row of its report.
     evaluation = out.evaluation
     assert runs[5]["run_id"] == evaluation.run_id
-    assert tracking.get_run(evaluation.run_id)["tags"]["medrobust.model_uri"] == out.defense.model_uri
+    assert tracking.get_run(evaluation.run_id)["tags"]["medrobust.model_uri"] == "models:/medrobust-small_cnn/2"
     rows = [r for r in every if r["step"] == "evaluate-row"]
     assert rows and all(r["parent"] == evaluation.run_id for r in rows)
     names = {r["name"] for r in rows}

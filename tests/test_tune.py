@@ -57,6 +57,9 @@ def test_attack_eps_finds_the_brute_force_eps_and_each_trial_is_one_run(baseline
     again = run_tune(TuneConfig(objective="attack_eps", model_uri=model.model_uri, data=data, eps_max=8 * STEP,
                                 eps_step=STEP, target_fooling_rate=target, max_images=40, experiment="test"))
     assert again.summary["eps"] == result.summary["eps"] and len(again.trials) == len(result.trials)
+    with pytest.raises(ConfigError, match="was made for other settings \\(target_fooling_rate\\)"):
+        run_tune(TuneConfig(objective="attack_eps", model_uri=model.model_uri, data=data, eps_max=8 * STEP,
+                            eps_step=STEP, target_fooling_rate=0.99, max_images=40, experiment="test"))
 
 
 def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(ham_dir, monkeypatch):
@@ -78,6 +81,7 @@ def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(ham_dir, monkeypatch):
     assert len(trial_runs) == 3
     pruned = next(r for r in trial_runs if tracking.get_run(r["run_id"])["tags"]["optuna.trial"] == "1")
     assert tracking.get_run(pruned["run_id"])["tags"]["optuna.trial_state"] == "PRUNED"
+    assert pruned["status"] == "KILLED"
     inner = [r for r in runs.values() if r["parent"] == pruned["run_id"]]
     assert [r["status"] for r in inner] == ["KILLED"]  # the training it stopped
     assert len(tracking.metric_history(inner[0]["run_id"], "val_macro_recall")) == 2
@@ -89,6 +93,7 @@ def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(ham_dir, monkeypatch):
     ({"eps_max": 1.5}, r"eps_max must be in \[0, 1\]"),
     ({"fraction_max": 0.0}, r"fraction_max must be in \(0, 1\]"),
     ({"eps_step": 0.1, "eps_max": 0.05}, "eps_step 0.1 is larger than eps_max 0.05"),
+    ({"fraction_max": 0.01}, "fraction_max must be at least 0.05"),
     ({"objective": "defense", "defense": "llt"}, "has no retrain part"),
     ({"objective": "train", "storage": "postgresql://nobody@127.0.0.1:9/none"}, "cannot open Optuna storage postgresql://"),
 ])

@@ -449,6 +449,12 @@ class TuneConfig(ModelStepConfig):
                                        check=between(0, 1))
     multi_objective: bool = setting(False, "defense: the Pareto front of robust macro recall against clean FNR")
 
+    def validate(self):
+        if self.fraction_max < 0.05:
+            raise ConfigError(f"fraction_max must be at least 0.05 (the search step), got {self.fraction_max!r}")
+        if self.eps_step > self.eps_max:
+            raise ConfigError(f"eps_step {self.eps_step:g} is larger than eps_max {self.eps_max:g}")
+
 
 @dataclass(frozen=True)
 class PromoteConfig(ModelStepConfig):

@@ -522,16 +522,20 @@ def set_alias(name, alias, version):
     MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
-def finished_runs(experiment, tags):
-    """[{'run_id', 'params', 'metrics', 'tags'}] of the FINISHED runs of `experiment` holding
-    every tag of `tags` ({key: value}), newest first; [] for an experiment that does not exist."""
+def finished_runs(experiment, tags, statuses=("FINISHED",)):
+    """[{'run_id', 'params', 'metrics', 'tags'}] of the runs of `experiment` that ended in one
+    of `statuses` holding every tag of `tags` ({key: value}), newest first; [] for an experiment
+    that does not exist."""
     _configure()
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"])
-    runs = client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1000)
+    runs = []
+    for status in statuses:  # MLflow's filter compares a status with one value, not a list
+        query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + [f"attributes.status = '{status}'"])
+        runs += client.search_runs([found.experiment_id], query, max_results=1000)
+    runs.sort(key=lambda r: r.info.start_time, reverse=True)
     return [{"run_id": r.info.run_id, "params": dict(r.data.params), "metrics": dict(r.data.metrics),
              "tags": dict(r.data.tags)} for r in runs]
 

@@ -67,8 +67,11 @@ def run_main(config: MainConfig) -> MainResult:
                      format_table(defense.table))
         evaluation = None
         if config.evaluate_suites:
+            # The registered version where there is one, so the operating point is tagged on it.
+            last = defense or train
+            uri = f"models:/{last.registered_name}/{last.version}" if last.version else last.model_uri
             evaluation = run_evaluate(EvaluateConfig(
-                model_uri=defense.model_uri if defense else train.model_uri, data=config.data,
+                model_uri=uri, data=config.data,
                 suites=config.evaluate_suites, eps=config.eps, max_images=config.evaluate_images, seed=config.seed,
                 uap_max_steps=config.uap_max_steps, experiment=config.experiment))
     steps = 1 + len(config.attacks) + int(defended) + int(evaluation is not None)

@@ -38,10 +38,11 @@ def model_label(spec):
 def recap_order(label):
     """Undefended first, then single defenses before combinations, each in DEFENSES' order
     (the thesis' baseline, retrain, llt, retrain+llt)."""
-    if label == UNDEFENDED:
+    base = label.split(" (")[0]  # "llt (evaluate-full)": two runs of one kind of model
+    if base == UNDEFENDED:
         return (0, ())
     names = list(DEFENSES)
-    parts = parse_spec(label.split(" (")[0])
+    parts = parse_spec(base)
     return (len(parts), tuple(names.index(p) for p in parts))
 
 
@@ -62,7 +63,11 @@ def evaluate_runs(config):
                 label = f"{label} ({run['name']})"
             chosen[label] = run_id
         return chosen
-    found = [r for r in tracking.search_runs(config.experiment) if r["step"] == "evaluate" and r["status"] == "FINISHED"]
+    every = tracking.search_runs(config.experiment)
+    step_of = {r["run_id"]: r["step"] for r in every}
+    # A tuning trial's or a gate's evaluation is of a model or sample the user did not choose to compare.
+    found = [r for r in every if r["step"] == "evaluate" and r["status"] == "FINISHED"
+             and step_of.get(r["parent"]) not in ("tune-trial", "promote")]
     if not found:
         raise ConfigError(f"no finished evaluate run in experiment {config.experiment!r}; run medrobust evaluate first")
     chosen = {}

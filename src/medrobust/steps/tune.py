@@ -21,8 +21,10 @@ Objectives (OBJECTIVES: a name picks how a trial suggests, measures and scores):
   augmentation and batch size maximising validation macro recall; pruned per epoch.
 
 Storage: --storage, or optuna.db beside the SQLite tracking store; postgresql:// lets workers
-on several machines share one study (load_if_exists). Trials send heartbeats; a trial whose
-worker died is failed by the next worker to start one and retried once with its parameters.
+on several machines share one study (load_if_exists) when they ask the same question (a study
+remembers its settings; other settings under its name are refused). Trials of the TPE and
+NSGA-II objectives send heartbeats; a trial whose worker died is failed by the next worker to
+start one and retried once with its parameters.
 """
 
 import logging
@@ -97,12 +99,24 @@ def open_study(config, directions):
         raise ConfigError(f"cannot open Optuna storage {url}: {str(e).splitlines()[0]}") from e
     name = config.study_name or f"medrobust-{config.objective}"
     sampler, pruner = sampler_for(config), optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
-                                    directions=list(directions), load_if_exists=True)
-    except ValueError as e:  # the same name holding a study with other directions
-        raise ConfigError(f"study {name} in {url}: {e}") from e
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                                directions=list(directions), load_if_exists=True)
+    # A study is resumed (by this worker later, or by others) only for the same question.
+    settings = study_settings(config)
+    found = study.user_attrs.get("medrobust_settings")
+    if found is None and not study.trials:
+        study.set_user_attr("medrobust_settings", settings)
+    elif found != settings or [d.name.lower() for d in study.directions] != list(directions):
+        differ = sorted(k for k in set(settings) | set(found or {}) if (found or {}).get(k) != settings.get(k))
+        raise ConfigError(f"study {name} in {url} was made for other settings ({', '.join(differ) or 'directions'}); "
+                          "give another --study-name")
     return study, url
+
+
+def study_settings(config):
+    """What a study answers: every setting but the worker's own (trials, time, storage, names)."""
+    own = ("n_trials", "timeout", "study_name", "storage", "heartbeat", "experiment", "run_name", "data.cache_dir")
+    return {k: str(v) for k, v in flatten(config).items() if k not in own}
 
 
 def sampler_for(config):
@@ -120,8 +134,6 @@ def check_request(config):
     """Every check before any work."""
     if config.objective == "attack_eps":
         attacks.check_attack(config.method, config.eps_max, "inf")
-        if config.eps_step > config.eps_max:
-            raise ConfigError(f"eps_step {config.eps_step:g} is larger than eps_max {config.eps_max:g}")
     if config.objective == "poison_fraction" and config.source == config.target:
         raise ConfigError(f"source and target are both {config.source}")
     if config.objective == "defense":
@@ -151,7 +163,10 @@ def _reporter(trial, key="val_macro_recall"):
 
 
 def trial_attack_eps(trial, config, grid):
-    eps = trial.suggest_float("eps", grid[0], grid[-1], step=config.eps_step)
+    # An integer index on the grid: a float range with a step must divide exactly, and
+    # 16/255 by 1/255 does not in binary.
+    eps = grid[trial.suggest_int("eps_index", 1, len(grid)) - 1]
+    trial.set_user_attr("eps", eps)
     result = run_attack(AttackConfig(model_uri=config.model_uri, data=config.data, method=config.method, eps=eps,
                                      max_images=config.max_images, seed=config.seed, experiment=config.experiment))
     rate = result.metrics["fooling_rate"]
@@ -199,7 +214,8 @@ def trial_defense(trial, config):
     clean = next(r for r in table if r["threat"] == "clean")
     parent_clean = next(r["value"] for r in result.records if r["model"] == SURROGATE and r["threat"] == "clean"
                         and r["metric"] == "accuracy")
-    robust = min(r["macro_recall"] for r in table if r["threat"] != "clean")
+    robust = min(r["macro_recall"] for r in table if r["threat"] != "clean" and not math.isnan(r.get("macro_recall",
+                                                                                                     math.nan)))
     loss = parent_clean - clean["accuracy"]
     trial.set_user_attr("constraint", (loss - config.max_accuracy_loss,))
     trial.set_user_attr("clean_accuracy_loss", loss)
@@ -217,13 +233,16 @@ def trial_train(trial, config):
     best = []
 
     def on_epoch(epoch, logs):
-        best.append(float(logs.get("val_macro_recall", math.nan)))
+        if "val_macro_recall" in logs:
+            best.append(float(logs["val_macro_recall"]))
         report(epoch, logs)
 
     report = _reporter(trial)
     result = run_train(_train_config(config, **changes), on_epoch=on_epoch)
     for k in ("clean_accuracy", "clean_macro_recall", "clean_fnr"):
         trial.set_user_attr(k, result.metrics[k])
+    if not best:
+        raise ConfigError("training reported no validation macro recall")
     return max(best)
 
 
@@ -233,45 +252,46 @@ def _trial_run(config, study, run_trial):
     """Optuna's objective: one nested MLflow run per trial, its state tagged as Optuna's."""
     def objective(trial):
         tags = {"medrobust.step": "tune-trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number)}
-        pruned = None
-        with tracking.run(config.experiment, run_name=f"trial {trial.number}", tags=tags):
-            try:
-                values = run_trial(trial)
-            except Pruned as e:
-                pruned = e
-                tracking.set_tags({"optuna.trial_state": "PRUNED", "medrobust.pruned": str(e)})
-            else:
+        try:
+            with tracking.run(config.experiment, run_name=f"trial {trial.number}", tags=tags):
+                try:
+                    values = run_trial(trial)
+                except Pruned:
+                    tracking.log_params(trial.params)
+                    tracking.set_tags({"optuna.trial_state": "PRUNED"})
+                    raise  # the trial's run ends KILLED, as its steps' did
                 tracking.log_params(trial.params)
                 values = values if isinstance(values, tuple) else (values,)
                 tracking.log_metrics({f"value_{i}" if len(values) > 1 else "value": v for i, v in enumerate(values)}
                                      | {k: float(v) for k, v in trial.user_attrs.items() if isinstance(v, (int, float))})
                 tracking.set_tags({"optuna.trial_state": "COMPLETE"})
-        if pruned is not None:
-            raise optuna.TrialPruned(str(pruned))
+        except Pruned as e:
+            raise optuna.TrialPruned(str(e)) from e
         return values if len(values) > 1 else values[0]
     return objective
 
 
 def _bisect(study, objective, config, grid):
-    """attack_eps: bisect the eps grid, each point an enqueued trial (asked and told here, in
-    order: a bisection is sequential). Points a finished trial of the study already measured
-    are not measured again. Returns the summary: the smallest grid eps that reached the target."""
-    known = {round(t.params["eps"] / config.eps_step) - 1: t.user_attrs for t in study.trials
-             if t.state == TrialState.COMPLETE and "eps" in t.params}
+    """attack_eps: bisect the eps grid, each point an enqueued trial asked and told here, in
+    order (a bisection is sequential, so this objective runs without Optuna's heartbeats).
+    Points a finished trial of the study already measured are not measured again. Returns the
+    summary: the smallest grid eps that reached the target."""
+    known = {t.params["eps_index"] - 1: t.user_attrs for t in study.trials
+             if t.state == TrialState.COMPLETE and "eps_index" in t.params}
     started, spent = time.monotonic(), 0
 
     def measure(i):
         nonlocal spent
-        if i not in known:
-            study.enqueue_trial({"eps": grid[i]})
-            trial = study.ask()
+        while i not in known:
+            study.enqueue_trial({"eps_index": i + 1})
+            trial = study.ask()  # may be another waiting trial (a retry): it is measured and kept too
             try:
                 value = objective(trial)
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             study.tell(trial, value)
-            known[i], spent = dict(trial.user_attrs), spent + 1
+            known[trial.params["eps_index"] - 1], spent = dict(trial.user_attrs), spent + 1
         return known[i]
 
     def out_of_budget():
@@ -280,7 +300,7 @@ def _bisect(study, objective, config, grid):
     lo, hi = -1, len(grid) - 1
     if not measure(hi)["reached"]:
         return {"eps": None, "note": f"fooling rate {config.target_fooling_rate:g} not reached at eps_max "
-                                     f"{config.eps_max * 255:g}/255"}
+                                     f"{grid[-1] * 255:g}/255"}
     while hi - lo > 1 and not out_of_budget():
         mid = (lo + hi) // 2
         if measure(mid)["reached"]:
@@ -303,8 +323,8 @@ def run_tune(config: TuneConfig) -> TuneResult:
     with tracking.run(config.experiment, run_name=name, tags=tags) as run_id:
         tracking.log_params(flatten(config) | {"storage": url.split("@")[-1]})  # no password in a parameter
         if config.objective == "attack_eps":
-            n = int(round(config.eps_max / config.eps_step))
-            grid = [round((k + 1) * config.eps_step, 10) for k in range(n)]
+            n = math.floor(config.eps_max / config.eps_step + 1e-9)  # no point above eps_max
+            grid = [(k + 1) * config.eps_step for k in range(n)]
             objective = _trial_run(config, study, lambda t: trial_attack_eps(t, config, grid))
             summary = _bisect(study, objective, config, grid)
         else:
@@ -348,7 +368,8 @@ def _best(study, config):
 def _trials(study, experiment):
     """This study's trials with the MLflow run each left (by its optuna.trial tag)."""
     runs = {r["tags"].get("optuna.trial"): r["run_id"] for r in tracking.finished_runs(
-        experiment, {"medrobust.step": "tune-trial", "optuna.study": study.study_name})}
+        experiment, {"medrobust.step": "tune-trial", "optuna.study": study.study_name},
+        statuses=("FINISHED", "KILLED"))}
     return [{"number": t.number, "state": t.state.name, "params": t.params, "values": t.values,
              "run_id": runs.get(str(t.number))} for t in study.trials]
 
