@@ -66,27 +66,30 @@ def test_recap_order_is_the_thesis_order():
 def test_report_step_recaps_evaluate_runs_of_real_models(ham_dir, tmp_path):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30, fractions=(0.6, 0.2, 0.2))
     model = run_train(TrainConfig(data=data, epochs=1, batch_size=32, experiment="test"))
-    defended = run_defend(DefendConfig(model_uri=model.model_uri, data=data, defense="llt", eval_attacks=("fgsm",),
-                                       max_images=8, experiment="test", register=False))
+    # A spec with '+': MLflow refuses such a parameter name, so the recap must not make one.
+    defended = run_defend(DefendConfig(model_uri=model.model_uri, data=data, defense="squeeze+llt",
+                                       eval_attacks=("fgsm",), max_images=8, experiment="test", register=False))
     quick = dict(data=data, suites=("adaptive",), n_resamples=20, pgd_steps=1, apgd_steps=1, max_images=12,
                  experiment="test")
     plain = run_evaluate(EvaluateConfig(model_uri=model.model_uri, **quick))
     run_evaluate(EvaluateConfig(model_uri=defended.model_uri, **quick))  # superseded by the next one
     llt = run_evaluate(EvaluateConfig(model_uri=defended.model_uri, **quick))
     result = run_report(ReportConfig(experiment="test"))
-    assert result.models == {"undefended": plain.run_id, "llt": llt.run_id}  # the latest run per model
-    assert {r["model"] for r in result.table} == {"undefended", "llt"}
-    clean = next(r for r in result.table if r["model"] == "llt" and r["condition"] == "no attack (clean)")
+    assert result.models == {"undefended": plain.run_id, "squeeze+llt": llt.run_id}  # the latest run per model
+    assert {r["model"] for r in result.table} == {"undefended", "squeeze+llt"}
+    clean = next(r for r in result.table if r["model"] == "squeeze+llt" and r["condition"] == "no attack (clean)")
     assert clean["accuracy"] == next(x["value"] for x in llt.records if x["model"] == "target" and
                                      x["threat"] == "clean" and x["metric"] == "accuracy")
     # One recap curve per attacked condition: the adaptive suite's fgsm, pgd and apgd (white-box).
     assert result.figures == [f"recap: {a} 2/255 (white-box)" for a in ("fgsm", "pgd", "apgd")]
     run = tracking.get_run(result.run_id)
-    assert run["tags"]["medrobust.step"] == "report" and run["params"]["run_llt"] == llt.run_id
+    assert run["tags"]["medrobust.step"] == "report" and run["params"]["n_models"] == "2"
+    assert tracking.load_json_artifact(result.run_id, "report/runs.json") == {"undefended": plain.run_id,
+                                                                              "squeeze+llt": llt.run_id}
     artifacts = set(tracking.list_artifacts(result.run_id))
     assert {"report/recap.csv", "report/recap.txt", "report/recap.html", "report/recap_3.png"} <= artifacts
     page = open(tracking.download_artifact(result.run_id, "report/recap.html", tmp_path)).read()
-    assert "undefended" in page and "llt" in page and page.count("data:image/png;base64,") == 3
+    assert "undefended" in page and "squeeze+llt" in page and page.count("data:image/png;base64,") == 3
 
     with pytest.raises(ConfigError, match=f"run {model.run_id} is a train run, not an evaluate run"):
         run_report(ReportConfig(experiment="test", runs=(model.run_id,)))

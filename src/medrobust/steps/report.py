@@ -94,7 +94,9 @@ def run_report(config: ReportConfig) -> ReportResult:
     table = comparison(models, metrics=config.metrics)
     tags = {"medrobust.step": "report", "medrobust.runs": ",".join(chosen.values())}
     with tracking.run(config.experiment, run_name=config.run_name or "report", tags=tags) as run_id:
-        tracking.log_params(flatten(config) | {f"run_{label}": rid for label, rid in chosen.items()})
+        # MLflow's parameter names take no '+': the models and their runs go in one JSON file
+        tracking.log_params(flatten(config) | {"n_models": len(chosen)})
+        tracking.log_json(chosen, "report/runs.json")
         figures = {}
         for condition in shared_conditions(models):
             title = f"recap: {condition_label(*condition)}"
