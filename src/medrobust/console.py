@@ -21,8 +21,11 @@ def configure(verbose=False):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model loaded
         _import_tensorflow_quietly()
         warnings.showwarning = _ours_only(warnings.showwarning)
-        for name in ("mlflow", "alembic", "absl", "tensorflow", "art", "optuna"):
+        for name in ("mlflow", "alembic", "absl", "tensorflow", "art"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        import optuna  # its import sets its own logger to INFO: a line per trial; tune logs its own
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     ours = logging.getLogger("medrobust")

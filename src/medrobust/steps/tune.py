@@ -30,6 +30,7 @@ start one and retried once with its parameters.
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -391,7 +392,9 @@ def _log_study(study, trials, best_params, best_value, summary, config):
         figures["importances"] = lambda: optuna.visualization.matplotlib.plot_param_importances(study)
     for name, draw in figures.items():
         try:
-            ax = draw()
+            with warnings.catch_warnings():  # Optuna marks its matplotlib figures experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = draw()
         except (ValueError, RuntimeError) as e:  # too few trials for a figure: said, not fatal
             log.warning("tune: no %s figure (%s)", name, e)
             continue
