@@ -6,8 +6,9 @@
 2. ART's `uap` against our `uap_fast` at the same eps: ART's UAP runs first; uap_fast is then
    asked for the fooling rate ART reached, and the two times are compared.
 3. The iterative attacks the evaluate step runs most, PGD (20 steps, random start) and
-   APGD-CE (20 steps), both ART's: image-steps/s (one input gradient per image per step)
-   against the same forward+backward rate; 1.0 would be no overhead at all.
+   APGD-CE (20 steps), both ART's, and our compiled cw_pgd (20 steps): image-steps/s (one input
+   gradient per image per step) against the same forward+backward rate; 1.0 would be no
+   overhead at all.
 
 Run by hand (never in the test suite), against a trained model in the tracking store:
   MLFLOW_TRACKING_URI=sqlite:///mlflow.db .venv/bin/python benchmarks/bench_attacks.py \\
@@ -99,7 +100,8 @@ def main():
     print("| attack | seconds | image-steps/s | ratio to forward+backward | accuracy after |\n|---|---|---|---|---|")
     print(f"| forward + backward (input gradient) | | {fb_iter:.0f} | 1.00 | |")
     y = data.y["test"][: args.images]
-    for method, params in (("pgd", {"steps": args.steps, "random_start": True}), ("apgd", {"steps": args.steps})):
+    for method, params in (("pgd", {"steps": args.steps, "random_start": True}), ("apgd", {"steps": args.steps}),
+                           ("cw_pgd", {"steps": args.steps})):
         craft(method, model, x[:8], args.eps, **params)  # warm-up
         start = time.perf_counter()
         x_adv, _ = craft(method, model, x, args.eps, batch_size=args.batch_size, **params)
