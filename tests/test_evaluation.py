@@ -93,9 +93,13 @@ def test_flat_metrics_equal_a_direct_summary(measured):
         if name != "clean":
             expected[f"{name}_fooling_rate"] = metrics.fooling_rate(clean, pred)
     flat = flat_metrics(evaluation.records)
+    assert flat == pytest.approx(evaluation.metrics(), nan_ok=True)
+    # The measured model's rows also hold the wall time they took; the rest is the direct summary.
+    seconds = {k: flat.pop(k) for k in [k for k in flat if k.endswith("_seconds")]}
+    assert sorted(seconds) == ["adv_fgsm_transfer_seconds", "adv_fgsm_whitebox_seconds", "clean_seconds"]
+    assert all(v > 0 for v in seconds.values())
     assert flat.keys() == expected.keys()
     assert flat == pytest.approx(expected, nan_ok=True)
-    assert flat == pytest.approx(evaluation.metrics(), nan_ok=True)
     # Per-image predictions are kept, and the white-box images were crafted on the target itself.
     white = evaluation.get("defended", "fgsm", "whitebox")
     np.testing.assert_array_equal(white.predictions, target.logits(x_white).argmax(1))
