@@ -12,7 +12,7 @@ Each model's records are the evaluate step's: the measured model is "target" (re
 
 import math
 
-from .report import condition_label, format_eps, rows
+from .report import condition_label, format_eps, rows, with_interval
 
 MEASURED = "target"  # the measured model's name in the evaluate step's records
 UNDEFENDED = "undefended"
@@ -80,17 +80,18 @@ def stages(models, condition, *, metric):
     return labels, values, lows, highs
 
 
+def _cell(row, metric):
+    """A comparison cell: 'value [low, high]' (report.with_interval), '-' without a value."""
+    if math.isnan(row[metric]):
+        return "-"
+    return with_interval(row[metric], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"])
+
+
 def comparison_text(table, metrics):
     """The comparison as fixed-width text, one line per row: model, condition, then each metric
     as 'value [low, high]' (value alone without an interval)."""
-    def cell(row, m):
-        v, lo, hi = row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"]
-        if math.isnan(v):
-            return "-"
-        return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if not (math.isnan(lo) or math.isnan(hi)) else "")
-
     header = ["model", "condition", *metrics]
-    lines = [header] + [[r["model"], r["condition"], *(cell(r, m) for m in metrics)] for r in table]
+    lines = [header] + [[r["model"], r["condition"], *(_cell(r, m) for m in metrics)] for r in table]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
@@ -113,11 +114,7 @@ def render_recap_html(*, title, summary, table, metrics, figures):
               "<tr>" + "".join(f"<th>{e(c)}</th>" for c in ("model", "condition", *metrics)) + "</tr>"]
     for r in table:
         cells = [f'<td class="name">{e(r["model"])}</td>', f'<td class="name">{e(r["condition"])}</td>']
-        for m in metrics:
-            v, lo, hi = r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"]
-            text = "-" if math.isnan(v) else f"{v:.3f}" + ("" if math.isnan(lo) or math.isnan(hi) else
-                                                          f" [{lo:.3f}, {hi:.3f}]")
-            cells.append(f"<td>{e(text)}</td>")
+        cells += [f"<td>{e(_cell(r, m))}</td>" for m in metrics]
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts += ["</table>", "<p>Intervals are 95 % bootstrap intervals over each run's test images; two figures whose "
               "intervals overlap are not called different.</p>"]

@@ -63,7 +63,8 @@ def _num(value, digits=3):
     return "nan" if not _defined(value) else f"{value:.{digits}f}"
 
 
-def _with_interval(value, low, high):
+def with_interval(value, low, high):
+    """'0.712 [0.650, 0.770]'; the value alone when a bound is missing; 'nan' for no value."""
     text = _num(value)
     if _defined(low) and _defined(high):
         text += f" [{_num(low)}, {_num(high)}]"
@@ -110,7 +111,7 @@ def headline_text(h):
         if w["attack"] is None or not _defined(w["value"]):
             lines.append(f"worst {metric}: undefined in every condition")
             continue
-        lines.append(f"worst {metric} {_with_interval(w['value'], w['ci_low'], w['ci_high'])} "
+        lines.append(f"worst {metric} {with_interval(w['value'], w['ci_low'], w['ci_high'])} "
                      f"under {condition_label(w['attack'], w['threat'], w['eps'])}")
     return lines
 
@@ -140,8 +141,8 @@ def overlap_notes(records, *, model, metric="accuracy"):
             continue
         verdict = "intervals overlap, not called different" if overlap(ci, clean_ci) else "different"
         notes.append(f"{condition_label(r['attack'], r['threat'], r['eps'])} {metric} "
-                     f"{_with_interval(r.get(metric, _NAN), *ci)} vs clean "
-                     f"{_with_interval(clean.get(metric, _NAN), *clean_ci)}: {verdict}")
+                     f"{with_interval(r.get(metric, _NAN), *ci)} vs clean "
+                     f"{with_interval(clean.get(metric, _NAN), *clean_ci)}: {verdict}")
     return notes
 
 
@@ -168,7 +169,7 @@ def security_curves(records, *, model, metric):
 def _cell(row, metric):
     if metric not in row:
         return "-"
-    return _with_interval(row[metric], *_interval(row, metric))
+    return with_interval(row[metric], *_interval(row, metric))
 
 
 STYLE = """
