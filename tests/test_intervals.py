@@ -12,8 +12,8 @@ from medrobust.errors import ConfigError
 from medrobust.evaluation import intervals, operating_point
 from medrobust.evaluation.intervals import (INTERVAL_METRICS, bootstrap_confusion, bootstrap_indices,
                                             bootstrap_metrics, interval_summary, overlap)
-from medrobust.evaluation.operating_point import (health_at_threshold, malignancy_score, roc,
-                                                  threshold_for_sensitivity)
+from medrobust.evaluation.operating_point import (OPERATING_FIGURES, health_at_threshold, malignancy_score,
+                                                  operating_summary, roc, threshold_for_sensitivity)
 
 MALIGNANT = malignant_mask()
 
@@ -246,6 +246,23 @@ def test_health_at_threshold_by_hand():
                                "fnr": 2 / 4, "accuracy": 5 / 8})
     # no image called malignant: ppv has a zero denominator
     assert math.isnan(health_at_threshold(scores, truth, 2.0)["ppv"])
+
+
+def test_operating_summary_points_are_health_at_threshold_and_intervals_the_slow_bootstrap():
+    rng = np.random.default_rng(4)
+    truth = rng.random(300) < 0.3
+    scores = np.clip(0.25 * truth + rng.random(300), 0, 1)
+    op = operating_summary(scores, truth, 0.6, n_resamples=200, seed=3)
+    at = health_at_threshold(scores, truth, 0.6)
+    slow = bootstrap_metrics(truth, scores, {m: (lambda t, s, m=m: health_at_threshold(s, t, 0.6)[m])
+                                             for m in OPERATING_FIGURES}, n_resamples=200, seed=3)
+    for m in OPERATING_FIGURES:
+        assert op[f"op_{m}"] == pytest.approx(at[m])
+        assert (op[f"op_{m}_ci_low"], op[f"op_{m}_ci_high"]) == pytest.approx(slow[m][1:])
+        assert op[f"op_{m}_ci_low"] < op[f"op_{m}"] < op[f"op_{m}_ci_high"]
+    assert op["op_fnr_ci_low"] == pytest.approx(1 - op["op_sensitivity_ci_high"])
+    # another seed draws other resamples: another interval
+    assert operating_summary(scores, truth, 0.6, n_resamples=200, seed=4)["op_fnr_ci_low"] != op["op_fnr_ci_low"]
 
 
 def test_roc_auc_equals_sklearn_and_one_when_separated():

@@ -55,7 +55,8 @@ def test_rows_one_per_condition_in_order():
 
 def test_headline_picks_worst_row_and_names_it():
     h = headline(_records(), model="defended")
-    assert set(h) == {"accuracy", "macro_recall", "fnr"}
+    assert set(h) == {"accuracy", "macro_recall", "fnr", "op_fnr"}
+    assert h["op_fnr"]["value"] == 0.05
     acc = h["accuracy"]
     assert acc["value"] == 0.412 and acc["attack"] == "pgd" and acc["threat"] == "whitebox"
     assert acc["eps"] == pytest.approx(8 * E)
@@ -76,6 +77,7 @@ def test_headline_worst_can_be_the_clean_row_and_intervals_may_be_absent():
     assert math.isnan(h["accuracy"]["ci_low"]) and math.isnan(h["accuracy"]["ci_high"])
     assert h["fnr"]["attack"] == "fgsm"
     assert math.isnan(h["macro_recall"]["value"]) and h["macro_recall"]["attack"] is None
+    assert "op_fnr" not in h  # no operating point: no line rather than "undefined"
     text = headline_text(h)
     assert text[0] == "worst accuracy 0.500 under no attack (clean)"
     assert text[1] == "worst macro_recall: undefined in every condition"

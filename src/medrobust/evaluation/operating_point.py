@@ -17,6 +17,10 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from .. import metrics
 from ..errors import ConfigError
+from .intervals import interval_summary
+
+# The health figures reported at the operating point, each with its bootstrap interval.
+OPERATING_FIGURES = ("sensitivity", "specificity", "npv", "fnr")
 
 
 def _scores_and_truth(scores, is_malignant):
@@ -86,6 +90,22 @@ def health_at_threshold(scores, is_malignant, threshold):
                     [np.sum(is_malignant & ~called), np.sum(is_malignant & called)]], dtype=np.int64)
     health = metrics.health_metrics(cm2)
     return {k: float(health[k]) for k in ("sensitivity", "specificity", "npv", "ppv", "fnr", "accuracy")}
+
+
+def operating_summary(scores, is_malignant, threshold, *, n_resamples=1000, seed=0, level=0.95):
+    """OPERATING_FIGURES at the threshold with their bootstrap intervals, flat and prefixed `op_`.
+
+    scores: (N,) malignancy scores; is_malignant: bool (N,) truth. Returns {op_m, op_m_ci_low,
+    op_m_ci_high} for m in OPERATING_FIGURES: op_m equals health_at_threshold's m, the interval
+    is over the resamples of intervals.bootstrap_indices(N, n_resamples=, seed=), the same
+    resamples as the argmax figures' intervals of the same images (the benign / malignant
+    decision is a 2-class confusion, so intervals.interval_summary computes it).
+    """
+    scores, is_malignant = _scores_and_truth(scores, is_malignant)
+    called = (scores >= threshold).astype(np.int64)
+    figures = interval_summary(is_malignant.astype(np.int64), called, np.array([False, True]),
+                               n_resamples=n_resamples, seed=seed, level=level)
+    return {f"op_{m}{end}": figures[f"{m}{end}"] for m in OPERATING_FIGURES for end in ("", "_ci_low", "_ci_high")}
 
 
 def roc(scores, is_malignant):

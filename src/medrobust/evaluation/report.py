@@ -22,8 +22,9 @@ import numpy as np
 from .intervals import overlap
 from .records import THREAT_TITLES, by_condition
 
-# The headline figures and which end of each is the worst.
-WORST = {"accuracy": min, "macro_recall": min, "fnr": max}
+# The headline figures and which end of each is the worst; op_fnr (the FNR at the clinical
+# operating point) only where the report has an operating point.
+WORST = {"accuracy": min, "macro_recall": min, "fnr": max, "op_fnr": max}
 
 # Table columns: always shown (with intervals where recorded), then shown when any row has them.
 TABLE_METRICS = ("accuracy", "macro_recall", "fnr", "npv", "sensitivity")
@@ -85,11 +86,14 @@ def headline(records, *, model, worst=WORST):
     bad, max for error rates). Returns {metric: {"value", "attack", "threat", "eps", "ci_low",
     "ci_high"}}: the row that reached the worst value (the first one on ties), its interval
     from `<metric>_ci_low/_ci_high` (NaN if absent). NaN values are skipped; a metric no row
-    defines gets value NaN, attack and threat None and eps NaN.
+    defines gets value NaN, attack and threat None and eps NaN, except an OPTIONAL_METRICS one
+    that no row holds at all (op_fnr without an operating point), which is left out.
     """
     table = rows(records, model=model)
     out = {}
     for metric, pick in worst.items():
+        if metric in OPTIONAL_METRICS and not any(metric in r for r in table):
+            continue
         candidates = [r for r in table if _defined(r.get(metric))]
         if not candidates:
             out[metric] = {"value": _NAN, "attack": None, "threat": None, "eps": _NAN,
@@ -232,7 +236,7 @@ def render_html(*, title, summary, records, model, figures):
     parts.append("<p>Intervals are 95 % bootstrap intervals; two figures whose intervals overlap are not "
                  "called different.</p>")
 
-    notes = overlap_notes(records, model=model, metric="accuracy") + overlap_notes(records, model=model, metric="fnr")
+    notes = [n for metric in ("accuracy", "fnr", "op_fnr") for n in overlap_notes(records, model=model, metric=metric)]
     parts.append("<h2>Attacked against clean</h2>")
     if notes:
         parts.append("<ul>")

@@ -15,7 +15,7 @@ from ..data import CLASSES, N_CLASSES, class_index, load_dataset, malignant_mask
 from ..errors import ModelError
 from ..attacks.adaptive import eot_note, joint_pgd
 from ..evaluation import Condition, bootstrap_metrics, interval_summary, measure, record, records_csv, score
-from ..evaluation.operating_point import health_at_threshold, malignancy_score, roc, threshold_for_sensitivity
+from ..evaluation.operating_point import malignancy_score, operating_summary, roc, threshold_for_sensitivity
 from ..evaluation.report import condition_label, format_eps, headline, headline_text, render_html, rows, security_curves
 from ..evaluation.suite import softmax
 from ..models.training import set_seed
@@ -23,7 +23,6 @@ from ..models.training import set_seed
 log = logging.getLogger(__name__)
 
 MODEL, SURROGATE = "target", "surrogate"  # the names of the two models in the records
-OPERATING_FIGURES = ("sensitivity", "specificity", "npv", "fnr")
 
 
 @dataclass
@@ -134,8 +133,8 @@ def with_intervals_and_operating_point(evaluation, y, malignant, threshold, conf
         extra = interval_summary(y, m.counted, malignant, n_resamples=config.n_resamples, seed=config.seed)
         extra = {k: v for k, v in extra.items() if k.endswith(("_ci_low", "_ci_high"))}
         if threshold is not None and m.model == MODEL:  # the threshold is the measured model's own
-            at = health_at_threshold(malignancy_score(m.probabilities, malignant), is_malignant, threshold)
-            extra |= {f"op_{k}": at[k] for k in OPERATING_FIGURES}
+            extra |= operating_summary(malignancy_score(m.probabilities, malignant), is_malignant, threshold,
+                                       n_resamples=config.n_resamples, seed=config.seed)
         out += [record(m.model, m.attack, m.threat, m.eps, k, v) for k, v in extra.items()]
     return out
 
@@ -197,8 +196,8 @@ def joint_attack(model, x, y, malignant, threshold, config):
     values |= {k: v for k, v in interval_summary(y, s.counted, malignant, n_resamples=config.n_resamples,
                                                  seed=config.seed).items() if k.endswith(("_ci_low", "_ci_high"))}
     if threshold is not None:
-        at = health_at_threshold(malignancy_score(softmax(logits), malignant), malignant[y], threshold)
-        values |= {f"op_{k}": at[k] for k in OPERATING_FIGURES}
+        values |= operating_summary(malignancy_score(softmax(logits), malignant), malignant[y], threshold,
+                                    n_resamples=config.n_resamples, seed=config.seed)
     values["seconds"] = time.perf_counter() - started
     return [record(MODEL, "joint_pgd", "whitebox", config.eps, k, v) for k, v in values.items()]
 
