@@ -18,6 +18,28 @@ def test_each_architecture_outputs_logits(arch, size):
     assert model.layers[-1].get_config()["activation"] == "linear"
 
 
+def test_width_scales_small_cnn_and_dropout_reaches_the_head():
+    narrow, wide = (create_model("small_cnn", (32, 32, 3), 7, width=w, dropout=0.1) for w in (0.5, 1.5))
+    assert narrow.get_layer("stage1_conv").filters == 16 and wide.get_layer("stage4_conv").filters == 384
+    assert narrow.get_layer("dropout").rate == 0.1
+    assert wide.count_params() > 4 * narrow.count_params()
+    with pytest.raises(ValueError, match="width 2 is small_cnn's setting; resnet50 has a fixed width"):
+        create_model("resnet50", (32, 32, 3), 7, width=2)
+
+
+def test_weight_decay_shrinks_the_weights():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 16, 16, 3), dtype=np.float32), rng.integers(0, 7, 64)
+    norms = {}
+    for decay in (0.0, 20.0):  # AdamW decays by weight_decay * learning rate per step
+        set_seed(0)
+        model = create_model("small_cnn", (16, 16, 3), 7)
+        fit(model, x, y, x[:16], y[:16], TrainConfig(data=DataConfig(), epochs=3, batch_size=16, patience=0,
+                                                     augment=False, weight_decay=decay))
+        norms[decay] = float(np.sqrt(sum(np.sum(np.square(w)) for w in model.get_layer("logits").get_weights())))
+    assert norms[20.0] < 0.97 * norms[0.0]
+
+
 def test_unknown_arch_and_bad_size_are_named():
     with pytest.raises(ValueError, match="unknown arch 'vgg'"):
         create_model("vgg", (32, 32, 3), 7)

@@ -13,7 +13,7 @@ from medrobust.data import load_dataset, stratified_subset
 from medrobust.errors import ConfigError
 from medrobust.models.training import predict_logits
 from medrobust.steps.train import run_train
-from medrobust.steps.tune import run_tune
+from medrobust.steps.tune import run_tune, train_defaults
 
 STEP = 1 / 255
 
@@ -86,6 +86,11 @@ def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(ham_dir, monkeypatch):
     assert [r["status"] for r in inner] == ["KILLED"]  # the training it stopped
     assert len(tracking.metric_history(inner[0]["run_id"], "val_macro_recall")) == 2
     assert result.best_params and 0 <= result.best_value <= 1
+    # a new train study starts from today's defaults, then searches
+    assert result.trials[0]["params"] == train_defaults() == {
+        "learning_rate": 2e-3, "use_weight_decay": False, "dropout": 0.3, "width": 1.0, "class_weight": "sqrt",
+        "augment": True, "batch_size": 64}
+    assert result.trials[1]["params"] != result.trials[0]["params"]
 
 
 @pytest.mark.parametrize("change, message", [

@@ -257,6 +257,11 @@ class TrainConfig(StepConfig):
     learning_rate: float = setting(2e-3, "Adam's initial learning rate (cosine decay)", check=positive)
     patience: int = setting(6, "early stopping on validation macro recall after this many epochs without "
                                "improvement; 0: train every epoch", check=at_least(0))
+    weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) per step, relative to the learning rate; "
+                                       "0: plain Adam", check=at_least(0))
+    dropout: float = setting(0.3, "dropout rate before the dense head", check=between(0, 1, high_open=True))
+    width: float = setting(1.0, "small_cnn: channel multiplier of its four stages (1: 32, 64, 128, 256); "
+                                "other networks take only 1", check=positive)
     class_weight: str = setting("sqrt", "loss weights against the class imbalance: balanced, its square root (sqrt) "
                                         "or none", choices=CLASS_WEIGHTS)
     augment: bool = setting(True, "flips and 90-degree rotations (a lesion has no up or left)")

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from .. import attacks
 from ..errors import ConfigError
-from ..models.training import check_finite, class_weights, fit, training_dataset
+from ..models.training import check_finite, class_weights, fit, optimizer, training_dataset
 from .spec import training_config
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epoc
     weights = class_weights(y, n_classes, train_config.class_weight)
     weight_of = tf.constant([weights[k] for k in range(n_classes)], dtype=tf.float32)
     steps = math.ceil(len(x) / train_config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(train_config.learning_rate, steps * epochs, alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule)
+    opt = optimizer(train_config.learning_rate, steps * epochs, train_config.weight_decay)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     data = training_dataset(x, y, train_config.batch_size, seed, train_config.augment)
     n_steps = 1 if method == "fgsm" else pgd_steps
@@ -102,7 +101,7 @@ def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epoc
         with tf.GradientTape() as tape:
             loss = loss_fn(y_all, model(x_all, training=True), sample_weight=tf.gather(weight_of, y_all))
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
     history = {"loss": []}

@@ -144,11 +144,18 @@ class EpochHook(keras.callbacks.Callback):
         self.fn(epoch + self.offset, dict(logs or {}))
 
 
-def _compile(model, learning_rate, total_steps, loss=None):
+def optimizer(learning_rate, total_steps, weight_decay=0.0):
+    """Adam (AdamW with weight_decay > 0) on a cosine decay from learning_rate over total_steps."""
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1), alpha=0.05)
+    if weight_decay > 0:
+        return keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+    return keras.optimizers.Adam(schedule)
+
+
+def _compile(model, learning_rate, total_steps, loss=None, weight_decay=0.0):
     sparse = loss is None
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=optimizer(learning_rate, total_steps, weight_decay),
         loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy" if sparse else "categorical_accuracy"],
     )
@@ -182,7 +189,7 @@ def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, loss=None,
     for name, epochs, lr, base_trainable in phases:
         if base is not None:
             base.trainable = base_trainable
-        _compile(model, lr, epochs * steps, loss)
+        _compile(model, lr, epochs * steps, loss, weight_decay=config.weight_decay)
         callbacks = [StopOnNonFinite(name), ValidationMetrics(x_val, y_val, n_classes), EpochLog(name, epochs)]
         stopper = None
         if name != "head" and config.patience:  # patience 0: every epoch, the last weights kept

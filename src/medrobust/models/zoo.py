@@ -21,7 +21,10 @@ def _conv_bn_relu(x, filters, name):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def small_cnn(input_shape, n_classes, weights="none", widths=(32, 64, 128, 256), dropout=0.3):
+SMALL_CNN_WIDTHS = (32, 64, 128, 256)
+
+
+def small_cnn(input_shape, n_classes, weights="none", widths=SMALL_CNN_WIDTHS, dropout=0.3):
     """Four conv-BN-ReLU stages with max pooling, global average pooling, dropout, dense logits.
 
     Sized for CPU: about 0.4 M parameters, ~120 training images/s at 64 px on 2 cores.
@@ -97,11 +100,20 @@ ARCHITECTURES = {
 }
 
 
-def create_model(arch, input_shape, n_classes, weights="none"):
-    """Build architecture `arch` for images of `input_shape` (H, W, 3) and `n_classes` logits."""
+def create_model(arch, input_shape, n_classes, weights="none", *, dropout=0.3, width=1.0):
+    """Build architecture `arch` for images of `input_shape` (H, W, 3) and `n_classes` logits.
+
+    dropout: rate before the dense head (every network); width: small_cnn's channel multiplier
+    (stage widths 32, 64, 128, 256 times width, at least 1 channel); the backbones take only 1.
+    """
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](tuple(input_shape), n_classes, weights=weights)
+    if arch != "small_cnn":
+        if width != 1:
+            raise ConfigError(f"width {width:g} is small_cnn's setting; {arch} has a fixed width (give width 1)")
+        return ARCHITECTURES[arch](tuple(input_shape), n_classes, weights=weights, dropout=dropout)
+    widths = tuple(max(1, round(w * width)) for w in SMALL_CNN_WIDTHS)
+    return small_cnn(tuple(input_shape), n_classes, weights=weights, widths=widths, dropout=dropout)
 
 
 def backbone(model):

@@ -69,7 +69,8 @@ def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_t
     tracking.log_text(data.table.to_csv(index=False), "data/split.csv")
     y_train = data.y["train"] if y_train is None else y_train
     set_seed(config.seed)
-    model = create_model(config.arch, data.x["train"].shape[1:], N_CLASSES, weights=config.weights)
+    model = create_model(config.arch, data.x["train"].shape[1:], N_CLASSES, weights=config.weights,
+                         dropout=config.dropout, width=config.width)
 
     def log_epoch(epoch, logs):
         tracking.log_metrics({EPOCH_METRICS[k]: v for k, v in logs.items() if k in EPOCH_METRICS}, step=epoch)

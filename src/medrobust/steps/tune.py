@@ -17,8 +17,9 @@ Objectives (OBJECTIVES: a name picks how a trial suggests, measures and scores):
   when the spec has llt) maximising the worst macro recall under `suites`, subject to clean
   accuracy lost <= max_accuracy_loss (an Optuna constraint); --multi-objective: the Pareto
   front of that robust macro recall against clean FNR (NSGA-II).
-- train: learning rate, class weighting (none, sqrt, balanced: the exponent 0, 0.5, 1),
-  augmentation and batch size maximising validation macro recall; pruned per epoch.
+- train: learning rate, weight decay, dropout, small_cnn's width, class weighting (none, sqrt,
+  balanced: the exponent 0, 0.5, 1), augmentation and batch size maximising validation macro
+  recall; pruned per epoch; the first trial of a new study is today's defaults.
 
 Storage: --storage, or optuna.db beside the SQLite tracking store; postgresql:// lets workers
 on several machines share one study (load_if_exists) when they ask the same question (a study
@@ -226,11 +227,31 @@ def trial_defense(trial, config):
     return robust
 
 
+# The train objective's search space; its first trial is today's defaults (TrainConfig), so a
+# study compares against them under one budget and seed.
+TRAIN_SPACE = {"learning_rate": (3e-4, 5e-3), "weight_decay": (1e-3, 0.3), "dropout": (0.0, 0.5),
+               "width": (0.75, 1.0, 1.5), "class_weight": ("none", "sqrt", "balanced"), "augment": (True, False),
+               "batch_size": (32, 64, 128)}
+
+
+def train_defaults():
+    """Today's TrainConfig values of the searched settings, as the first trial's parameters
+    (weight decay 0 lies outside the log range: the search's `use_weight_decay` says off)."""
+    d = TrainConfig()
+    return {"learning_rate": d.learning_rate, "use_weight_decay": d.weight_decay > 0, "dropout": d.dropout,
+            "width": d.width, "class_weight": d.class_weight, "augment": d.augment, "batch_size": d.batch_size}
+
+
 def trial_train(trial, config):
-    changes = {"learning_rate": trial.suggest_float("learning_rate", 3e-4, 5e-3, log=True),
-               "class_weight": trial.suggest_categorical("class_weight", ["none", "sqrt", "balanced"]),
-               "augment": trial.suggest_categorical("augment", [True, False]),
-               "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128])}
+    space = TRAIN_SPACE
+    changes = {"learning_rate": trial.suggest_float("learning_rate", *space["learning_rate"], log=True),
+               "weight_decay": (trial.suggest_float("weight_decay", *space["weight_decay"], log=True)
+                                if trial.suggest_categorical("use_weight_decay", [False, True]) else 0.0),
+               "dropout": trial.suggest_float("dropout", *space["dropout"]),
+               "width": trial.suggest_categorical("width", list(space["width"])),
+               "class_weight": trial.suggest_categorical("class_weight", list(space["class_weight"])),
+               "augment": trial.suggest_categorical("augment", list(space["augment"])),
+               "batch_size": trial.suggest_categorical("batch_size", list(space["batch_size"]))}
     best = []
 
     def on_epoch(epoch, logs):
@@ -336,6 +357,8 @@ def run_tune(config: TuneConfig) -> TuneResult:
             elif config.objective == "defense":
                 run_trial = lambda t: trial_defense(t, config)  # noqa: E731
             else:
+                if not study.trials:
+                    study.enqueue_trial(train_defaults())
                 run_trial = lambda t: trial_train(t, config)  # noqa: E731
             # A trial that fails on bad input or diverges is a failed trial, not a failed study.
             study.optimize(_trial_run(config, study, run_trial), n_trials=config.n_trials, timeout=config.timeout,
