@@ -86,7 +86,9 @@ def build_parser():
         order = [step.name, "data", "training", "run"]
         groups = {t: p.add_argument_group(t) for t in order if any(title == t for title, _, _ in titled)}
         for title, dotted, f in titled:
-            if f.metadata.get("positional"):
+            if f.metadata.get("positional") and typing.get_origin(f.type) is not tuple:
+                p.add_argument(dotted, nargs="?", default=argparse.SUPPRESS, metavar=f.name.upper(), help=_help(f))
+            elif f.metadata.get("positional"):
                 required = f.metadata.get("check") is non_empty
                 p.add_argument(dotted, nargs="+" if required else "*", metavar=f.name.upper(), help=_help(f))
             else:

@@ -494,6 +494,16 @@ class ReportConfig(StepConfig):
 
 
 @dataclass(frozen=True)
+class PipelineConfig(StepConfig):
+    """A YAML grid of steps (pipelines/*.yaml) run as one parent run, each step a nested run;
+    a step already finished with the same configuration, inputs and code is reused."""
+
+    file: str = setting("pipelines/quick.yaml", "the pipeline file", positional=True)
+    rerun: bool = setting(False, "run every step again instead of reusing finished ones")
+    dry_run: bool = setting(False, "print the steps and which would be reused; run nothing")
+
+
+@dataclass(frozen=True)
 class MainConfig(TrainConfig):
     """The main job (`make run`): train the baseline, attack it with each of `attacks`, defend
     it with `defense` and attack the defended model again, all nested under one run."""

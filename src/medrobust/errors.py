@@ -28,9 +28,14 @@ class TrainingError(MedrobustError):
 
 
 class GateFailed(MedrobustError):
-    """A model version failed the promotion gate: not bad input, a verdict. Exit status 1."""
+    """A model version failed the promotion gate: not bad input, a verdict. Exit status 1.
+    `result` holds the gate's PromoteResult (its run, criteria and aliases)."""
 
     exit_status = 1
+
+    def __init__(self, message, result=None):
+        super().__init__(message)
+        self.result = result
 
 
 class Stopped(Exception):

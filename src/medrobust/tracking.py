@@ -221,6 +221,14 @@ def set_tags(tags):
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+def tag_run(run_id, tags):
+    """Set tags on a run by id (finished or not)."""
+    _configure()
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+
+
 def log_json(obj, path):
     mlflow.log_dict(obj, path)
 

@@ -11,8 +11,8 @@ so `medrobust --help` does not load TensorFlow.
 from dataclasses import dataclass
 from importlib import import_module
 
-from ..config import (AttackConfig, DefendConfig, EvaluateConfig, MainConfig, PoisonConfig, PredictConfig, PromoteConfig,
-                      ReportConfig, TrainConfig, TuneConfig)
+from ..config import (AttackConfig, DefendConfig, EvaluateConfig, MainConfig, PipelineConfig, PoisonConfig, PredictConfig,
+                      PromoteConfig, ReportConfig, TrainConfig, TuneConfig)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ STEPS = {s.name: s for s in (
     step("tune", TuneConfig, "an Optuna study (attack_eps, poison_fraction, defense, train), each trial a nested run"),
     step("promote", PromoteConfig, "gate a version (default @candidate) on an evaluate suite; pass: it becomes @robust"),
     step("report", ReportConfig, "the recap across evaluate runs: one comparison table and the thesis' recap curves"),
+    step("pipeline", PipelineConfig, "a YAML grid of steps as one parent run; finished steps with the same inputs "
+                                     "and code are reused, so a killed pipeline resumes"),
     step("main", MainConfig, "the main job (make run): train, attack, defend, attack again, evaluate, in one parent run"),
     step("predict", PredictConfig, "class probabilities and the health call for image files, as CSV", tracked=False),
 )}

@@ -152,12 +152,13 @@ def run_promote(config: PromoteConfig) -> PromoteResult:
     aliases = tracking.model_aliases(name)
     for c in criteria:
         log.info("promote: %s %s", "pass" if c["passed"] else "FAIL", describe(c))
+    result = PromoteResult(run_id, version, passed, criteria, evaluate_run, reused, aliases)
     if not passed:
         raise GateFailed(f"{name} v{version} stays where it is ({', '.join(f'@{a}' for a, v in aliases.items() if v == version) or 'no alias'}); "
-                         + "; ".join(reasons))
+                         + "; ".join(reasons), result=result)
     log.info("promote: %s v%d is @%s%s (run %s)", name, version, config.alias,
              f", v{current} is @{config.previous_alias}" if current not in (None, version) else "", run_id)
-    return PromoteResult(run_id, version, passed, criteria, evaluate_run, reused, aliases)
+    return result
 
 
 __all__ = ["PromoteResult", "run_promote"]

@@ -1,0 +1,486 @@
+"""`medrobust pipeline FILE`: a YAML grid of steps run as one parent run, each step a nested run.
+
+    settings:                    # every step whose config has the setting gets it
+      data.image_size: 64
+    steps:
+      train:
+        step: train
+        grid: {arch: [small_cnn, mobile_cnn]}
+      attack:
+        step: attack
+        with: {model_uri: "${train}", eps: 2/255}
+        grid: {method: [fgsm, uap_fast]}
+      report:
+        step: report
+        with: {runs: "${evaluate}"}
+
+A step names an earlier step's output with "${name}": the model URI of train, poison and
+defend (the registered version where there is one), the run id of every other step. A
+reference in a single-valued setting fans out, one instance per instance of the step it names;
+in a list setting (report's runs) it gathers them all. An instance combines only instances
+of one lineage (an attack on the defended small_cnn never takes the mobile_cnn as its
+surrogate by accident). Each instance is keyed by a hash of its full resolved configuration,
+the run ids it consumes, the package version, the git commit and a hash of the package source:
+a finished run of the experiment holding the same key is reused, not redone, so a pipeline
+killed half-way resumes where it stopped and a changed setting re-runs exactly the instances
+downstream of it. MLflow's multistep example keys on entry point and parameters only, and
+misses code and upstream changes; this key does not.
+
+Bad files fail before any run, naming the file and line: an unknown step, setting or key, a
+reference to a step that does not exist or comes later, a missing required setting.
+"""
+
+import hashlib
+import itertools
+import json
+import logging
+import subprocess
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from .. import __version__, tracking
+from ..config import PipelineConfig, flatten
+from ..errors import ConfigError, GateFailed
+from ..evaluation.report import format_eps
+
+log = logging.getLogger(__name__)
+
+# Steps a pipeline may hold (main and predict are not grid steps).
+PIPELINE_STEPS = ("train", "poison", "attack", "defend", "evaluate", "tune", "promote", "report")
+# Settings a pipeline step must give: the registry's moving aliases (@baseline) would make a
+# pipeline's result depend on whatever ran last, so the model comes from the file.
+REQUIRED = {"attack": ("model_uri",), "defend": ("model_uri",), "evaluate": ("model_uri",),
+            "promote": ("model_uri",), "report": ("runs",)}
+# The settings that name an instance, e.g. "attack fgsm 2/255 on small_cnn".
+NAMED_BY = {"train": ("arch",), "poison": ("arch", "poison_fractions"), "attack": ("method", "eps"),
+            "defend": ("defense",), "evaluate": ("suites",), "tune": ("objective",), "promote": (), "report": ()}
+MODEL_STEPS = ("train", "poison", "defend")  # their output is a model URI
+STEP_KEYS = ("step", "with", "grid")
+TOP_KEYS = ("settings", "steps")
+KEY_TAG, OUTPUT_TAG, NAME_TAG = "medrobust.pipeline_key", "medrobust.pipeline_output", "medrobust.pipeline_step"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A "${name}" in the file: the output of every instance of step `name`."""
+    name: str
+
+
+@dataclass
+class StepSpec:
+    name: str
+    step: str
+    settings: dict  # {dotted setting: value or Ref}, the file's settings and `with`
+    grid: dict  # {dotted setting: [values or Refs]}
+    line: int
+    lines: dict  # {dotted setting: line}
+
+
+@dataclass
+class Instance:
+    spec: StepSpec
+    index: int  # among the instances of its step
+    values: dict  # {dotted setting: value, Ref resolved to the upstream Instance, or a list of Instances}
+    lineage: dict  # {step name: instance index} of itself and every instance upstream
+    label: str = ""
+    subject: str = ""  # what it is, for the labels of the instances downstream
+    key: str | None = None
+    run_id: str | None = None
+    output: str | None = None
+    reused: bool = False
+    note: str = ""
+
+    @property
+    def upstream(self):
+        out = []
+        for v in self.values.values():
+            out += [u for u in (v if isinstance(v, list) else [v]) if isinstance(u, Instance)]
+        return out
+
+
+@dataclass
+class PipelineResult:
+    run_id: str  # the parent run
+    instances: list  # [{"name", "step", "label", "run_id", "output", "reused", "key", "note"}] in run order
+
+
+# --- reading the file ------------------------------------------------------------------------
+
+def _err(path, line, message):
+    return ConfigError(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+def _lines(node, prefix=()):
+    """{key path: line} of every mapping key of a composed YAML node (1-based lines)."""
+    out = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = prefix + (str(key.value),)
+            out[k] = key.start_mark.line + 1
+            out.update(_lines(value, k))
+    return out
+
+
+def read(path):
+    """(document, {key path: line}) of a pipeline file; ConfigError naming file and line for
+    YAML that does not parse, duplicate keys or a document that is not a mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"pipeline file {path} cannot be read: {e}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise _err(path, mark.line + 1 if mark else None, f"not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(document, dict):
+        raise _err(path, 1, "a pipeline is a mapping with `steps` (and optional `settings`)")
+    _no_duplicates(node, path)
+    return document, _lines(node)
+
+
+def _no_duplicates(node, path):
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            if key.value in seen:  # PyYAML keeps the last silently; a pipeline refuses it
+                raise _err(path, key.start_mark.line + 1, f"key {key.value!r} given twice")
+            seen.add(key.value)
+            _no_duplicates(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _no_duplicates(item, path)
+
+
+def _ref(value, where):
+    """Ref for a "${name}" string, the value itself otherwise; a partial "${" is refused."""
+    if isinstance(value, str) and "${" in value:
+        text = value.strip()
+        if not (text.startswith("${") and text.endswith("}") and text.count("${") == 1):
+            raise where(f"a reference is a whole value \"${{step}}\", got {value!r}")
+        return Ref(text[2:-1].strip())
+    return value
+
+
+def _field(config_type, dotted):
+    """The dataclass field of a dotted setting, or None."""
+    head, _, rest = dotted.partition(".")
+    f = next((f for f in fields(config_type) if f.name == head), None)
+    if f is None:
+        return None
+    if rest:
+        return _field(f.type, rest) if is_dataclass(f.type) else None
+    return None if is_dataclass(f.type) else f
+
+
+def _is_list(f):
+    kind = f.type
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return typing.get_origin(kind) is tuple or (args and typing.get_origin(args[0]) is tuple)
+
+
+def parse(path):
+    """The StepSpecs of a pipeline file, in file order, every name, setting and reference
+    checked (ConfigError naming the file and line)."""
+    from . import STEPS
+
+    document, lines = read(path)
+    for key in document:
+        if key not in TOP_KEYS:
+            raise _err(path, lines.get((str(key),)), f"unknown key {key!r}; a pipeline has {', '.join(TOP_KEYS)}")
+    shared = document.get("settings") or {}
+    steps = document.get("steps")
+    if not isinstance(shared, dict):
+        raise _err(path, lines.get(("settings",)), "settings is a mapping of setting: value")
+    if not isinstance(steps, dict) or not steps:
+        raise _err(path, lines.get(("steps",)), "steps is a mapping of step name: {step, with, grid}")
+    specs, names = [], list(map(str, steps))
+    for name, body in steps.items():
+        name = str(name)
+        line = lines.get(("steps", name))
+
+        def at(key=None, sub=None, _name=name, _line=line):
+            return lines.get(("steps", _name) + ((key,) if key else ()) + ((sub,) if sub else ()), _line)
+
+        if not isinstance(body, dict):
+            raise _err(path, line, f"step {name!r} is a mapping with `step` (and `with`, `grid`)")
+        for key in body:
+            if key not in STEP_KEYS:
+                raise _err(path, at(str(key)), f"step {name!r}: unknown key {key!r}; a step has {', '.join(STEP_KEYS)}")
+        kind = body.get("step")
+        if kind not in PIPELINE_STEPS:
+            raise _err(path, at("step"), f"step {name!r}: unknown step {kind!r}; expected one of "
+                                         f"{', '.join(PIPELINE_STEPS)}")
+        config_type = STEPS[kind].config
+        settings, grid, where = {}, {}, {}
+        for section in ("with", "grid"):
+            part = body.get(section) or {}
+            if not isinstance(part, dict):
+                raise _err(path, at(section), f"step {name!r}: {section} is a mapping of setting: value")
+            for key, value in part.items():
+                key, line_of = str(key), at(section, str(key))
+                f = _field(config_type, key)
+                if f is None or key in ("experiment", "run_name"):
+                    raise _err(path, line_of, f"step {name!r}: {kind} has no setting {key!r}"
+                                              if f is None else f"step {name!r}: {key} is the pipeline's")
+
+                def complain(message, _line=line_of):
+                    return _err(path, _line, f"step {name!r}: {message}")
+
+                if section == "grid":
+                    if not isinstance(value, list) or not value:
+                        raise complain(f"grid {key} takes a list of values, got {value!r}")
+                    grid[key] = [_ref(v, complain) for v in value]
+                else:
+                    settings[key] = _ref(value, complain)
+                where[key] = line_of
+                for ref in ([settings.get(key)] if section == "with" else grid[key]):
+                    if isinstance(ref, Ref):
+                        if ref.name not in names:
+                            raise complain(f"refers to ${{{ref.name}}}, which is no step of this pipeline")
+                        if names.index(ref.name) >= names.index(name):
+                            raise complain(f"refers to ${{{ref.name}}}, which comes later (steps run in file "
+                                           "order; a reference back is a cycle)")
+                        if section == "grid" and _is_list(f):
+                            raise complain(f"a list setting ({key}) gathers every instance; give it in `with`")
+        for key in REQUIRED.get(kind, ()):
+            if key not in settings and key not in grid:
+                raise _err(path, line, f"step {name!r}: {kind} in a pipeline needs `{key}` (a \"${{step}}\" "
+                                       "reference or a value)")
+        own = {k: v for k, v in shared.items() if _field(config_type, str(k)) is not None}
+        specs.append(StepSpec(name, kind, own | settings, grid, line, where))
+    for key in shared:
+        if not any(_field(STEPS[s.step].config, str(key)) for s in specs):
+            raise _err(path, lines.get(("settings", str(key))), f"setting {key!r} belongs to no step of this pipeline")
+    return specs
+
+
+# --- instances -------------------------------------------------------------------------------
+
+def _consistent(lineages):
+    """Whether lineages agree on every step they share (one network, one defense ...)."""
+    merged = {}
+    for lineage in lineages:
+        for step, index in lineage.items():
+            if merged.setdefault(step, index) != index:
+                return False
+    return True
+
+
+def expand(specs):
+    """Every Instance of every step, in run order (file order, then grid order)."""
+    by_name, out = {}, []
+    for spec in specs:
+        config_type = _config_type(spec.step)
+        axes = []  # [(setting, [choice])]: a choice is a value or an upstream Instance
+        for key, values in spec.grid.items():
+            choices = []
+            for v in values:
+                choices += by_name[v.name] if isinstance(v, Ref) else [v]
+            axes.append((key, choices))
+        gathers = {}
+        for key, v in spec.settings.items():
+            if isinstance(v, Ref):
+                if _is_list(_field(config_type, key)):
+                    gathers[key] = by_name[v.name]
+                else:
+                    axes.append((key, by_name[v.name]))
+        mine = []
+        for combo in itertools.product(*(choices for _, choices in axes)):
+            picked = dict(zip((k for k, _ in axes), combo))
+            ups = [v for v in picked.values() if isinstance(v, Instance)]
+            if not _consistent([u.lineage for u in ups]):
+                continue
+            lineage = {}
+            for u in ups:
+                lineage |= u.lineage
+            values = {k: v for k, v in spec.settings.items() if not isinstance(v, Ref)} | picked
+            for key, pool in gathers.items():
+                values[key] = [u for u in pool if _consistent([u.lineage, lineage])]
+            instance = Instance(spec, len(mine), values, lineage | {spec.name: len(mine)})
+            instance.label, instance.subject = _label(instance)
+            mine.append(instance)
+        by_name[spec.name] = mine
+        out += mine
+    return out
+
+
+def _config_type(step):
+    from . import STEPS
+    return STEPS[step].config
+
+
+def _upstream(value):
+    return isinstance(value, Instance) or (isinstance(value, list) and any(isinstance(u, Instance) for u in value))
+
+
+def _shown(key, value):
+    if "eps" in key and isinstance(value, float):
+        return format_eps(value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _label(instance):
+    """('attack fgsm 2/255 on small_cnn', 'fgsm 2/255 on small_cnn'): the run name and what the
+    instance is, named by its NAMED_BY settings (given or default) and grid values, then by the
+    model it works on."""
+    spec, values = instance.spec, instance.values
+    defaults = _config_type(spec.step)()
+    named = {k: values.get(k, getattr(defaults, k)) for k in NAMED_BY[spec.step]}
+    named |= {k: values[k] for k in spec.grid if k not in named}
+    own = " ".join(_shown(k, v) for k, v in named.items() if not _upstream(v))
+    model = values.get("model_uri")
+    if isinstance(model, Instance):
+        subject = f"{own} on {model.subject}" if own else model.subject
+        label = f"{spec.step} {subject}"
+    else:
+        subject = own or spec.name
+        label = f"{spec.step} {own}".strip()
+    return label, subject
+
+
+# --- running ---------------------------------------------------------------------------------
+
+def _resolve(values):
+    """The instance's settings with each upstream Instance replaced by its output."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, Instance):
+            v = v.output
+        elif isinstance(v, list) and v and all(isinstance(u, Instance) for u in v):
+            v = [u.output for u in v]
+        out[k] = v
+    return out
+
+
+def build_config(instance, pipeline):
+    """The step config of an instance (its upstream outputs resolved), in the pipeline's
+    experiment, seed unless the step sets its own."""
+    config_type = _config_type(instance.spec.step)
+    values = {"seed": pipeline.seed} | _resolve(instance.values)
+    values |= {"experiment": pipeline.experiment, "run_name": instance.label}
+    try:
+        return config_type.from_dict(values)
+    except ConfigError as e:
+        spec = instance.spec
+        setting = str(e).split(" ", 1)[0]
+        raise _err(pipeline.file, spec.lines.get(setting, spec.line), f"step {spec.name!r}: {e}") from None
+
+
+def _placeholder(instance):
+    """Stand-in outputs, so that every config is checked before any run."""
+    return "models:/medrobust-placeholder/1" if instance.spec.step in MODEL_STEPS else "0" * 32
+
+
+def check(instances, pipeline):
+    """Build every instance's config with placeholder outputs: bad settings fail before any run."""
+    for instance in instances:
+        saved = {id(u): u.output for u in instance.upstream}
+        for u in instance.upstream:
+            u.output = u.output or _placeholder(u)
+        try:
+            build_config(instance, pipeline)
+        finally:
+            for u in instance.upstream:
+                u.output = saved[id(u)]
+
+
+def code_identity():
+    """{version, commit, source}: the package version, the git commit of its checkout (None
+    outside git) and a SHA-256 of its source files (uncommitted edits count)."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode())
+        digest.update(source.read_bytes())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"version": __version__, "commit": commit, "source": digest.hexdigest()}
+
+
+def instance_key(step, config, inputs, code):
+    """SHA-256 over the step, its whole resolved configuration (the run name aside), the run
+    ids it consumes and the code identity."""
+    settings = {k: v for k, v in flatten(config).items() if k != "run_name"}
+    text = json.dumps({"step": step, "config": settings, "inputs": sorted(inputs), "code": code},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def output_of(step, result):
+    """What the next steps get: a model URI (the registered version where there is one) or the run id."""
+    if step in MODEL_STEPS:
+        if step == "poison":
+            if len(result.runs) != 1:
+                return result.run_id
+            result = next(iter(result.runs.values()))
+        return f"models:/{result.registered_name}/{result.version}" if result.version else result.model_uri
+    return result.run_id
+
+
+def run_pipeline(config: PipelineConfig) -> PipelineResult:
+    """Run every instance of the pipeline at config.file in order, reusing finished ones."""
+    from . import STEPS
+
+    specs = parse(config.file)
+    instances = expand(specs)
+    check(instances, config)
+    code = code_identity()
+    log.info("pipeline %s: %d steps, %d runs to make or reuse", config.file, len(specs), len(instances))
+    if config.dry_run:
+        for i in instances:
+            log.info("  %s (%s)", i.label, i.spec.name)
+        return PipelineResult(None, [_summary(i) for i in instances])
+    tags = {"medrobust.step": "pipeline", "medrobust.pipeline": Path(config.file).name}
+    with tracking.run(config.experiment, run_name=config.run_name or f"pipeline {Path(config.file).stem}",
+                      tags=tags) as run_id:
+        tracking.log_params(flatten(config) | {f"code.{k}": v for k, v in code.items()})
+        tracking.log_text(Path(config.file).read_text(encoding="utf-8"), f"pipeline/{Path(config.file).name}")
+        for n, instance in enumerate(instances, 1):
+            step = STEPS[instance.spec.step]
+            step_config = build_config(instance, config)
+            instance.key = instance_key(step.name, step_config, [u.run_id for u in instance.upstream], code)
+            found = [] if config.rerun else tracking.finished_runs(config.experiment, {KEY_TAG: instance.key})
+            if found:
+                instance.run_id, instance.output = found[0]["run_id"], found[0]["tags"][OUTPUT_TAG]
+                instance.reused = True
+                log.info("pipeline [%d/%d] %s: reused run %s", n, len(instances), instance.label, instance.run_id)
+                continue
+            log.info("pipeline [%d/%d] %s", n, len(instances), instance.label)
+            try:
+                result = step.run(step_config)
+            except GateFailed as e:  # a verdict, not a failure of the pipeline: recorded, and on
+                if e.result is None:
+                    raise
+                result, instance.note = e.result, f"gate failed: {e}"
+                log.warning("pipeline: %s: %s", instance.label, instance.note)
+            instance.run_id, instance.output = result.run_id, output_of(step.name, result)
+            tracking.tag_run(instance.run_id, {KEY_TAG: instance.key, OUTPUT_TAG: instance.output,
+                                               NAME_TAG: instance.spec.name})
+        summary = [_summary(i) for i in instances]
+        tracking.log_json(summary, "pipeline/steps.json")
+        tracking.log_metrics({"steps_run": sum(not i.reused for i in instances),
+                              "steps_reused": sum(i.reused for i in instances)})
+    log.info("pipeline %s: run %s, %d steps run, %d reused", config.file, run_id,
+             sum(not i.reused for i in instances), sum(i.reused for i in instances))
+    return PipelineResult(run_id, summary)
+
+
+def _summary(i):
+    return {"name": i.spec.name, "step": i.spec.step, "label": i.label, "run_id": i.run_id, "output": i.output,
+            "reused": i.reused, "key": i.key, "note": i.note}
+
+
+__all__ = ["PipelineResult", "expand", "parse", "run_pipeline"]

@@ -1,0 +1,217 @@
+"""The pipeline step: parsing with file:line errors, grid expansion by lineage, reuse by key,
+resume after a kill, and a changed setting re-running exactly what lies downstream of it."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from medrobust import tracking
+from medrobust.config import PipelineConfig
+from medrobust.errors import ConfigError
+from medrobust.steps.pipeline import KEY_TAG, expand, parse, run_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = """\
+settings:
+  data.path: {data}
+  data.image_size: 32
+  data.per_class_limit: 20
+steps:
+"""
+
+
+def write(tmp_path, body, data="none", name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(SMALL.format(data=data) + textwrap.indent(textwrap.dedent(body), "  "))
+    return path
+
+
+@pytest.mark.parametrize("body, line, message", [
+    ("""\
+     train:
+       step: trian
+     """, 7, "step 'train': unknown step 'trian'; expected one of train, poison"),
+    ("""\
+     train:
+       step: train
+       with: {epochz: 1}
+     """, 8, "step 'train': train has no setting 'epochz'"),
+    ("""\
+     attack:
+       step: attack
+       with: {model_uri: "${train}"}
+     train:
+       step: train
+     """, 8, "refers to ${train}, which comes later (steps run in file order; a reference back is a cycle)"),
+    ("""\
+     attack:
+       step: attack
+       with: {model_uri: "${trained}"}
+     """, 8, "refers to ${trained}, which is no step of this pipeline"),
+    ("""\
+     train:
+       step: train
+     attack:
+       step: attack
+       grid: {method: [fgsm]}
+     """, 8, "step 'attack': attack in a pipeline needs `model_uri`"),
+    ("""\
+     train:
+       step: train
+     attack:
+       step: attack
+       with:
+         model_uri: "${train}"
+         eps: 2
+     """, 12, "step 'attack': eps must be in [0, 1]"),
+    ("""\
+     train:
+       step: train
+       with: {epochs: 1}
+       with: {epochs: 2}
+     """, 9, "key 'with' given twice"),
+    ("""\
+     train:
+       step: train
+       with: {epochs: [1
+     """, 9, "not valid YAML"),
+    ("""\
+     attack:
+       step: attack
+       with: {model_uri: "prefix-${attack}"}
+     """, 8, "a reference is a whole value"),
+])
+def test_a_bad_pipeline_names_file_and_line_before_any_run(tmp_path, body, line, message):
+    path = write(tmp_path, body)
+    with pytest.raises(ConfigError) as caught:
+        run_pipeline(PipelineConfig(file=str(path), experiment="test"))
+    assert str(caught.value).startswith(f"{path}:{line}: ") and message in str(caught.value)
+    assert tracking.search_runs() == []
+
+
+def test_a_setting_no_step_has_and_a_missing_file_are_named(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("settings:\n  llt_quality: 50\nsteps:\n  train:\n    step: train\n")
+    with pytest.raises(ConfigError, match=r"p.yaml:2: setting 'llt_quality' belongs to no step"):
+        parse(path)
+    with pytest.raises(ConfigError, match="pipeline file .*nothing.yaml does not exist"):
+        parse(tmp_path / "nothing.yaml")
+
+
+def test_the_grid_fans_out_along_lineages_and_lists_gather(tmp_path):
+    path = write(tmp_path, """\
+     train:
+       step: train
+       grid: {arch: [small_cnn, resnet50]}
+     defend:
+       step: defend
+       with: {model_uri: "${train}"}
+       grid: {defense: [retrain, llt]}
+     attack:
+       step: attack
+       with: {model_uri: "${defend}", attack_model_uri: "${train}", eps: 2/255}
+     evaluate:
+       step: evaluate
+       grid: {model_uri: ["${train}", "${defend}"]}
+     report:
+       step: report
+       with: {runs: "${evaluate}"}
+     """)
+    instances = expand(parse(path))
+    counts = Counter(i.spec.name for i in instances)
+    # 2 networks x 2 defenses; the transfer attack takes its own network only: 4 attacks, not 8
+    assert counts == {"train": 2, "defend": 4, "attack": 4, "evaluate": 6, "report": 1}
+    for attack in (i for i in instances if i.spec.name == "attack"):
+        assert attack.values["model_uri"].values["model_uri"] is attack.values["attack_model_uri"]
+    labels = [i.label for i in instances]
+    assert "attack fgsm 2/255 on retrain on resnet50" in labels and "defend llt on small_cnn" in labels
+    assert len(set(labels)) == len(labels)
+    report = instances[-1]
+    assert len(report.values["runs"]) == 6
+
+
+def _pipeline(tmp_path, ham_dir, llt_quality=75, name="p.yaml"):
+    return write(tmp_path, f"""\
+     train:
+       step: train
+       with: {{epochs: 1, alias: none}}
+     attack:
+       step: attack
+       with: {{model_uri: "${{train}}", method: fgsm}}
+     defend:
+       step: defend
+       with: {{model_uri: "${{train}}", defense: llt, llt_quality: {llt_quality}, eval_attacks: [fgsm], alias: none}}
+     evaluate:
+       step: evaluate
+       with: {{model_uri: "${{defend}}", suites: [thesis], n_resamples: 20}}
+     """, data=ham_dir, name=name)
+
+
+def _step_runs(experiment="test"):
+    """{step: number of finished step runs} (pipeline parents and evaluate's row runs aside)."""
+    return Counter(r["step"] for r in tracking.search_runs(experiment)
+                   if r["status"] == "FINISHED" and r["step"] in ("train", "attack", "defend", "evaluate"))
+
+
+def test_reuse_and_a_changed_setting_reruns_exactly_what_lies_downstream(tmp_path, ham_dir):
+    first = run_pipeline(PipelineConfig(file=str(_pipeline(tmp_path, ham_dir)), experiment="test"))
+    assert [s["reused"] for s in first.instances] == [False] * 4
+    assert _step_runs() == {"train": 1, "attack": 1, "defend": 1, "evaluate": 1}
+    runs = {r["run_id"]: r for r in tracking.search_runs("test")}
+    assert all(runs[s["run_id"]]["parent"] == first.run_id for s in first.instances)
+    assert runs[first.instances[1]["run_id"]]["name"] == "attack fgsm 2/255 on small_cnn"
+
+    again = run_pipeline(PipelineConfig(file=str(_pipeline(tmp_path, ham_dir)), experiment="test"))
+    assert [s["reused"] for s in again.instances] == [True] * 4
+    assert [s["run_id"] for s in again.instances] == [s["run_id"] for s in first.instances]
+    assert _step_runs() == {"train": 1, "attack": 1, "defend": 1, "evaluate": 1}
+
+    changed = run_pipeline(PipelineConfig(file=str(_pipeline(tmp_path, ham_dir, llt_quality=50)), experiment="test"))
+    assert {s["name"]: s["reused"] for s in changed.instances} == {
+        "train": True, "attack": True, "defend": False, "evaluate": False}
+    assert _step_runs() == {"train": 1, "attack": 1, "defend": 2, "evaluate": 2}
+    assert changed.instances[3]["key"] != first.instances[3]["key"]  # new upstream run, new key
+
+
+def test_a_pipeline_killed_after_its_second_step_resumes_without_redoing_them(tmp_path, ham_dir, child_env):
+    path = write(tmp_path, """\
+     train:
+       step: train
+       with: {epochs: 1, alias: none}
+     attack:
+       step: attack
+       with: {model_uri: "${train}", method: fgsm}
+     poison:
+       step: poison
+       with: {epochs: 20, patience: 0, poison_fractions: [0.5], register: false}
+     """, data=ham_dir)
+    child = subprocess.Popen([sys.executable, "-m", "medrobust", "pipeline", str(path), "--experiment", "test"],
+                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        done = [r for r in tracking.search_runs("test") if KEY_TAG in tracking.get_run(r["run_id"])["tags"]]
+        if len(done) == 2:
+            break
+        time.sleep(0.3)
+    while time.monotonic() < deadline and child.poll() is None:  # kill it inside the third step
+        if any(r["step"] == "poison" for r in tracking.search_runs("test")):
+            break
+        time.sleep(0.3)
+    assert child.poll() is None, child.stdout.read()
+    child.send_signal(signal.SIGTERM)
+    out = child.communicate(timeout=120)[0]
+    assert child.returncode == 143, out
+    statuses = {r["step"]: r["status"] for r in tracking.search_runs("test")}
+    assert statuses["pipeline"] == "KILLED" and statuses["poison"] == "KILLED"
+
+    resumed = run_pipeline(PipelineConfig(file=str(path), experiment="test"))
+    assert [s["reused"] for s in resumed.instances] == [True, True, False]
+    steps = Counter(r["step"] for r in tracking.search_runs("test"))
+    assert steps["train"] == 1 and steps["attack"] == 1 and steps["pipeline"] == 2
+    assert tracking.get_run(resumed.instances[2]["run_id"])["status"] == "FINISHED"
