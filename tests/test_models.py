@@ -7,7 +7,7 @@ from medrobust.models import create_model
 from medrobust.models.training import augment_batch, class_weights, fit, set_seed
 
 
-@pytest.mark.parametrize("arch,size", [("small_cnn", 32), ("resnet50", 32), ("inception_v3", 75)])
+@pytest.mark.parametrize("arch,size", [("small_cnn", 32), ("resnet50", 32), ("inception_v3", 75), ("mobilenet_v2", 32)])
 def test_each_architecture_outputs_logits(arch, size):
     model = create_model(arch, (size, size, 3), 7)
     x = np.random.default_rng(0).random((2, size, size, 3), dtype=np.float32)
@@ -23,7 +23,9 @@ def test_width_scales_small_cnn_and_dropout_reaches_the_head():
     assert narrow.get_layer("stage1_conv").filters == 16 and wide.get_layer("stage4_conv").filters == 384
     assert narrow.get_layer("dropout").rate == 0.1
     assert wide.count_params() > 4 * narrow.count_params()
-    with pytest.raises(ValueError, match="width 2 is small_cnn's setting; resnet50 has a fixed width"):
+    mobile = create_model("mobilenet_v2", (32, 32, 3), 7, width=0.35)
+    assert mobile.count_params() < create_model("mobilenet_v2", (32, 32, 3), 7).count_params() / 3
+    with pytest.raises(ValueError, match="width 2 is a setting of small_cnn and mobilenet_v2; resnet50 has a fixed"):
         create_model("resnet50", (32, 32, 3), 7, width=2)
 
 

@@ -250,7 +250,8 @@ class StepConfig(Settings):
 @dataclass(frozen=True)
 class TrainConfig(StepConfig):
     data: DataConfig = setting(factory=DataConfig)
-    arch: str = setting("small_cnn", "network from medrobust.models.ARCHITECTURES: small_cnn, resnet50, inception_v3")
+    arch: str = setting("small_cnn", "network from medrobust.models.ARCHITECTURES: small_cnn, resnet50, inception_v3, "
+                                        "mobilenet_v2")
     weights: str = setting("none", "none, or the path of a local ImageNet weights file (transfer learning)")
     epochs: int = setting(14, "training epochs (at most, with early stopping)", check=at_least(1))
     batch_size: int = setting(64, "images per training step", check=at_least(1))
@@ -260,8 +261,8 @@ class TrainConfig(StepConfig):
     weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) per step, relative to the learning rate; "
                                        "0: plain Adam", check=at_least(0))
     dropout: float = setting(0.3, "dropout rate before the dense head", check=between(0, 1, high_open=True))
-    width: float = setting(1.0, "small_cnn: channel multiplier of its four stages (1: 32, 64, 128, 256); "
-                                "other networks take only 1", check=positive)
+    width: float = setting(1.0, "channel multiplier of small_cnn (1: stages of 32, 64, 128, 256) and of "
+                                "mobilenet_v2 (its alpha); other networks take only 1", check=positive)
     class_weight: str = setting("sqrt", "loss weights against the class imbalance: balanced, its square root (sqrt) "
                                         "or none", choices=CLASS_WEIGHTS)
     augment: bool = setting(True, "flips and 90-degree rotations (a lesion has no up or left)")

@@ -93,27 +93,45 @@ def inception_v3(input_shape, n_classes, weights="none", dropout=0.3):
     )
 
 
+def mobilenet_v2(input_shape, n_classes, weights="none", dropout=0.3, width=1.0):
+    """keras.applications MobileNetV2 with our head (inputs scaled to [-1, 1]); `width` is its
+    alpha (channel multiplier; a local weights file exists for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
+    A second, differently built network for CPU grids: transfer between networks is measured
+    against small_cnn at 0.35."""
+    scale = layers.Rescaling(2.0, offset=-1.0, name="imagenet_preprocess")
+
+    def base(**kw):
+        return keras.applications.MobileNetV2(alpha=width, **kw)
+    return _backbone_classifier(base, scale, 32, input_shape, n_classes, weights, dropout, "mobilenet_v2")
+
+
 ARCHITECTURES = {
     "small_cnn": small_cnn,
     "resnet50": resnet50,
     "inception_v3": inception_v3,
+    "mobilenet_v2": mobilenet_v2,
 }
+# The architectures whose width the `width` setting scales (the others have one width).
+WIDTH_SCALED = ("small_cnn", "mobilenet_v2")
 
 
 def create_model(arch, input_shape, n_classes, weights="none", *, dropout=0.3, width=1.0):
     """Build architecture `arch` for images of `input_shape` (H, W, 3) and `n_classes` logits.
 
-    dropout: rate before the dense head (every network); width: small_cnn's channel multiplier
-    (stage widths 32, 64, 128, 256 times width, at least 1 channel); the backbones take only 1.
+    dropout: rate before the dense head (every network); width: the channel multiplier of
+    small_cnn (stage widths 32, 64, 128, 256 times width, at least 1 channel) and mobilenet_v2
+    (its alpha); the other networks take only 1.
     """
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
-    if arch != "small_cnn":
-        if width != 1:
-            raise ConfigError(f"width {width:g} is small_cnn's setting; {arch} has a fixed width (give width 1)")
-        return ARCHITECTURES[arch](tuple(input_shape), n_classes, weights=weights, dropout=dropout)
-    widths = tuple(max(1, round(w * width)) for w in SMALL_CNN_WIDTHS)
-    return small_cnn(tuple(input_shape), n_classes, weights=weights, widths=widths, dropout=dropout)
+    if arch not in WIDTH_SCALED and width != 1:
+        raise ConfigError(f"width {width:g} is a setting of {' and '.join(WIDTH_SCALED)}; {arch} has a fixed width "
+                          "(give width 1)")
+    if arch == "small_cnn":
+        widths = tuple(max(1, round(w * width)) for w in SMALL_CNN_WIDTHS)
+        return small_cnn(tuple(input_shape), n_classes, weights=weights, widths=widths, dropout=dropout)
+    extra = {"width": width} if arch in WIDTH_SCALED else {}
+    return ARCHITECTURES[arch](tuple(input_shape), n_classes, weights=weights, dropout=dropout, **extra)
 
 
 def backbone(model):
