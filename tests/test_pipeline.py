@@ -104,6 +104,28 @@ def test_a_setting_no_step_has_and_a_missing_file_are_named(tmp_path):
         parse(tmp_path / "nothing.yaml")
 
 
+def test_the_shipped_pipelines_parse_and_every_config_builds():
+    from medrobust.steps.pipeline import check
+    quick = expand(parse(REPO / "pipelines" / "quick.yaml"))
+    check(quick, PipelineConfig(file="pipelines/quick.yaml"))
+    counts = Counter(i.spec.step for i in quick)
+    # 2 networks; 2 attacks white-box on each and transferred both ways; 3 defenses each;
+    # every model evaluated; a recap per network; each defended small_cnn gated
+    assert counts == {"train": 2, "poison": 1, "attack": 8, "defend": 6, "evaluate": 8, "report": 2, "promote": 3}
+    labels = {i.label for i in quick}
+    assert {"attack fgsm 2/255 on mobilenet_v2", "defend retrain+llt on small_cnn",
+            "evaluate full on llt on mobilenet_v2"} <= labels
+    thesis = parse(REPO / "pipelines" / "thesis.yaml", ("resnet.weights=/models/r50.h5",))
+    assert next(s for s in thesis if s.name == "resnet").settings["weights"] == "/models/r50.h5"
+    instances = expand(thesis)
+    assert Counter(i.spec.step for i in instances)["poison"] == 7
+    with pytest.raises(ConfigError, match="weights file /models/r50.h5 does not exist"):
+        check(instances, PipelineConfig(file="pipelines/thesis.yaml"))
+    check(expand(parse(REPO / "pipelines" / "thesis.yaml")), PipelineConfig(file="pipelines/thesis.yaml"))
+    with pytest.raises(ConfigError, match="--set 'vgg.weights=x': .*thesis.yaml has no step 'vgg'"):
+        parse(REPO / "pipelines" / "thesis.yaml", ("vgg.weights=x",))
+
+
 def test_the_grid_fans_out_along_lineages_and_lists_gather(tmp_path):
     path = write(tmp_path, """\
      train:

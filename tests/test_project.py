@@ -14,7 +14,7 @@ import yaml
 
 from medrobust import tracking
 from medrobust.cli import build_parser, leaves, option
-from medrobust.config import (AttackConfig, DataConfig, DefendConfig, EvaluateConfig, MainConfig, PoisonConfig,
+from medrobust.config import (AttackConfig, DataConfig, DefendConfig, EvaluateConfig, MainConfig, PipelineConfig, PoisonConfig,
                               PredictConfig, PromoteConfig, ReportConfig, TrainConfig, TuneConfig)
 from medrobust.errors import ConfigError
 from medrobust.steps import STEPS
@@ -55,11 +55,16 @@ def test_mlproject_entry_point_matches_the_step_table(name):
     assert step.tracked
     entry = MLPROJECT["entry_points"][name]
     params = entry["parameters"]
-    options = {option(f).removeprefix("--").replace("-", "_"): (dotted, f) for dotted, f in leaves(step.config)}
+    options = {(f.name if f.metadata.get("positional") else option(f).removeprefix("--").replace("-", "_")): (dotted, f)
+               for dotted, f in leaves(step.config)}
     assert set(params) <= set(options), set(params) - set(options)
     words = _substituted(entry["command"], params, {k: v["default"] for k, v in params.items()})
     assert words[:4] == ["python", "-m", "medrobust", name]
-    assert words[4::2] == [option(options[p][1]) for p in params]  # every parameter, each once, in order
+    expected = []  # every parameter, each once, in order; a positional one as its bare value
+    for p, spec in params.items():
+        f = options[p][1]
+        expected += [spec["default"]] if f.metadata.get("positional") else [option(f), spec["default"]]
+    assert words[4:] == expected
     args = vars(build_parser().parse_args(words[3:]))
     del args["command"], args["verbose"]
     assert step.config.from_dict(args) == step.config()
@@ -74,7 +79,8 @@ CONFIGS = [TrainConfig(), PoisonConfig(poison_fractions=(0.05, 0.6)), AttackConf
            EvaluateConfig(suites=("thesis", "full"), split="all", threshold=0.3, curve_eps=(0.0, 4 / 255)),
            PredictConfig(inputs=("a.jpg", "b/")), ReportConfig(runs=("a", "b"), metrics=("fnr",)),
            TuneConfig(objective="defense", suites=("standard", "health"), storage="sqlite:///o.db", timeout=60.0),
-           PromoteConfig(max_accuracy_loss=None, suites=("adaptive",), max_images=100)]
+           PromoteConfig(max_accuracy_loss=None, suites=("adaptive",), max_images=100),
+           PipelineConfig(file="pipelines/thesis.yaml", overrides=("resnet.weights=/w.h5",), rerun=True)]
 
 
 @pytest.mark.parametrize("config", CONFIGS + [replace(c, data=DataConfig(image_size=32, per_class_limit=9))

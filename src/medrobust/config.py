@@ -500,6 +500,9 @@ class PipelineConfig(StepConfig):
     a step already finished with the same configuration, inputs and code is reused."""
 
     file: str = setting("pipelines/quick.yaml", "the pipeline file", positional=True)
+    overrides: tuple[str, ...] | None = setting(None, "STEP.SETTING=VALUE changes of the file for this run, comma-separated "
+                                              "(STEP may be `settings`), e.g. resnet.weights=/models/r50.h5",
+                                         flag="set")
     rerun: bool = setting(False, "run every step again instead of reusing finished ones")
     dry_run: bool = setting(False, "print the steps and which would be reused; run nothing")
 

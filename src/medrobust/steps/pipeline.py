@@ -186,12 +186,32 @@ def _is_list(f):
     return typing.get_origin(kind) is tuple or (args and typing.get_origin(args[0]) is tuple)
 
 
-def parse(path):
+def apply_overrides(document, overrides, path):
+    """The document with each "step.setting=value" of `overrides` set in that step's `with`
+    ("settings.setting=value": in the shared settings); values read as YAML scalars."""
+    for item in overrides:
+        target, dot, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not (dot and eq and key):
+            raise ConfigError(f"--set {item!r}: expected STEP.SETTING=VALUE")
+        value = yaml.safe_load(value) if value.strip() else None
+        if target == "settings":
+            document.setdefault("settings", {})[key] = value
+            continue
+        steps = document.get("steps") or {}
+        if target not in steps or not isinstance(steps[target], dict):
+            raise ConfigError(f"--set {item!r}: {path} has no step {target!r}")
+        steps[target]["with"] = dict(steps[target].get("with") or {}) | {key: value}
+    return document
+
+
+def parse(path, overrides=()):
     """The StepSpecs of a pipeline file, in file order, every name, setting and reference
-    checked (ConfigError naming the file and line)."""
+    checked (ConfigError naming the file and line); `overrides` as apply_overrides."""
     from . import STEPS
 
     document, lines = read(path)
+    document = apply_overrides(document, overrides, path)
     for key in document:
         if key not in TOP_KEYS:
             raise _err(path, lines.get((str(key),)), f"unknown key {key!r}; a pipeline has {', '.join(TOP_KEYS)}")
@@ -434,7 +454,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run every instance of the pipeline at config.file in order, reusing finished ones."""
     from . import STEPS
 
-    specs = parse(config.file)
+    specs = parse(config.file, config.overrides or ())
     instances = expand(specs)
     check(instances, config)
     code = code_identity()
