@@ -93,12 +93,19 @@ def default_storage():
 def open_study(config, directions):
     """(study, storage URL); ConfigError naming a storage that cannot be reached, before any run."""
     url = config.storage or default_storage()
-    try:
-        storage = optuna.storages.RDBStorage(
-            url, heartbeat_interval=config.heartbeat, grace_period=2 * config.heartbeat,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
-    except Exception as e:  # SQLAlchemy's errors for a URL, driver or server it cannot use
-        raise ConfigError(f"cannot open Optuna storage {url}: {str(e).splitlines()[0]}") from e
+    for attempt in range(3):
+        try:
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=config.heartbeat, grace_period=2 * config.heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+            break
+        except Exception as e:  # SQLAlchemy's errors for a URL, driver or server it cannot use
+            # Workers starting together on a new database race to create its tables; the
+            # loser finds them made a moment later.
+            racing = any(s in str(e) for s in ("duplicate key", "already exists"))
+            if not racing or attempt == 2:
+                raise ConfigError(f"cannot open Optuna storage {url}: {str(e).splitlines()[0]}") from e
+            time.sleep(1 + attempt)
     name = config.study_name or f"medrobust-{config.objective}"
     sampler, pruner = sampler_for(config), optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
