@@ -171,6 +171,12 @@ def test_the_operating_point_is_stored_with_the_model_and_used_by_predict(traine
     uri = f"models:/medrobust-small_cnn/{model.version}"
     result = run_evaluate(EvaluateConfig(model_uri=uri, data=data, suites=("health",), n_resamples=20,
                                          pgd_steps=3, experiment="test"))
+    rows = _by_condition(result.records)
+    clean, health = rows[("none", "clean", 0.0)], next(v for k, v in rows.items() if k[0].startswith("pgd_to_"))
+    # the health attack pushes the same cancers' malignancy scores down: more of them fall below the threshold
+    assert health["op_fnr_ci_low"] <= health["op_fnr"] <= health["op_fnr_ci_high"]
+    assert health["op_fnr"] >= clean["op_fnr"] and health["op_sensitivity"] == pytest.approx(1 - health["op_fnr"])
+    assert "op_specificity" not in health  # only cancers are attacked
     tags = tracking.model_versions("medrobust-small_cnn")[0]["tags"]
     assert float(tags["operating_threshold"]) == pytest.approx(result.threshold, abs=1e-6)
     assert tags["operating_point_run"] == result.run_id

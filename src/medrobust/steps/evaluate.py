@@ -148,11 +148,12 @@ def health_target(y_train, malignant):
     return CLASSES[int(counts.argmax())]
 
 
-def health_attack(model, x, y, malignant, target, config):
+def health_attack(model, x, y, malignant, target, config, threshold=None):
     """The clinically worst attack: PGD pushing only the malignant images to the benign class
     `target`. Records the share of those cancers called benign before and after (fnr on the
     malignant images, with its bootstrap interval; a rejected image counts as missed, as in
-    every strict figure)."""
+    every strict figure) and, with a threshold, the share whose malignancy score the attack
+    pushed below it (op_fnr, op_sensitivity: the operating point's view of the same images)."""
     cancers = malignant[y]
     if not cancers.any():
         return []
@@ -168,6 +169,10 @@ def health_attack(model, x, y, malignant, target, config):
     values = {"fnr": missed[0], "fnr_ci_low": missed[1], "fnr_ci_high": missed[2],
               "fnr_before": float(np.mean(~before)), "cancers_hidden": int(np.sum(before & ~after)),
               "cancers": int(len(y_mal)), "seconds": time.perf_counter() - started}
+    if threshold is not None:  # every image here is malignant: specificity and NPV are undefined
+        op = operating_summary(malignancy_score(softmax(model.logits(x_adv)), malignant), np.ones(len(y_mal), bool),
+                               threshold, n_resamples=config.n_resamples, seed=config.seed)
+        values |= {k: v for k, v in op.items() if k.startswith(("op_fnr", "op_sensitivity"))}
     return [record(MODEL, f"pgd_to_{target}", "whitebox", config.eps, k, v) for k, v in values.items()]
 
 
@@ -280,7 +285,8 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
                              seed=config.seed, names=(MODEL, SURROGATE))
         records = with_intervals_and_operating_point(evaluation, y, malignant, threshold, config)
         if "health" in config.suites or "full" in config.suites:
-            records += health_attack(model, x, y, malignant, health_target(data.y["train"] if len(data.y["train"]) else y, malignant), config)
+            target = health_target(data.y["train"] if len(data.y["train"]) else y, malignant)
+            records += health_attack(model, x, y, malignant, target, config, threshold)
         if ("adaptive" in config.suites or "full" in config.suites) and model.detector is not None:
             records += joint_attack(model, x, y, malignant, threshold, config)
         clean = evaluation.get(MODEL)
