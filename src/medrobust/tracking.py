@@ -410,7 +410,7 @@ def _unresolved(model_uri, error):
 
 
 def get_run(run_id):
-    """{'status', 'params', 'metrics', 'tags', 'artifact_uri', 'name', 'seconds'} of a run; ConfigError
+    """{'status', 'params', 'metrics', 'tags', 'artifact_uri', 'experiment_id', 'name', 'seconds'} of a run; ConfigError
     naming an id the tracking store does not hold."""
     _configure()
     try:
@@ -423,6 +423,7 @@ def get_run(run_id):
         "metrics": dict(r.data.metrics),
         "tags": dict(r.data.tags),
         "artifact_uri": r.info.artifact_uri,
+        "experiment_id": r.info.experiment_id,
         "name": r.info.run_name,
         "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else None,
     }
