@@ -1,5 +1,7 @@
 """The train step on a real HAM10000 subset, tracked in a throwaway SQLite store."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,3 +81,17 @@ def test_failed_run_is_marked_failed_and_registers_nothing(small_ham):
 def test_bad_weights_path_is_refused_before_any_run():
     with pytest.raises(ValueError, match="weights file /no/such.h5 does not exist"):
         TrainConfig(arch="resnet50", weights="/no/such.h5")
+
+
+def test_mirrored_training_on_one_cpu_replica_learns_what_one_device_learns(ham_dir, caplog):
+    """--distribute mirrored: MirroredStrategy over the visible devices (here the CPU, one
+    replica); on one replica it must train the same network to the same figures."""
+    plain = run_train(replace(tiny_config(ham_dir, register=False), epochs=2))
+    with caplog.at_level("INFO", logger="medrobust"):
+        mirrored = run_train(replace(tiny_config(ham_dir, register=False, distribute="mirrored"), epochs=2))
+    assert "training on 1 replica(s) with MirroredStrategy" in caplog.text
+    assert tracking.get_run(mirrored.run_id)["params"]["distribute"] == "mirrored"
+    for key in ("clean_accuracy", "clean_macro_recall", "clean_fnr"):
+        assert mirrored.metrics[key] == pytest.approx(plain.metrics[key], abs=0.05), key
+    loss = [tracking.metric_history(r.run_id, "train_loss") for r in (plain, mirrored)]
+    assert loss[1] == pytest.approx(loss[0], rel=0.05)

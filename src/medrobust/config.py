@@ -263,6 +263,9 @@ class TrainConfig(StepConfig):
     dropout: float = setting(0.3, "dropout rate before the dense head", check=between(0, 1, high_open=True))
     width: float = setting(1.0, "channel multiplier of small_cnn (1: stages of 32, 64, 128, 256) and of "
                                 "mobilenet_v2 (its alpha); other networks take only 1", check=positive)
+    distribute: str = setting("none", "mirrored: train on every visible GPU with tf.distribute.MirroredStrategy "
+                                      "(batch_size is the global batch, split across them); none: one device",
+                              choices=("none", "mirrored"))
     class_weight: str = setting("sqrt", "loss weights against the class imbalance: balanced, its square root (sqrt) "
                                         "or none", choices=CLASS_WEIGHTS)
     augment: bool = setting(True, "flips and 90-degree rotations (a lesion has no up or left)")

@@ -1,5 +1,6 @@
 """Seeded, deterministic training with class weights, augmentation and early stopping."""
 
+import contextlib
 import logging
 import math
 import time
@@ -142,6 +143,19 @@ class EpochHook(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.fn(epoch + self.offset, dict(logs or {}))
+
+
+def distribution_scope(distribute):
+    """The context a network is built and trained in: "mirrored" is tf.distribute's
+    MirroredStrategy (one replica per visible GPU, the CPU when there is none; Keras splits
+    each batch across them); "none" is no strategy."""
+    if distribute == "none":
+        return contextlib.nullcontext()
+    if distribute != "mirrored":
+        raise ConfigError(f"distribute must be none or mirrored, got {distribute!r}")
+    strategy = tf.distribute.MirroredStrategy()
+    log.info("training on %d replica(s) with MirroredStrategy", strategy.num_replicas_in_sync)
+    return strategy.scope()
 
 
 def optimizer(learning_rate, total_steps, weight_decay=0.0):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from .. import plots, tracking
 from ..config import TrainConfig, flatten
 from ..data import N_CLASSES, load_dataset
-from ..models.training import fit, predict_logits, set_seed
+from ..models.training import distribution_scope, fit, predict_logits, set_seed
 from ..models.zoo import create_model
 from .logbook import log_evaluation
 
@@ -69,15 +69,16 @@ def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_t
     tracking.log_text(data.table.to_csv(index=False), "data/split.csv")
     y_train = data.y["train"] if y_train is None else y_train
     set_seed(config.seed)
-    model = create_model(config.arch, data.x["train"].shape[1:], N_CLASSES, weights=config.weights,
-                         dropout=config.dropout, width=config.width)
 
     def log_epoch(epoch, logs):
         tracking.log_metrics({EPOCH_METRICS[k]: v for k, v in logs.items() if k in EPOCH_METRICS}, step=epoch)
         if on_epoch is not None:
             on_epoch(epoch, logs)
 
-    history = fit(model, data.x["train"], y_train, data.x["val"], data.y["val"], config, on_epoch=log_epoch)
+    with distribution_scope(config.distribute):  # built and trained under one strategy: variables on every replica
+        model = create_model(config.arch, data.x["train"].shape[1:], N_CLASSES, weights=config.weights,
+                             dropout=config.dropout, width=config.width)
+        history = fit(model, data.x["train"], y_train, data.x["val"], data.y["val"], config, on_epoch=log_epoch)
     tracking.log_json(history, "training/history.json")
     fig = plots.training_curves_figure(history)
     tracking.log_figure(fig, "training/curves.png")
