@@ -1,66 +1,45 @@
-"""A screenshot of an experiment's runs page in the MLflow UI, every parent run expanded so its
-nested steps show (the README's docs/mlflow-runs.png).
+"""The README's screenshots of the MLflow UI (docs/mlflow-runs.png, docs/mlflow-report.png),
+taken by the code tests/test_browser.py checks (tests/browser.py, tests/servers.py).
 
-    mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5123 &
-    pip install websocket-client        # the DevTools connection; not a dependency of medrobust
-    python experiments/ui_screenshot.py "http://127.0.0.1:5123/#/experiments/1/runs" docs/mlflow-runs.png
+    python experiments/ui_screenshot.py --experiment medrobust --out docs    # after `make run`
 
-Drives Debian's headless Chromium over the DevTools protocol: open the page, click each run's
-expand button and close the assistant panel, wait, capture.
+Starts `mlflow server` on 127.0.0.1 over the store ($MLFLOW_TRACKING_URI, default
+sqlite:///mlflow.db), opens the experiment's runs page with every parent run expanded, and the
+HTML report of the latest evaluate run in MLflow's artifact viewer, in Debian's headless Chromium.
 """
 
-import base64
-import json
-import subprocess
+import argparse
+import os
 import sys
-import time
-import urllib.request
+import tempfile
+from pathlib import Path
 
-import websocket
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-EXPAND = """(() => {
-  const buttons = document.querySelectorAll('button[data-component-id*=runnamecellrenderer]');
-  buttons.forEach(b => b.click());
-  document.querySelectorAll('button[data-component-id="mlflow.assistant.chat_panel.close"]').forEach(b => b.click());
-  return buttons.length; })()"""
+from browser import ui_pages  # noqa: E402
+from servers import mlflow_server  # noqa: E402
+
+from medrobust import tracking  # noqa: E402
 
 
-def screenshot(url, out, port=9333, size="1400,820", settle=8.0):
-    chrome = subprocess.Popen(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                               f"--window-size={size}", f"--remote-debugging-port={port}", "about:blank"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                tabs = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json"))
-                break
-            except OSError:
-                time.sleep(0.2)
-        page = next(t for t in tabs if t["type"] == "page")
-        ws = websocket.create_connection(page["webSocketDebuggerUrl"], suppress_origin=True)
-        counter = iter(range(1, 1 << 30))
-
-        def call(method, **params):
-            ident = next(counter)
-            ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-            while True:
-                message = json.loads(ws.recv())
-                if message.get("id") == ident:
-                    return message.get("result", {})
-
-        call("Page.enable")
-        call("Page.navigate", url=url)
-        time.sleep(settle)
-        expanded = call("Runtime.evaluate", expression=EXPAND, returnByValue=True)["result"]["value"]
-        time.sleep(3)
-        with open(out, "wb") as f:
-            f.write(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
-        return expanded
-    finally:
-        chrome.kill()
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="medrobust")
+    parser.add_argument("--out", default="docs")
+    args = parser.parse_args()
+    runs = [r for r in tracking.search_runs(args.experiment) if r["status"] == "FINISHED"]
+    evaluate = [r for r in runs if r["step"] == "evaluate"][-1]
+    parent = next(r for r in runs if r["run_id"] == evaluate["parent"]) if evaluate["parent"] else evaluate
+    experiment_id = tracking.get_run(evaluate["run_id"])["experiment_id"]
+    env = dict(os.environ)
+    env.pop("MLFLOW_RUN_ID", None)
+    with tempfile.TemporaryDirectory() as served, mlflow_server(tracking.tracking_uri(), Path(served) / "a", env) as url:
+        runs_text, report_text = ui_pages(url, experiment_id, parent_name=parent["name"],
+                                          report_run_id=evaluate["run_id"], shots=args.out)
+    print(f"{args.out}/mlflow-runs.png: parent run {parent['name']!r} ({parent['run_id']}), "
+          f"{args.out}/mlflow-report.png: evaluate run {evaluate['name']!r} ({evaluate['run_id']})")
+    print("\n".join(line for line in report_text.splitlines() if line.startswith("worst")))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python experiments/ui_screenshot.py <runs page URL> <out.png>")
-    print(f"{screenshot(sys.argv[1], sys.argv[2])} parent run(s) expanded; wrote {sys.argv[2]}")
+    main()
