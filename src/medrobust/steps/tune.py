@@ -95,9 +95,12 @@ def open_study(config, directions):
     url = config.storage or default_storage()
     for attempt in range(3):
         try:
+            with warnings.catch_warnings():  # Optuna marks the retry callback experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
             storage = optuna.storages.RDBStorage(
                 url, heartbeat_interval=config.heartbeat, grace_period=2 * config.heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+                heartbeat_stale_trial_callback=retry)
             break
         except Exception as e:  # SQLAlchemy's errors for a URL, driver or server it cannot use
             # Workers starting together on a new database race to create its tables; the
