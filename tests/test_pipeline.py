@@ -14,7 +14,8 @@ import pytest
 from medrobust import tracking
 from medrobust.config import PipelineConfig
 from medrobust.errors import ConfigError
-from medrobust.steps.pipeline import KEY_TAG, expand, parse, run_pipeline
+from medrobust.cli import build_parser
+from medrobust.steps.pipeline import KEY_TAG, expand, parse, run_pipeline, split_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = """\
@@ -86,6 +87,46 @@ def write(tmp_path, body, data="none", name="p.yaml"):
        step: attack
        with: {model_uri: "prefix-${attack}"}
      """, 8, "a reference is a whole value"),
+    ("""\
+     train:
+       step: train
+     report:
+       step: report
+       with: {runs: "${train}"}
+     """, 10, "runs takes the output of evaluate; ${train} is a train step"),
+    ("""\
+     train:
+       step: train
+     attack:
+       step: attack
+       with: {model_uri: "${train}", seed: "${train}"}
+     """, 10, "seed cannot take a reference"),
+    ("""\
+     sweep:
+       step: poison
+       with: {poison_fractions: [0.1, 0.3]}
+     attack:
+       step: attack
+       with: {model_uri: "${sweep}"}
+     """, 11, "${sweep} is a poison sweep, not one model"),
+    ("""\
+     train:
+       step: train
+     attack:
+       step: attack
+       with: {model_uri: "${train}", eps: [1, 2]}
+     """, 10, "eps takes one value, got the list [1, 2] (a grid varies it)"),
+    ("""\
+     train:
+       step: train
+       with: {epochs: 2}
+       grid: {epochs: [1, 2]}
+     """, 9, "epochs is given in `with` and in `grid`"),
+    ("""\
+     train:
+       step: train
+       with: {data.image_size: 4}
+     """, 8, "step 'train': image_size must be at least 8"),
 ])
 def test_a_bad_pipeline_names_file_and_line_before_any_run(tmp_path, body, line, message):
     path = write(tmp_path, body)
@@ -100,6 +141,12 @@ def test_a_setting_no_step_has_and_a_missing_file_are_named(tmp_path):
     path.write_text("settings:\n  llt_quality: 50\nsteps:\n  train:\n    step: train\n")
     with pytest.raises(ConfigError, match=r"p.yaml:2: setting 'llt_quality' belongs to no step"):
         parse(path)
+    path.write_text("settings:\n  data.image_size: 4\nsteps:\n  train:\n    step: train\n")
+    with pytest.raises(ConfigError, match=r"p.yaml:2: step 'train': image_size must be at least 8"):
+        run_pipeline(PipelineConfig(file=str(path)))
+    path.write_text("settings:\n  model_uri: ${train}\nsteps:\n  train:\n    step: train\n")
+    with pytest.raises(ConfigError, match=r"p.yaml:2: settings: model_uri holds a reference"):
+        parse(path)
     with pytest.raises(ConfigError, match="pipeline file .*nothing.yaml does not exist"):
         parse(tmp_path / "nothing.yaml")
 
@@ -112,10 +159,11 @@ def test_the_shipped_pipelines_parse_and_every_config_builds():
     # 2 networks; 2 attacks white-box on each and transferred both ways; 3 defenses each;
     # every model evaluated; a recap per network; each defended small_cnn gated
     assert counts == {"train": 2, "poison": 1, "attack": 8, "defend": 6, "evaluate": 8, "report": 2, "promote": 3}
-    labels = {i.label for i in quick}
-    assert {"attack fgsm 2/255 on mobilenet_v2", "defend retrain+llt on small_cnn",
-            "evaluate full on llt on mobilenet_v2"} <= labels
-    thesis = parse(REPO / "pipelines" / "thesis.yaml", ("resnet.weights=/models/r50.h5",))
+    labels = [i.label for i in quick]
+    assert {"attack fgsm 2/255 on mobilenet_v2", "attack fgsm 2/255 on mobilenet_v2 from small_cnn",
+            "defend retrain+llt on small_cnn", "evaluate full on llt on mobilenet_v2", "report_small"} <= set(labels)
+    assert len(set(labels)) == len(labels)  # every run name says what it is
+    thesis = parse(REPO / "pipelines" / "thesis.yaml", split_overrides("resnet.weights=/models/r50.h5"))
     assert next(s for s in thesis if s.name == "resnet").settings["weights"] == "/models/r50.h5"
     instances = expand(thesis)
     assert Counter(i.spec.step for i in instances)["poison"] == 7
@@ -124,6 +172,18 @@ def test_the_shipped_pipelines_parse_and_every_config_builds():
     check(expand(parse(REPO / "pipelines" / "thesis.yaml")), PipelineConfig(file="pipelines/thesis.yaml"))
     with pytest.raises(ConfigError, match="--set 'vgg.weights=x': .*thesis.yaml has no step 'vgg'"):
         parse(REPO / "pipelines" / "thesis.yaml", ("vgg.weights=x",))
+
+
+def test_set_takes_repeated_flags_and_values_with_commas():
+    args = vars(build_parser().parse_args(["pipeline", "f.yaml", "--set", "resnet.weights=/a.h5", "--set",
+                                           "poison.poison_fractions=0.1,0.3,inception.weights=/b.h5"]))
+    assert args["overrides"] == ["resnet.weights=/a.h5", "poison.poison_fractions=0.1,0.3,inception.weights=/b.h5"]
+    assert split_overrides(",".join(args["overrides"])) == [
+        "resnet.weights=/a.h5", "poison.poison_fractions=0.1,0.3", "inception.weights=/b.h5"]
+    specs = {s.name: s for s in parse(REPO / "pipelines" / "thesis.yaml", split_overrides(
+        "resnet.weights=/a.h5,inception.weights=/b.h5,settings.data.per_class_limit=50"))}
+    assert specs["resnet"].settings["weights"] == "/a.h5" and specs["inception"].settings["weights"] == "/b.h5"
+    assert specs["attack"].settings["data.per_class_limit"] == 50
 
 
 def test_the_grid_fans_out_along_lineages_and_lists_gather(tmp_path):
@@ -152,7 +212,7 @@ def test_the_grid_fans_out_along_lineages_and_lists_gather(tmp_path):
     for attack in (i for i in instances if i.spec.name == "attack"):
         assert attack.values["model_uri"].values["model_uri"] is attack.values["attack_model_uri"]
     labels = [i.label for i in instances]
-    assert "attack fgsm 2/255 on retrain on resnet50" in labels and "defend llt on small_cnn" in labels
+    assert "attack fgsm 2/255 on retrain on resnet50 from resnet50" in labels and "defend llt on small_cnn" in labels
     assert len(set(labels)) == len(labels)
     report = instances[-1]
     assert len(report.values["runs"]) == 6
@@ -215,20 +275,25 @@ def test_a_pipeline_killed_after_its_second_step_resumes_without_redoing_them(tm
      """, data=ham_dir)
     child = subprocess.Popen([sys.executable, "-m", "medrobust", "pipeline", str(path), "--experiment", "test"],
                              env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and child.poll() is None:
-        done = [r for r in tracking.search_runs("test") if KEY_TAG in tracking.get_run(r["run_id"])["tags"]]
-        if len(done) == 2:
-            break
-        time.sleep(0.3)
-    while time.monotonic() < deadline and child.poll() is None:  # kill it inside the third step
-        if any(r["step"] == "poison" for r in tracking.search_runs("test")):
-            break
-        time.sleep(0.3)
-    assert child.poll() is None, child.stdout.read()
-    child.send_signal(signal.SIGTERM)
-    out = child.communicate(timeout=120)[0]
-    assert child.returncode == 143, out
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and child.poll() is None:
+            done = [r for r in tracking.search_runs("test") if KEY_TAG in tracking.get_run(r["run_id"])["tags"]]
+            if len(done) == 2:
+                break
+            time.sleep(0.3)
+        while time.monotonic() < deadline and child.poll() is None:  # kill it inside the third step
+            if any(r["step"] == "poison" for r in tracking.search_runs("test")):
+                break
+            time.sleep(0.3)
+        assert child.poll() is None, child.stdout.read()
+        child.send_signal(signal.SIGTERM)
+        out = child.communicate(timeout=120)[0]
+        assert child.returncode == 143, out
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
     statuses = {r["step"]: r["status"] for r in tracking.search_runs("test")}
     assert statuses["pipeline"] == "KILLED" and statuses["poison"] == "KILLED"
 
@@ -237,3 +302,22 @@ def test_a_pipeline_killed_after_its_second_step_resumes_without_redoing_them(tm
     steps = Counter(r["step"] for r in tracking.search_runs("test"))
     assert steps["train"] == 1 and steps["attack"] == 1 and steps["pipeline"] == 2
     assert tracking.get_run(resumed.instances[2]["run_id"])["status"] == "FINISHED"
+
+
+def test_mlflow_run_pipeline_resumes_in_the_experiment_mlflow_run_chose(tmp_path, ham_dir, mlflow_project):
+    path = write(tmp_path, """\
+     train:
+       step: train
+       with: {epochs: 1, alias: none}
+     attack:
+       step: attack
+       with: {model_uri: "${train}", method: fgsm}
+     """, data=ham_dir)
+    for attempt in range(2):
+        done = mlflow_project("pipeline", {"file": str(path)})
+        assert done.returncode == 0, done.stderr[-3000:]
+    runs = tracking.search_runs("e2e")
+    assert Counter(r["step"] for r in runs) == {"pipeline": 2, "train": 1, "attack": 1}
+    assert tracking.search_runs("medrobust") == []  # the pipeline's own default experiment is not used
+    second = [r for r in runs if r["step"] == "pipeline"][-1]
+    assert tracking.get_run(second["run_id"])["metrics"]["steps_reused"] == 2

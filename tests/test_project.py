@@ -80,7 +80,7 @@ CONFIGS = [TrainConfig(), PoisonConfig(poison_fractions=(0.05, 0.6)), AttackConf
            PredictConfig(inputs=("a.jpg", "b/")), ReportConfig(runs=("a", "b"), metrics=("fnr",)),
            TuneConfig(objective="defense", suites=("standard", "health"), storage="sqlite:///o.db", timeout=60.0),
            PromoteConfig(max_accuracy_loss=None, suites=("adaptive",), max_images=100),
-           PipelineConfig(file="pipelines/thesis.yaml", overrides=("resnet.weights=/w.h5",), rerun=True)]
+           PipelineConfig(file="pipelines/thesis.yaml", overrides="resnet.weights=/w.h5", rerun=True)]
 
 
 @pytest.mark.parametrize("config", CONFIGS + [replace(c, data=DataConfig(image_size=32, per_class_limit=9))

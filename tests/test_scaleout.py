@@ -43,26 +43,33 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(tmp_p
         env = child_env()
         doomed = _worker(ham_dir, db["optuna"], env, n_trials=3)
         survivor = _worker(ham_dir, db["optuna"], env, n_trials=4)
-        deadline, killed = time.monotonic() + 300, None
-        while time.monotonic() < deadline and doomed.poll() is None:
-            running = [(r, tags) for r, tags in _trial_runs()
-                       if r["status"] == "RUNNING" and tags.get("medrobust.pid") == str(doomed.pid)]
-            if running:
-                time.sleep(1.5)  # well inside its training
-                doomed.send_signal(signal.SIGKILL)
-                killed = running[0][1]["optuna.trial"]
-                break
-            time.sleep(0.3)
-        assert killed is not None, doomed.communicate()[0][-3000:]
-        doomed.wait()
-        out = survivor.communicate(timeout=600)[0]
-        assert survivor.returncode == 0, out[-3000:]
+        try:
+            deadline, killed = time.monotonic() + 300, None
+            while time.monotonic() < deadline and doomed.poll() is None:
+                running = [(r, tags) for r, tags in _trial_runs()
+                           if r["status"] == "RUNNING" and tags.get("medrobust.pid") == str(doomed.pid)]
+                if running:
+                    time.sleep(1.5)  # well inside its training
+                    doomed.send_signal(signal.SIGKILL)
+                    killed = running[0][1]["optuna.trial"]
+                    break
+                time.sleep(0.3)
+            assert killed is not None, doomed.communicate()[0][-3000:]
+            doomed.wait()
+            out = survivor.communicate(timeout=600)[0]
+            assert survivor.returncode == 0, out[-3000:]
+        finally:  # a failed assertion must not leave TensorFlow workers on the cores
+            for worker in (doomed, survivor):
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
 
         study = optuna.load_study(study_name=STUDY, storage=db["optuna"])
         trials = {t.number: t for t in study.trials}
         assert trials[int(killed)].state == TrialState.FAIL
         retries = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == int(killed)]
-        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+        # the retry ran to its end (the median pruner may stop it, as any trial)
+        assert len(retries) == 1 and retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
         assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) for t in study.trials)
 
         tracking.fail_orphaned_runs()  # what the next command on this host does first

@@ -93,7 +93,7 @@ def build_parser():
                 p.add_argument(dotted, nargs="+" if required else "*", metavar=f.name.upper(), help=_help(f))
             else:
                 groups[title].add_argument(option(f), dest=dotted, default=argparse.SUPPRESS, metavar=_metavar(f),
-                                           help=_help(f))
+                                           help=_help(f), action="append" if f.metadata.get("repeat") else "store")
     return parser
 
 
@@ -106,6 +106,9 @@ def main(argv=None):
 
     console.configure(verbose)
     step = STEPS[command]
+    for dotted, f in leaves(step.config):
+        if f.metadata.get("repeat") and dotted in args:  # --set a=1 --set b=2: one text, as MLproject passes it
+            args[dotted] = ",".join(args[dotted])
     # SIGTERM (a scheduler, `timeout`, a container stop) unwinds like Ctrl-C: every open run
     # is ended KILLED and nothing half-done is registered.
     previous = signal.signal(signal.SIGTERM, _terminate)

@@ -25,12 +25,15 @@ SPLITS = ("train", "val", "test")
 EPS_NOTE = "images are on [0, 1]; 2/255 = 0.0078"
 
 
-def setting(default=MISSING, help="", *, factory=MISSING, check=None, choices=None, flag=None, positional=False):
+def setting(default=MISSING, help="", *, factory=MISSING, check=None, choices=None, flag=None, positional=False,
+            repeat=False):
     """A dataclass field with its help text and check. check(value) returns what is wrong (a
     phrase such as 'must be at least 1') or None; it is not called for None. choices: the
     allowed values (each element, for a tuple field). flag: the CLI option name when it is not
-    the field's name; positional: a CLI positional argument."""
-    metadata = {"help": help, "check": check, "choices": choices, "flag": flag, "positional": positional}
+    the field's name; positional: a CLI positional argument; repeat: a text option that may be
+    given several times (the CLI joins the values with commas)."""
+    metadata = {"help": help, "check": check, "choices": choices, "flag": flag, "positional": positional,
+                "repeat": repeat}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -503,9 +506,9 @@ class PipelineConfig(StepConfig):
     a step already finished with the same configuration, inputs and code is reused."""
 
     file: str = setting("pipelines/quick.yaml", "the pipeline file", positional=True)
-    overrides: tuple[str, ...] | None = setting(None, "STEP.SETTING=VALUE changes of the file for this run, comma-separated "
-                                              "(STEP may be `settings`), e.g. resnet.weights=/models/r50.h5",
-                                         flag="set")
+    overrides: str | None = setting(None, "STEP.SETTING=VALUE: a change of the file for this run (STEP may be "
+                                          "`settings`); repeat --set, or join several with commas",
+                                    flag="set", repeat=True)
     rerun: bool = setting(False, "run every step again instead of reusing finished ones")
     dry_run: bool = setting(False, "print the steps and which would be reused; run nothing")
 

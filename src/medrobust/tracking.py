@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.entities import RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
@@ -222,11 +223,9 @@ def set_tags(tags):
 
 
 def tag_run(run_id, tags):
-    """Set tags on a run by id (finished or not)."""
+    """Set tags on a run by id (finished or not), all in one request: a kill cannot leave some."""
     _configure()
-    client = MlflowClient()
-    for k, v in tags.items():
-        client.set_tag(run_id, k, str(v))
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_json(obj, path):
@@ -410,8 +409,8 @@ def _unresolved(model_uri, error):
 
 
 def get_run(run_id):
-    """{'status', 'params', 'metrics', 'tags', 'artifact_uri', 'experiment_id', 'name', 'seconds'} of a run; ConfigError
-    naming an id the tracking store does not hold."""
+    """{'status', 'params', 'metrics', 'tags', 'artifact_uri', 'experiment_id', 'experiment', 'name',
+    'seconds'} of a run; ConfigError naming an id the tracking store does not hold."""
     _configure()
     try:
         r = MlflowClient().get_run(run_id)
@@ -424,6 +423,7 @@ def get_run(run_id):
         "tags": dict(r.data.tags),
         "artifact_uri": r.info.artifact_uri,
         "experiment_id": r.info.experiment_id,
+        "experiment": MlflowClient().get_experiment(r.info.experiment_id).name,
         "name": r.info.run_name,
         "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else None,
     }

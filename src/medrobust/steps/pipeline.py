@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import subprocess
 import typing
 from dataclasses import dataclass, fields, is_dataclass
@@ -77,6 +78,7 @@ class StepSpec:
     grid: dict  # {dotted setting: [values or Refs]}
     line: int
     lines: dict  # {dotted setting: line}
+    path: str = ""  # the pipeline file
 
 
 @dataclass
@@ -160,13 +162,36 @@ def _no_duplicates(node, path):
 
 
 def _ref(value, where):
-    """Ref for a "${name}" string, the value itself otherwise; a partial "${" is refused."""
+    """Ref for a "${name}" string (each element of a list likewise), the value itself
+    otherwise; a partial "${" is refused."""
+    if isinstance(value, list):
+        return [_ref(v, where) for v in value]
     if isinstance(value, str) and "${" in value:
         text = value.strip()
         if not (text.startswith("${") and text.endswith("}") and text.count("${") == 1):
             raise where(f"a reference is a whole value \"${{step}}\", got {value!r}")
         return Ref(text[2:-1].strip())
     return value
+
+
+# What a reference may feed: a model setting takes a model (train, poison of one fraction,
+# defend); report's runs take evaluate runs. Anything else would fail hours in, not here.
+REFERENCE_TAKES = {"model_uri": MODEL_STEPS, "attack_model_uri": MODEL_STEPS, "runs": ("evaluate",)}
+
+
+def _check_reference(kinds, key, ref, complain):
+    takes = REFERENCE_TAKES.get(key)
+    kind, body = kinds[ref.name]
+    if takes is None:
+        raise complain(f"{key} cannot take a reference (references feed "
+                       f"{', '.join(REFERENCE_TAKES)}); give a value")
+    if kind not in takes:
+        raise complain(f"{key} takes the output of {' or '.join(takes)}; ${{{ref.name}}} is a {kind} step")
+    if kind == "poison":  # a sweep's output is its parent run, not a model
+        fractions = (body.get("with") or {}).get("poison_fractions")
+        if isinstance(fractions, list) and len(fractions) != 1 or isinstance(fractions, str) and "," in fractions:
+            raise complain(f"${{{ref.name}}} is a poison sweep, not one model: give it one fraction per "
+                           "instance (grid: {poison_fractions: [[0.1], [0.3]]})")
 
 
 def _field(config_type, dotted):
@@ -186,9 +211,17 @@ def _is_list(f):
     return typing.get_origin(kind) is tuple or (args and typing.get_origin(args[0]) is tuple)
 
 
+def split_overrides(text):
+    """The STEP.SETTING=VALUE items of a --set text: split at the commas that start a new
+    item, so a value may hold commas (poison.poison_fractions=0.1,0.3,inception.weights=/w.h5)."""
+    if not text:
+        return []
+    return [item.strip() for item in re.split(r",(?=\s*[A-Za-z_][\w-]*\.[\w.]+=)", text) if item.strip()]
+
+
 def apply_overrides(document, overrides, path):
     """The document with each "step.setting=value" of `overrides` set in that step's `with`
-    ("settings.setting=value": in the shared settings); values read as YAML scalars."""
+    ("settings.setting=value": in the shared settings); values read as YAML."""
     for item in overrides:
         target, dot, rest = item.partition(".")
         key, eq, value = rest.partition("=")
@@ -196,7 +229,7 @@ def apply_overrides(document, overrides, path):
             raise ConfigError(f"--set {item!r}: expected STEP.SETTING=VALUE")
         value = yaml.safe_load(value) if value.strip() else None
         if target == "settings":
-            document.setdefault("settings", {})[key] = value
+            document["settings"] = dict(document.get("settings") or {}) | {key: value}
             continue
         steps = document.get("steps") or {}
         if target not in steps or not isinstance(steps[target], dict):
@@ -222,6 +255,11 @@ def parse(path, overrides=()):
     if not isinstance(steps, dict) or not steps:
         raise _err(path, lines.get(("steps",)), "steps is a mapping of step name: {step, with, grid}")
     specs, names = [], list(map(str, steps))
+    kinds = {str(n): (b.get("step") if isinstance(b, dict) else None, b) for n, b in steps.items()}
+    for key, value in shared.items():
+        if "${" in str(value):
+            raise _err(path, lines.get(("settings", str(key))), f"settings: {key} holds a reference; references "
+                                                                "belong in a step's `with` or `grid`")
     for name, body in steps.items():
         name = str(name)
         line = lines.get(("steps", name))
@@ -257,11 +295,19 @@ def parse(path, overrides=()):
                 if section == "grid":
                     if not isinstance(value, list) or not value:
                         raise complain(f"grid {key} takes a list of values, got {value!r}")
-                    grid[key] = [_ref(v, complain) for v in value]
+                    if key in settings:
+                        raise complain(f"{key} is given in `with` and in `grid`; give it once")
+                    grid[key] = _ref(value, complain)
+                    refs = grid[key]
                 else:
                     settings[key] = _ref(value, complain)
+                    refs = settings[key] if isinstance(settings[key], list) else [settings[key]]
                 where[key] = line_of
-                for ref in ([settings.get(key)] if section == "with" else grid[key]):
+                for ref in refs:
+                    if isinstance(ref, list):  # a grid value that is a list (of a list setting)
+                        if any(isinstance(r, Ref) for r in ref):
+                            raise complain(f"a list setting ({key}) gathers every instance; give it in `with`")
+                        continue
                     if isinstance(ref, Ref):
                         if ref.name not in names:
                             raise complain(f"refers to ${{{ref.name}}}, which is no step of this pipeline")
@@ -270,12 +316,16 @@ def parse(path, overrides=()):
                                            "order; a reference back is a cycle)")
                         if section == "grid" and _is_list(f):
                             raise complain(f"a list setting ({key}) gathers every instance; give it in `with`")
+                        _check_reference(kinds, key, ref, complain)
+                    elif section == "with" and isinstance(settings[key], list) and not _is_list(f):
+                        raise complain(f"{key} takes one value, got the list {settings[key]!r} (a grid varies it)")
         for key in REQUIRED.get(kind, ()):
             if key not in settings and key not in grid:
                 raise _err(path, line, f"step {name!r}: {kind} in a pipeline needs `{key}` (a \"${{step}}\" "
                                        "reference or a value)")
-        own = {k: v for k, v in shared.items() if _field(config_type, str(k)) is not None}
-        specs.append(StepSpec(name, kind, own | settings, grid, line, where))
+        own = {k: v for k, v in shared.items() if _field(config_type, str(k)) is not None and k not in grid}
+        shared_lines = {k: lines.get(("settings", str(k))) for k in own if k not in settings}
+        specs.append(StepSpec(name, kind, own | settings, grid, line, shared_lines | where, str(path)))
     for key in shared:
         if not any(_field(STEPS[s.step].config, str(key)) for s in specs):
             raise _err(path, lines.get(("settings", str(key))), f"setting {key!r} belongs to no step of this pipeline")
@@ -305,11 +355,13 @@ def expand(specs):
             for v in values:
                 choices += by_name[v.name] if isinstance(v, Ref) else [v]
             axes.append((key, choices))
-        gathers = {}
+        gathers = {}  # {list setting: [Ref or literal]}: every consistent instance of each Ref
         for key, v in spec.settings.items():
-            if isinstance(v, Ref):
+            if isinstance(v, list) and any(isinstance(e, Ref) for e in v):
+                gathers[key] = v
+            elif isinstance(v, Ref):
                 if _is_list(_field(config_type, key)):
-                    gathers[key] = by_name[v.name]
+                    gathers[key] = [v]
                 else:
                     axes.append((key, by_name[v.name]))
         mine = []
@@ -322,13 +374,23 @@ def expand(specs):
             for u in ups:
                 lineage |= u.lineage
             values = {k: v for k, v in spec.settings.items() if not isinstance(v, Ref)} | picked
-            for key, pool in gathers.items():
-                values[key] = [u for u in pool if _consistent([u.lineage, lineage])]
+            for key, elements in gathers.items():
+                values[key] = [u for e in elements for u in (by_name[e.name] if isinstance(e, Ref) else [e])
+                               if not isinstance(u, Instance) or _consistent([u.lineage, lineage])]
+                if not any(isinstance(u, Instance) for u in values[key]):
+                    raise _err(spec.path, spec.lines.get(key, spec.line), f"step {spec.name!r}: {key} gathers no "
+                               "run: the steps it names have no instance on this step's lineage")
             instance = Instance(spec, len(mine), values, lineage | {spec.name: len(mine)})
             instance.label, instance.subject = _label(instance)
             mine.append(instance)
+        if not mine:
+            raise _err(spec.path, spec.line, f"step {spec.name!r} has no instance: the steps it names share no lineage")
         by_name[spec.name] = mine
         out += mine
+    labels = [i.label for i in out]
+    for i in out:  # a name two instances share gets the step's name: every run name says what it is
+        if labels.count(i.label) > 1:
+            i.label = f"{i.label} ({i.spec.name})"
     return out
 
 
@@ -358,13 +420,15 @@ def _label(instance):
     named = {k: values.get(k, getattr(defaults, k)) for k in NAMED_BY[spec.step]}
     named |= {k: values[k] for k in spec.grid if k not in named}
     own = " ".join(_shown(k, v) for k, v in named.items() if not _upstream(v))
-    model = values.get("model_uri")
+    model, surrogate = values.get("model_uri"), values.get("attack_model_uri")
     if isinstance(model, Instance):
         subject = f"{own} on {model.subject}" if own else model.subject
         label = f"{spec.step} {subject}"
     else:
         subject = own or spec.name
-        label = f"{spec.step} {own}".strip()
+        label = f"{spec.step} {own}".strip() if own else spec.name
+    if isinstance(surrogate, Instance):
+        label += f" from {surrogate.subject}"
     return label, subject
 
 
@@ -392,8 +456,9 @@ def build_config(instance, pipeline):
         return config_type.from_dict(values)
     except ConfigError as e:
         spec = instance.spec
-        setting = str(e).split(" ", 1)[0]
-        raise _err(pipeline.file, spec.lines.get(setting, spec.line), f"step {spec.name!r}: {e}") from None
+        named = str(e).split(" ", 1)[0]  # a config's error starts with the setting's own name
+        line = next((spec.lines[k] for k in spec.lines if k == named or k.endswith(f".{named}")), spec.line)
+        raise _err(pipeline.file, line, f"step {spec.name!r}: {e}") from None
 
 
 def _placeholder(instance):
@@ -415,8 +480,8 @@ def check(instances, pipeline):
 
 
 def code_identity():
-    """{version, commit, source}: the package version, the git commit of its checkout (None
-    outside git) and a SHA-256 of its source files (uncommitted edits count)."""
+    """{version, source, commit}: the package version, a SHA-256 of its source files
+    (uncommitted edits count) and the git commit of its checkout (None outside git)."""
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for source in sorted(package.rglob("*.py")):
@@ -427,15 +492,31 @@ def code_identity():
                                 timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"version": __version__, "commit": commit, "source": digest.hexdigest()}
+    return {"version": __version__, "source": digest.hexdigest(), "commit": commit}
 
 
-def instance_key(step, config, inputs, code):
+def moving_inputs(step, config):
+    """What a step reads that its settings do not fix: the version a models:/<name>@<alias>
+    URI points at now, and for promote the version its gate compares against (@robust)."""
+    out = {}
+    for key in ("model_uri", "attack_model_uri"):
+        uri = getattr(config, key, None)
+        if uri and "@" in str(uri):
+            out[key] = tracking.pinned_uri(uri)
+    if step == "promote":
+        found = tracking.registered_version(config.model_uri)
+        out["current"] = tracking.model_aliases(found[0]).get(config.alias) if found else None
+    return out
+
+
+def instance_key(step, config, inputs, code, moving=None):
     """SHA-256 over the step, its whole resolved configuration (the run name aside), the run
-    ids it consumes and the code identity."""
+    ids it consumes, what it reads that moves (moving_inputs) and the code: the package version
+    and its source hash. Not the git commit: a commit that changes only documents, tests or
+    pipeline files would re-run every step, and an edit not yet committed would not."""
     settings = {k: v for k, v in flatten(config).items() if k != "run_name"}
-    text = json.dumps({"step": step, "config": settings, "inputs": sorted(inputs), "code": code},
-                      sort_keys=True, default=str)
+    text = json.dumps({"step": step, "config": settings, "inputs": sorted(inputs), "moving": moving or {},
+                       "code": {k: code[k] for k in ("version", "source")}}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -450,32 +531,63 @@ def output_of(step, result):
     return result.run_id
 
 
+def _finished(experiment, key):
+    """The newest finished run holding this key and its output, or None."""
+    for run in tracking.finished_runs(experiment, {KEY_TAG: key}):
+        if OUTPUT_TAG in run["tags"]:  # a run whose tags a kill cut short is not reused
+            return run
+    return None
+
+
+def _reuse(instance, run):
+    instance.run_id, instance.output, instance.reused = run["run_id"], run["tags"][OUTPUT_TAG], True
+    if run["tags"].get("medrobust.gate") == "failed":
+        instance.note = "gate failed (reused run; the reasons are the version's gate_reasons tag)"
+
+
+def plan(instances, config, code, experiment):
+    """Dry run: key every instance whose inputs are known and say which runs would be reused."""
+    for instance in instances:
+        if any(u.output is None for u in instance.upstream):
+            instance.note = "would run (after a step it needs)"
+            continue
+        step_config = build_config(instance, config)
+        instance.key = instance_key(instance.spec.step, step_config, [u.run_id for u in instance.upstream], code,
+                                    moving_inputs(instance.spec.step, step_config))
+        found = None if config.rerun else _finished(experiment, instance.key)
+        if found:
+            _reuse(instance, found)
+        instance.note = instance.note or ("would reuse" if found else "would run")
+        log.info("  %s: %s%s", instance.label, instance.note, f" {instance.run_id}" if found else "")
+
+
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run every instance of the pipeline at config.file in order, reusing finished ones."""
     from . import STEPS
 
-    specs = parse(config.file, config.overrides or ())
+    specs = parse(config.file, split_overrides(config.overrides))
     instances = expand(specs)
     check(instances, config)
     code = code_identity()
     log.info("pipeline %s: %d steps, %d runs to make or reuse", config.file, len(specs), len(instances))
     if config.dry_run:
-        for i in instances:
-            log.info("  %s (%s)", i.label, i.spec.name)
+        plan(instances, config, code, config.experiment)
         return PipelineResult(None, [_summary(i) for i in instances])
     tags = {"medrobust.step": "pipeline", "medrobust.pipeline": Path(config.file).name}
     with tracking.run(config.experiment, run_name=config.run_name or f"pipeline {Path(config.file).stem}",
                       tags=tags) as run_id:
+        # Under `mlflow run` the runs land in the experiment it chose, not config.experiment.
+        experiment = tracking.get_run(run_id)["experiment"]
         tracking.log_params(flatten(config) | {f"code.{k}": v for k, v in code.items()})
         tracking.log_text(Path(config.file).read_text(encoding="utf-8"), f"pipeline/{Path(config.file).name}")
         for n, instance in enumerate(instances, 1):
             step = STEPS[instance.spec.step]
             step_config = build_config(instance, config)
-            instance.key = instance_key(step.name, step_config, [u.run_id for u in instance.upstream], code)
-            found = [] if config.rerun else tracking.finished_runs(config.experiment, {KEY_TAG: instance.key})
+            instance.key = instance_key(step.name, step_config, [u.run_id for u in instance.upstream], code,
+                                        moving_inputs(step.name, step_config))
+            found = None if config.rerun else _finished(experiment, instance.key)
             if found:
-                instance.run_id, instance.output = found[0]["run_id"], found[0]["tags"][OUTPUT_TAG]
-                instance.reused = True
+                _reuse(instance, found)
                 log.info("pipeline [%d/%d] %s: reused run %s", n, len(instances), instance.label, instance.run_id)
                 continue
             log.info("pipeline [%d/%d] %s", n, len(instances), instance.label)
@@ -492,7 +604,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         summary = [_summary(i) for i in instances]
         tracking.log_json(summary, "pipeline/steps.json")
         tracking.log_metrics({"steps_run": sum(not i.reused for i in instances),
-                              "steps_reused": sum(i.reused for i in instances)})
+                              "steps_reused": sum(i.reused for i in instances),
+                              "gates_failed": sum(i.note.startswith("gate failed") for i in instances)})
     log.info("pipeline %s: run %s, %d steps run, %d reused", config.file, run_id,
              sum(not i.reused for i in instances), sum(i.reused for i in instances))
     return PipelineResult(run_id, summary)
