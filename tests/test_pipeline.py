@@ -177,8 +177,8 @@ def test_the_shipped_pipelines_parse_and_every_config_builds():
 def test_set_takes_repeated_flags_and_values_with_commas():
     args = vars(build_parser().parse_args(["pipeline", "f.yaml", "--set", "resnet.weights=/a.h5", "--set",
                                            "poison.poison_fractions=0.1,0.3,inception.weights=/b.h5"]))
-    assert args["overrides"] == ["resnet.weights=/a.h5", "poison.poison_fractions=0.1,0.3,inception.weights=/b.h5"]
-    assert split_overrides(",".join(args["overrides"])) == [
+    assert args["overrides"] == "resnet.weights=/a.h5,poison.poison_fractions=0.1,0.3,inception.weights=/b.h5"
+    assert split_overrides(args["overrides"]) == [
         "resnet.weights=/a.h5", "poison.poison_fractions=0.1,0.3", "inception.weights=/b.h5"]
     specs = {s.name: s for s in parse(REPO / "pipelines" / "thesis.yaml", split_overrides(
         "resnet.weights=/a.h5,inception.weights=/b.h5,settings.data.per_class_limit=50"))}

@@ -73,6 +73,15 @@ def _group_title(step, dotted):
     return {"StepConfig": "run", "TrainConfig": "training", "ModelStepConfig": step.name}.get(owner.__name__, step.name)
 
 
+class JoinRepeated(argparse.Action):
+    """An option given several times (--set a=1 --set b=2) is one comma-joined text, the form
+    MLproject passes it in."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, values if before in (None, argparse.SUPPRESS) else f"{before},{values}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="medrobust",
                                      description="Attack and defend medical image classifiers, tracked in MLflow.")
@@ -93,7 +102,7 @@ def build_parser():
                 p.add_argument(dotted, nargs="+" if required else "*", metavar=f.name.upper(), help=_help(f))
             else:
                 groups[title].add_argument(option(f), dest=dotted, default=argparse.SUPPRESS, metavar=_metavar(f),
-                                           help=_help(f), action="append" if f.metadata.get("repeat") else "store")
+                                           help=_help(f), action=JoinRepeated if f.metadata.get("repeat") else "store")
     return parser
 
 
@@ -106,9 +115,6 @@ def main(argv=None):
 
     console.configure(verbose)
     step = STEPS[command]
-    for dotted, f in leaves(step.config):
-        if f.metadata.get("repeat") and dotted in args:  # --set a=1 --set b=2: one text, as MLproject passes it
-            args[dotted] = ",".join(args[dotted])
     # SIGTERM (a scheduler, `timeout`, a container stop) unwinds like Ctrl-C: every open run
     # is ended KILLED and nothing half-done is registered.
     previous = signal.signal(signal.SIGTERM, _terminate)
