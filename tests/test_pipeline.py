@@ -127,6 +127,13 @@ def write(tmp_path, body, data="none", name="p.yaml"):
        step: train
        with: {data.image_size: 4}
      """, 8, "step 'train': image_size must be at least 8"),
+    ("""\
+     train:
+       step: train
+     defend:
+       step: defend
+       with: {model_uri: "${train}", defense: llt, rounds: 2}
+     """, 10, "rounds is a setting of retrain, which the defense 'llt' does not include"),
 ])
 def test_a_bad_pipeline_names_file_and_line_before_any_run(tmp_path, body, line, message):
     path = write(tmp_path, body)
@@ -159,6 +166,13 @@ def test_the_shipped_pipelines_parse_and_every_config_builds():
     # 2 networks; 2 attacks white-box on each and transferred both ways; 3 defenses each;
     # every model evaluated; a recap per network; each defended small_cnn gated
     assert counts == {"train": 2, "poison": 1, "attack": 8, "defend": 6, "evaluate": 8, "report": 2, "promote": 3}
+    # `rounds: 2` given once to a grid of defenses goes to those that retrain
+    from medrobust.steps.pipeline import build_config
+    for i in quick:
+        for u in i.upstream:
+            u.output = "models:/medrobust-small_cnn/1"
+    rounds = {i.label: build_config(i, PipelineConfig()).rounds for i in quick if i.spec.name == "defend_small"}
+    assert rounds == {"defend retrain on small_cnn": 2, "defend llt on small_cnn": 5, "defend retrain+llt on small_cnn": 2}
     labels = [i.label for i in quick]
     assert {"attack fgsm 2/255 on mobilenet_v2", "attack fgsm 2/255 on mobilenet_v2 from small_cnn",
             "defend retrain+llt on small_cnn", "evaluate full on llt on mobilenet_v2", "report_small"} <= set(labels)

@@ -453,12 +453,31 @@ def build_config(instance, pipeline):
     values = {"seed": pipeline.seed} | _resolve(instance.values)
     values |= {"experiment": pipeline.experiment, "run_name": instance.label}
     try:
+        if instance.spec.step == "defend":
+            values = _defense_settings(instance.spec, values)
         return config_type.from_dict(values)
     except ConfigError as e:
         spec = instance.spec
         named = str(e).split(" ", 1)[0]  # a config's error starts with the setting's own name
         line = next((spec.lines[k] for k in spec.lines if k == named or k.endswith(f".{named}")), spec.line)
         raise _err(pipeline.file, line, f"step {spec.name!r}: {e}") from None
+
+
+def _defense_settings(spec, values):
+    """A defend step's settings for one instance. Where the grid varies the defense, a setting
+    given once (`rounds: 2`) goes to the instances whose defense reads it (retrain, not llt);
+    with one defense, a setting it does not read stays an error, as on the command line."""
+    from ..config import DefendConfig
+    from ..defenses import applicable, check_settings, parse_spec
+
+    names = parse_spec(values.get("defense", DefendConfig().defense))
+    eval_attacks = values.get("eval_attacks", DefendConfig().eval_attacks)
+    also = ("uap_max_steps",) if "uap_fast" in (eval_attacks.split(",") if isinstance(eval_attacks, str)
+                                                else eval_attacks) else ()
+    if "defense" in spec.grid:
+        values = applicable(names, values, also_read=also)
+    check_settings(names, DefendConfig.from_dict(values), also_read=also)  # before any run, not hours in
+    return values
 
 
 def _placeholder(instance):
