@@ -42,6 +42,14 @@ def test_weight_decay_shrinks_the_weights():
     assert norms[20.0] < 0.97 * norms[0.0]
 
 
+def test_the_config_knows_every_architecture():
+    from medrobust.config import ARCHITECTURE_NAMES
+    from medrobust.models import ARCHITECTURES
+    assert ARCHITECTURE_NAMES == tuple(ARCHITECTURES)
+    with pytest.raises(ValueError, match="arch must be one of small_cnn, resnet50, inception_v3, mobilenet_v2, got 'vgg'"):
+        TrainConfig(arch="vgg")
+
+
 def test_unknown_arch_and_bad_size_are_named():
     with pytest.raises(ValueError, match="unknown arch 'vgg'"):
         create_model("vgg", (32, 32, 3), 7)

@@ -130,6 +130,31 @@ def write(tmp_path, body, data="none", name="p.yaml"):
     ("""\
      train:
        step: train
+       with: {arch: smal_cnn}
+     """, 8, "arch must be one of small_cnn"),
+    ("""\
+     train:
+       step: train
+     attack:
+       step: attack
+       with: {model_uri: "${train}"}
+       grid: {method: [fgsm, pgdd]}
+     """, 11, "unknown attack method 'pgdd'"),
+    ("""\
+     train:
+       step: train
+       with: {model_uri: "${train}"}
+     """, 8, "train has no setting 'model_uri'"),
+    ("""\
+     train:
+       step: train
+     attack:
+       step: attack
+       with: {model_uri: "${attack}"}
+     """, 10, "refers to ${attack}, itself"),
+    ("""\
+     train:
+       step: train
      defend:
        step: defend
        with: {model_uri: "${train}", defense: llt, rounds: 2}

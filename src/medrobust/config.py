@@ -20,6 +20,9 @@ from .errors import ConfigError
 BASELINE_URI = "models:/medrobust-small_cnn@baseline"
 CANDIDATE_URI = "models:/medrobust-small_cnn@candidate"
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")  # see models.training.class_weights
+# medrobust.models.ARCHITECTURES' names, here so a config is checked without importing TensorFlow
+# (tests/test_models.py keeps the two equal).
+ARCHITECTURE_NAMES = ("small_cnn", "resnet50", "inception_v3", "mobilenet_v2")
 NORMS = ("inf", "2")
 SPLITS = ("train", "val", "test")
 EPS_NOTE = "images are on [0, 1]; 2/255 = 0.0078"
@@ -253,8 +256,7 @@ class StepConfig(Settings):
 @dataclass(frozen=True)
 class TrainConfig(StepConfig):
     data: DataConfig = setting(factory=DataConfig)
-    arch: str = setting("small_cnn", "network from medrobust.models.ARCHITECTURES: small_cnn, resnet50, inception_v3, "
-                                        "mobilenet_v2")
+    arch: str = setting("small_cnn", "network from medrobust.models.ARCHITECTURES", choices=ARCHITECTURE_NAMES)
     weights: str = setting("none", "none, or the path of a local ImageNet weights file (transfer learning)")
     epochs: int = setting(14, "training epochs (at most, with early stopping)", check=at_least(1))
     batch_size: int = setting(64, "images per training step", check=at_least(1))

@@ -18,16 +18,18 @@ A step names an earlier step's output with "${name}": the model URI of train, po
 defend (the registered version where there is one), the run id of every other step. A
 reference in a single-valued setting fans out, one instance per instance of the step it names;
 in a list setting (report's runs) it gathers them all. An instance combines only instances
-of one lineage (an attack on the defended small_cnn never takes the mobile_cnn as its
+of one lineage (an attack on the defended small_cnn never takes the mobilenet_v2 as its
 surrogate by accident). Each instance is keyed by a hash of its full resolved configuration,
-the run ids it consumes, the package version, the git commit and a hash of the package source:
+the run ids it consumes, the versions moving aliases point at, the package version and a hash
+of the package source (the git commit is logged, not keyed: see instance_key):
 a finished run of the experiment holding the same key is reused, not redone, so a pipeline
 killed half-way resumes where it stopped and a changed setting re-runs exactly the instances
 downstream of it. MLflow's multistep example keys on entry point and parameters only, and
 misses code and upstream changes; this key does not.
 
 Bad files fail before any run, naming the file and line: an unknown step, setting or key, a
-reference to a step that does not exist or comes later, a missing required setting.
+reference to a step that does not exist or comes later, or into a setting that cannot take it,
+a missing required setting, a value out of range, an unknown network or attack.
 """
 
 import hashlib
@@ -186,7 +188,8 @@ def _check_reference(kinds, key, ref, complain):
         raise complain(f"{key} cannot take a reference (references feed "
                        f"{', '.join(REFERENCE_TAKES)}); give a value")
     if kind not in takes:
-        raise complain(f"{key} takes the output of {' or '.join(takes)}; ${{{ref.name}}} is a {kind} step")
+        article = "an" if str(kind)[:1] in "aeiou" else "a"
+        raise complain(f"{key} takes the output of {' or '.join(takes)}; ${{{ref.name}}} is {article} {kind} step")
     if kind == "poison":  # a sweep's output is its parent run, not a model
         fractions = (body.get("with") or {}).get("poison_fractions")
         if isinstance(fractions, list) and len(fractions) != 1 or isinstance(fractions, str) and "," in fractions:
@@ -227,7 +230,10 @@ def apply_overrides(document, overrides, path):
         key, eq, value = rest.partition("=")
         if not (dot and eq and key):
             raise ConfigError(f"--set {item!r}: expected STEP.SETTING=VALUE")
-        value = yaml.safe_load(value) if value.strip() else None
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
         if target == "settings":
             document["settings"] = dict(document.get("settings") or {}) | {key: value}
             continue
@@ -294,7 +300,7 @@ def parse(path, overrides=()):
 
                 if section == "grid":
                     if not isinstance(value, list) or not value:
-                        raise complain(f"grid {key} takes a list of values, got {value!r}")
+                        raise complain(f"grid {key} takes a non-empty list of values, got {value!r}")
                     if key in settings:
                         raise complain(f"{key} is given in `with` and in `grid`; give it once")
                     grid[key] = _ref(value, complain)
@@ -311,7 +317,9 @@ def parse(path, overrides=()):
                     if isinstance(ref, Ref):
                         if ref.name not in names:
                             raise complain(f"refers to ${{{ref.name}}}, which is no step of this pipeline")
-                        if names.index(ref.name) >= names.index(name):
+                        if ref.name == name:
+                            raise complain(f"refers to ${{{ref.name}}}, itself")
+                        if names.index(ref.name) > names.index(name):
                             raise complain(f"refers to ${{{ref.name}}}, which comes later (steps run in file "
                                            "order; a reference back is a cycle)")
                         if section == "grid" and _is_list(f):
@@ -492,7 +500,14 @@ def check(instances, pipeline):
         for u in instance.upstream:
             u.output = u.output or _placeholder(u)
         try:
-            build_config(instance, pipeline)
+            config = build_config(instance, pipeline)
+            if instance.spec.step == "attack":  # the attack registry knows its methods; the config does not
+                from ..attacks import check_attack
+                try:
+                    check_attack(config.method, config.eps, config.norm)
+                except ConfigError as e:
+                    spec = instance.spec
+                    raise _err(pipeline.file, spec.lines.get("method", spec.line), f"step {spec.name!r}: {e}") from None
         finally:
             for u in instance.upstream:
                 u.output = saved[id(u)]
@@ -569,6 +584,7 @@ def plan(instances, config, code, experiment):
     for instance in instances:
         if any(u.output is None for u in instance.upstream):
             instance.note = "would run (after a step it needs)"
+            log.info("  %s: %s", instance.label, instance.note)
             continue
         step_config = build_config(instance, config)
         instance.key = instance_key(instance.spec.step, step_config, [u.run_id for u in instance.upstream], code,
