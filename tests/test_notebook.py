@@ -47,7 +47,7 @@ def test_compare_runs_notebook_executes_on_a_small_store(tmp_path, ham_dir, monk
     pipeline = run_pipeline(PipelineConfig(file=str(path), experiment="nb"))
     model_uri = pipeline.instances[0]["output"]
     study = run_tune(TuneConfig(objective="defense", defense="retrain", model_uri=model_uri, multi_objective=True,
-                                n_trials=3, max_rounds=1, suites=("thesis",), max_images=20, experiment="nb",
+                                n_trials=2, max_rounds=1, suites=("thesis",), max_images=20, experiment="nb",
                                 data=DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)))
     monkeypatch.setenv("MEDROBUST_EXPERIMENT", "nb")
     notebook = nbformat.read(REPO / "notebooks" / "compare_runs.ipynb", as_version=4)

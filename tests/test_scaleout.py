@@ -1,7 +1,9 @@
 """Scale-out for real: a PostgreSQL server, an `mlflow server` on it, and two `medrobust tune`
 worker processes on one Optuna study in PostgreSQL. Every trial is recorded once in Optuna and
 once in MLflow, and a worker killed mid-trial (SIGKILL: no clean-up of its own) leaves a failed
-trial that the other worker retries."""
+trial that the other worker retries. The second worker starts once the first is dead: started
+together, it may spend its trials before the dead one's heartbeat is stale, and then nobody
+retries (seen on CI)."""
 
 import os
 import signal
@@ -42,7 +44,7 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(tmp_p
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         env = child_env()
         doomed = _worker(ham_dir, db["optuna"], env, n_trials=3)
-        survivor = _worker(ham_dir, db["optuna"], env, n_trials=4)
+        survivor = None
         try:
             deadline, killed = time.monotonic() + 300, None
             while time.monotonic() < deadline and doomed.poll() is None:
@@ -56,11 +58,15 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(tmp_p
                 time.sleep(0.3)
             assert killed is not None, doomed.communicate()[0][-3000:]
             doomed.wait()
+            # The other worker joins once the dead one's heartbeat is stale (2 x 1 s): the first
+            # trial it starts fails the dead trial and runs its retry.
+            time.sleep(3)
+            survivor = _worker(ham_dir, db["optuna"], env, n_trials=2)
             out = survivor.communicate(timeout=600)[0]
             assert survivor.returncode == 0, out[-3000:]
         finally:  # a failed assertion must not leave TensorFlow workers on the cores
             for worker in (doomed, survivor):
-                if worker.poll() is None:
+                if worker is not None and worker.poll() is None:
                     worker.kill()
                     worker.wait()
 
