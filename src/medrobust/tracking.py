@@ -409,8 +409,8 @@ def _unresolved(model_uri, error):
 
 
 def get_run(run_id):
-    """{'status', 'params', 'metrics', 'tags', 'artifact_uri', 'experiment_id', 'experiment', 'name',
-    'seconds'} of a run; ConfigError naming an id the tracking store does not hold."""
+    """{'status', 'params', 'metrics', 'tags', 'artifact_uri', 'experiment_id', 'name', 'seconds'} of a
+    run; ConfigError naming an id the tracking store does not hold."""
     _configure()
     try:
         r = MlflowClient().get_run(run_id)
@@ -423,10 +423,16 @@ def get_run(run_id):
         "tags": dict(r.data.tags),
         "artifact_uri": r.info.artifact_uri,
         "experiment_id": r.info.experiment_id,
-        "experiment": MlflowClient().get_experiment(r.info.experiment_id).name,
         "name": r.info.run_name,
         "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else None,
     }
+
+
+def experiment_name(run_id):
+    """The name of the experiment a run is in (one request; get_run does not ask for it)."""
+    _configure()
+    client = MlflowClient()
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
 
 
 def list_artifacts(run_id, path=None):

@@ -612,7 +612,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     with tracking.run(config.experiment, run_name=config.run_name or f"pipeline {Path(config.file).stem}",
                       tags=tags) as run_id:
         # Under `mlflow run` the runs land in the experiment it chose, not config.experiment.
-        experiment = tracking.get_run(run_id)["experiment"]
+        experiment = tracking.experiment_name(run_id)
         tracking.log_params(flatten(config) | {f"code.{k}": v for k, v in code.items()})
         tracking.log_text(Path(config.file).read_text(encoding="utf-8"), f"pipeline/{Path(config.file).name}")
         for n, instance in enumerate(instances, 1):
