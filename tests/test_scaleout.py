@@ -5,7 +5,6 @@ trial that the other worker retries. The second worker starts once the first is 
 together, it may spend its trials before the dead one's heartbeat is stale, and then nobody
 retries (seen on CI)."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import time
 from collections import Counter
 
 import optuna
-import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
