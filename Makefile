@@ -1,4 +1,5 @@
-# `make run`: the main job. `make test`: the test suite. Both create .venv and install first.
+# `make run`: the quick pipeline (pipelines/quick.yaml). `make baseline`: train, attack, defend and
+# evaluate small_cnn on all of HAM10000. `make test`: the test suite. Both create .venv and install first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 override MEDROBUST_DATA := $(abspath $(or $(MEDROBUST_DATA),../shared/data/ham10000))
 export MEDROBUST_DATA
 
-.PHONY: install run test bench clean
+.PHONY: install run baseline test bench clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(PY) -m medrobust main
+	$(PY) -m medrobust pipeline pipelines/quick.yaml
+
+baseline: install
+	$(PY) -m medrobust baseline
 
 test: install
 	$(PY) -m pytest

@@ -1,5 +1,5 @@
 """The README's defense table: every defense of the issue built on one model, each measured
-clean and under FGSM and uap_fast (transfer from the parent and white-box), at `make run` scale.
+clean and under FGSM and uap_fast (transfer from the parent and white-box), at `make baseline` scale.
 
     python experiments/defense_table.py models:/medrobust-small_cnn/1 > defenses.md
 
@@ -16,7 +16,7 @@ from medrobust.evaluation import CLEAN, by_condition
 from medrobust.steps.defend import DEFENDED, PARENT, run_defend
 
 SPECS = ("retrain", "llt", "retrain+llt", "distill", "detector")
-# make run's scale: two retraining rounds of two epochs, 60 uap_fast steps, eps 2/255.
+# make baseline's scale: two retraining rounds of two epochs, 60 uap_fast steps, eps 2/255.
 SETTINGS = dict(uap_max_steps=60, eval_attacks=("fgsm", "uap_fast"), experiment="defenses", register=False)
 RETRAIN = dict(rounds=2, epochs_per_round=2)  # given only where retrain is a part (others refuse them)
 THREATS = {"transfer": "transfer", "whitebox": "white-box"}

@@ -1,5 +1,5 @@
-"""The README's `full` headline: the undefended `make run` baseline and its retrain, llt and
-retrain+llt defenses (make run's scale: two rounds of two epochs) each evaluated with the `full`
+"""The README's `full` headline: the undefended `make baseline` baseline and its retrain, llt and
+retrain+llt defenses (make baseline's scale: two rounds of two epochs) each evaluated with the `full`
 suite, then the recap across the four (the report step), with each suite's time.
 
     python experiments/evaluate_defenses.py models:/medrobust-small_cnn/1 --max-images 300 > full.md
@@ -28,7 +28,7 @@ from medrobust.steps.report import recap_order, run_report
 
 EXPERIMENT = "full"
 Evaluated = namedtuple("Evaluated", "run_id records")  # an EvaluateResult read back from its run
-RETRAIN = dict(rounds=2, epochs_per_round=2)  # make run's scale
+RETRAIN = dict(rounds=2, epochs_per_round=2)  # make baseline's scale
 SUITES = ("thesis", "standard", "adaptive", "health")
 
 
@@ -63,7 +63,7 @@ def suite_seconds(config, table, surrogate):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("baseline", help="the undefended model URI (make run's @baseline version)")
+    parser.add_argument("baseline", help="the undefended model URI (make baseline's @baseline version)")
     parser.add_argument("--max-images", type=int, default=400)
     parser.add_argument("--reuse", action="store_true", help="tabulate the latest evaluate runs of the experiment "
                                                                "instead of making them again")

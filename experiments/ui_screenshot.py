@@ -1,7 +1,7 @@
 """The README's screenshots of the MLflow UI (docs/mlflow-runs.png, docs/mlflow-report.png),
 taken by the code tests/test_browser.py checks (tests/browser.py, tests/servers.py).
 
-    python experiments/ui_screenshot.py --experiment medrobust --out docs    # after `make run`
+    python experiments/ui_screenshot.py --experiment medrobust --out docs    # after `make baseline`
 
 Starts `mlflow server` on 127.0.0.1 over the store ($MLFLOW_TRACKING_URI, default
 sqlite:///mlflow.db), opens the experiment's runs page with every parent run expanded, and the

@@ -9,25 +9,20 @@ from medrobust.steps.pipeline import run_pipeline
 
 from browser import ui_pages
 from servers import mlflow_server
+from small_pipeline import write_pipeline
 
-PIPELINE = """\
-settings:
-  data.path: {data}
-  data.image_size: 32
-  data.per_class_limit: 20
-steps:
-  train:
-    step: train
-    with: {{epochs: 1, alias: none}}
-  evaluate:
-    step: evaluate
-    with: {{model_uri: "${{train}}", suites: [thesis], n_resamples: 50}}
+STEPS = """\
+train:
+  step: train
+  with: {epochs: 1, alias: none}
+evaluate:
+  step: evaluate
+  with: {model_uri: "${train}", suites: [thesis], n_resamples: 50}
 """
 
 
 def test_the_runs_page_and_the_report_render_in_chromium(tmp_path, ham_dir, child_env):
-    path = tmp_path / "ui.yaml"
-    path.write_text(PIPELINE.format(data=ham_dir))
+    path = write_pipeline(tmp_path, STEPS, data=ham_dir, name="ui.yaml")
     result = run_pipeline(PipelineConfig(file=str(path), experiment="ui"))
     evaluate_run = result.instances[-1]["run_id"]
     experiment_id = tracking.get_run(evaluate_run)["experiment_id"]

@@ -4,6 +4,7 @@ import keras
 
 from medrobust.config import DataConfig, TrainConfig
 from medrobust.models import create_model
+from medrobust.models.zoo import SCRATCH_BN_MOMENTUM
 from medrobust.models.training import augment_batch, class_weights, fit, set_seed
 
 
@@ -74,6 +75,24 @@ def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
     model = create_model("resnet50", (32, 32, 3), 7, weights=str(path))
     for ours, theirs in zip(model.get_layer("backbone").get_weights()[:5], donor.get_weights()[:5]):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def _bn_momenta(model):
+    return {layer.momentum for layer in model.get_layer("backbone").layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+def test_a_backbone_from_scratch_moves_its_batchnorm_statistics_fast(tmp_path):
+    """keras.applications' momentum 0.999 (MobileNetV2) left a CPU-scale training predicting one
+    class at inference; from scratch every BatchNorm takes 0.9, kept through a save and load."""
+    model = create_model("mobilenet_v2", (32, 32, 3), 7, width=0.35)
+    assert _bn_momenta(model) == {SCRATCH_BN_MOMENTUM}
+    model.save(tmp_path / "m.keras")
+    assert _bn_momenta(keras.models.load_model(tmp_path / "m.keras")) == {SCRATCH_BN_MOMENTUM}
+    donor = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    donor.save_weights(tmp_path / "r.weights.h5")
+    pretrained = create_model("resnet50", (32, 32, 3), 7, weights=str(tmp_path / "r.weights.h5"))
+    assert _bn_momenta(pretrained) == {0.99}  # ImageNet statistics are kept (and frozen: zoo.py)
 
 
 def test_class_weights_balance_the_classes():

@@ -10,26 +10,23 @@ from medrobust.config import DataConfig, PipelineConfig, TuneConfig
 from medrobust.steps.pipeline import run_pipeline
 from medrobust.steps.tune import run_tune
 
+from small_pipeline import write_pipeline
+
 REPO = Path(__file__).resolve().parent.parent
-PIPELINE = """\
-settings:
-  data.path: {data}
-  data.image_size: 32
-  data.per_class_limit: 20
-steps:
-  train:
-    step: train
-    with: {{epochs: 1, alias: none}}
-  defend:
-    step: defend
-    with: {{model_uri: "${{train}}", defense: llt, eval_attacks: [fgsm], alias: none}}
-  evaluate:
-    step: evaluate
-    grid: {{model_uri: ["${{train}}", "${{defend}}"]}}
-    with: {{suites: [thesis], n_resamples: 50}}
-  report:
-    step: report
-    with: {{runs: "${{evaluate}}"}}
+STEPS = """\
+train:
+  step: train
+  with: {epochs: 1, alias: none}
+defend:
+  step: defend
+  with: {model_uri: "${train}", defense: llt, eval_attacks: [fgsm], alias: none}
+evaluate:
+  step: evaluate
+  grid: {model_uri: ["${train}", "${defend}"]}
+  with: {suites: [thesis], n_resamples: 50}
+report:
+  step: report
+  with: {runs: "${evaluate}"}
 """
 
 
@@ -42,8 +39,7 @@ def _text(cell):
 
 
 def test_compare_runs_notebook_executes_on_a_small_store(tmp_path, ham_dir, monkeypatch):
-    path = tmp_path / "small.yaml"
-    path.write_text(PIPELINE.format(data=ham_dir))
+    path = write_pipeline(tmp_path, STEPS, data=ham_dir, name="small.yaml")
     pipeline = run_pipeline(PipelineConfig(file=str(path), experiment="nb"))
     model_uri = pipeline.instances[0]["output"]
     study = run_tune(TuneConfig(objective="defense", defense="retrain", model_uri=model_uri, multi_objective=True,

@@ -4,7 +4,6 @@ resume after a kill, and a changed setting re-running exactly what lies downstre
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,20 +16,9 @@ from medrobust.errors import ConfigError
 from medrobust.cli import build_parser
 from medrobust.steps.pipeline import KEY_TAG, expand, parse, run_pipeline, split_overrides
 
+from small_pipeline import write_pipeline
+
 REPO = Path(__file__).resolve().parent.parent
-SMALL = """\
-settings:
-  data.path: {data}
-  data.image_size: 32
-  data.per_class_limit: 20
-steps:
-"""
-
-
-def write(tmp_path, body, data="none", name="p.yaml"):
-    path = tmp_path / name
-    path.write_text(SMALL.format(data=data) + textwrap.indent(textwrap.dedent(body), "  "))
-    return path
 
 
 @pytest.mark.parametrize("body, line, message", [
@@ -161,7 +149,7 @@ def write(tmp_path, body, data="none", name="p.yaml"):
      """, 10, "rounds is a setting of retrain, which the defense 'llt' does not include"),
 ])
 def test_a_bad_pipeline_names_file_and_line_before_any_run(tmp_path, body, line, message):
-    path = write(tmp_path, body)
+    path = write_pipeline(tmp_path, body)
     with pytest.raises(ConfigError) as caught:
         run_pipeline(PipelineConfig(file=str(path), experiment="test"))
     assert str(caught.value).startswith(f"{path}:{line}: ") and message in str(caught.value)
@@ -226,7 +214,7 @@ def test_set_takes_repeated_flags_and_values_with_commas():
 
 
 def test_the_grid_fans_out_along_lineages_and_lists_gather(tmp_path):
-    path = write(tmp_path, """\
+    path = write_pipeline(tmp_path, """\
      train:
        step: train
        grid: {arch: [small_cnn, resnet50]}
@@ -258,7 +246,7 @@ def test_the_grid_fans_out_along_lineages_and_lists_gather(tmp_path):
 
 
 def _pipeline(tmp_path, ham_dir, llt_quality=75, name="p.yaml"):
-    return write(tmp_path, f"""\
+    return write_pipeline(tmp_path, f"""\
      train:
        step: train
        with: {{epochs: 1, alias: none}}
@@ -301,7 +289,7 @@ def test_reuse_and_a_changed_setting_reruns_exactly_what_lies_downstream(tmp_pat
 
 
 def test_a_pipeline_killed_after_its_second_step_resumes_without_redoing_them(tmp_path, ham_dir, child_env):
-    path = write(tmp_path, """\
+    path = write_pipeline(tmp_path, """\
      train:
        step: train
        with: {epochs: 1, alias: none}
@@ -343,8 +331,8 @@ def test_a_pipeline_killed_after_its_second_step_resumes_without_redoing_them(tm
     assert tracking.get_run(resumed.instances[2]["run_id"])["status"] == "FINISHED"
 
 
-def test_mlflow_run_pipeline_resumes_in_the_experiment_mlflow_run_chose(tmp_path, ham_dir, mlflow_project):
-    path = write(tmp_path, """\
+def test_mlflow_run_main_is_the_pipeline_and_resumes_in_the_experiment_mlflow_run_chose(tmp_path, ham_dir, mlflow_project):
+    path = write_pipeline(tmp_path, """\
      train:
        step: train
        with: {epochs: 1, alias: none}
@@ -353,7 +341,7 @@ def test_mlflow_run_pipeline_resumes_in_the_experiment_mlflow_run_chose(tmp_path
        with: {model_uri: "${train}", method: fgsm}
      """, data=ham_dir)
     for attempt in range(2):
-        done = mlflow_project("pipeline", {"file": str(path)})
+        done = mlflow_project("main", {"file": str(path)})  # `mlflow run .`: the entry point main
         assert done.returncode == 0, done.stderr[-3000:]
     runs = tracking.search_runs("e2e")
     assert Counter(r["step"] for r in runs) == {"pipeline": 2, "train": 1, "attack": 1}

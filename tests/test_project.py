@@ -14,7 +14,7 @@ import yaml
 
 from medrobust import tracking
 from medrobust.cli import build_parser, leaves, option
-from medrobust.config import (AttackConfig, DataConfig, DefendConfig, EvaluateConfig, MainConfig, PipelineConfig, PoisonConfig,
+from medrobust.config import (AttackConfig, BaselineConfig, DataConfig, DefendConfig, EvaluateConfig, PipelineConfig, PoisonConfig,
                               PredictConfig, PromoteConfig, ReportConfig, TrainConfig, TuneConfig)
 from medrobust.errors import ConfigError
 from medrobust.steps import STEPS
@@ -51,7 +51,7 @@ def test_mlproject_entry_point_matches_the_step_table(name):
     """Each entry point is a tracked step; each parameter is one of its config's options, with
     the config's default; the command passes each parameter to that option, and with the
     defaults it builds exactly the default config."""
-    step = STEPS[name]
+    step = STEPS["pipeline" if name == "main" else name]  # main: `mlflow run .` runs the quick pipeline
     assert step.tracked
     entry = MLPROJECT["entry_points"][name]
     params = entry["parameters"]
@@ -59,7 +59,7 @@ def test_mlproject_entry_point_matches_the_step_table(name):
                for dotted, f in leaves(step.config)}
     assert set(params) <= set(options), set(params) - set(options)
     words = _substituted(entry["command"], params, {k: v["default"] for k, v in params.items()})
-    assert words[:4] == ["python", "-m", "medrobust", name]
+    assert words[:4] == ["python", "-m", "medrobust", step.name]
     expected = []  # every parameter, each once, in order; a positional one as its bare value
     for p, spec in params.items():
         f = options[p][1]
@@ -71,11 +71,19 @@ def test_mlproject_entry_point_matches_the_step_table(name):
 
 
 def test_every_tracked_step_has_an_entry_point():
-    assert {n for n, s in STEPS.items() if s.tracked} == set(MLPROJECT["entry_points"])
+    assert {n for n, s in STEPS.items() if s.tracked} | {"main"} == set(MLPROJECT["entry_points"])
+
+
+def test_main_entry_and_make_run_are_the_quick_pipeline():
+    entries = MLPROJECT["entry_points"]
+    assert entries["main"] == entries["pipeline"]
+    assert entries["main"]["parameters"]["file"]["default"] == "pipelines/quick.yaml"
+    makefile = (REPO / "Makefile").read_text()
+    assert "run: install\n\t$(PY) -m medrobust pipeline pipelines/quick.yaml\n" in makefile
 
 
 CONFIGS = [TrainConfig(), PoisonConfig(poison_fractions=(0.05, 0.6)), AttackConfig(method="pgd", eps=8 / 255),
-           DefendConfig(defense="distill", retrain_attacks=("fgsm", "pgd")), MainConfig(attacks=("fgsm",)),
+           DefendConfig(defense="distill", retrain_attacks=("fgsm", "pgd")), BaselineConfig(attacks=("fgsm",)),
            EvaluateConfig(suites=("thesis", "full"), split="all", threshold=0.3, curve_eps=(0.0, 4 / 255)),
            PredictConfig(inputs=("a.jpg", "b/")), ReportConfig(runs=("a", "b"), metrics=("fnr",)),
            TuneConfig(objective="defense", suites=("standard", "health"), storage="sqlite:///o.db", timeout=60.0),
@@ -139,14 +147,14 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, child_env):
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # no start-up noise, no traceback
 
 
-def test_mlflow_run_main_nests_every_step_in_one_run(small_ham, mlflow_project):
+def test_mlflow_run_baseline_nests_every_step_in_one_run(small_ham, mlflow_project):
     done = mlflow_project("main", {"data": small_ham, "image_size": 32, "epochs": 1, "uap_max_steps": 2, "rounds": 1,
                                    "epochs_per_round": 1, "evaluate_suites": "health", "evaluate_images": 10})
     assert done.returncode == 0, done.stderr[-3000:]
     runs = tracking.search_runs()
     assert {r["experiment"] for r in runs} == {"e2e"}  # nothing in another experiment
     top = [r for r in runs if r["parent"] is None]
-    assert len(top) == 1 and top[0]["step"] == "main"
+    assert len(top) == 1 and top[0]["step"] == "baseline"
     assert [r["step"] for r in runs if r["parent"] == top[0]["run_id"]] == ["train", "attack", "attack", "defend",
                                                                            "evaluate"]
     assert all(r["status"] == "FINISHED" for r in runs)

@@ -516,14 +516,14 @@ class PipelineConfig(StepConfig):
 
 
 @dataclass(frozen=True)
-class MainConfig(TrainConfig):
-    """The main job (`make run`): train the baseline, attack it with each of `attacks`, defend
+class BaselineConfig(TrainConfig):
+    """The baseline job (`make baseline`): train the baseline, attack it with each of `attacks`, defend
     it with `defense` and attack the defended model again, all nested under one run."""
 
     attacks: tuple[str, ...] = setting(("fgsm", "uap_fast"), "attacks run on the baseline, white-box")
     eps: float = setting(2 / 255, "budget of every attack of the job (the thesis' FGSM budget)", check=eps_range)
-    # 60 uap_fast steps of 128 images cost about a minute on 2 cores and keep `make run` inside
-    # its time budget (the attack step's own default is 200).
+    # 60 uap_fast steps of 128 images cost about a minute on 2 cores and keep `make baseline` inside
+    # 30 minutes (the attack step's own default is 200).
     uap_max_steps: int = setting(60, "uap_fast's step limit", check=at_least(1))
     # Two rounds of two epochs keep the job inside 25 minutes on 2 cores; the thesis' 5 x 5 (the
     # defend step's default) is GPU-scale.

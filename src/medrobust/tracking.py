@@ -93,11 +93,11 @@ def _experiment_id(name):
 def run(experiment, run_name=None, tags=None):
     """Start a run and yield its id; it is nested where it belongs.
 
-    - Inside an active run (a step of `main`, of a pipeline, of a tuning trial): a nested run
+    - Inside an active run (a step of `baseline`, of a pipeline, of a tuning trial): a nested run
       of it, in its experiment.
     - Under `mlflow run` (MLFLOW_RUN_ID set): that run, in the experiment `mlflow run` chose;
       MLflow's start_run takes the id from the environment once, so a job that runs several
-      steps opens one run itself (run_main) and nests the steps in it.
+      steps opens one run itself (run_baseline) and nests the steps in it.
     - Otherwise a new top-level run in `experiment`.
 
     An exception inside marks the run FAILED (KILLED for an interrupt: Ctrl-C, or SIGTERM as the

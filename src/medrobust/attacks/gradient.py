@@ -115,7 +115,7 @@ def cw_pgd(model, x, *, eps, norm="inf", target=None, steps=20, step_size=None, 
     own clean prediction (or raising the target's logit over all others), projected onto the
     eps-ball, from a uniform random start drawn with `seed`. The margin loss does not saturate
     where cross-entropy does, so it can break images PGD-CE leaves, and the reverse (at 8/255 on
-    the make run model PGD-CE is the stronger: benchmarks/README.md); a suite runs both and
+    the make baseline model PGD-CE is the stronger: benchmarks/README.md); a suite runs both and
     reports the worst. Ours, batched and compiled:
     ART's CarliniLInfMethod (`cw`) optimises one image at a time, and on 20 images of 32 px
     through a defended model ran for minutes on 2 cores; the C&W loss under a PGD budget is how

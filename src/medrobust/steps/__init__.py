@@ -11,7 +11,7 @@ so `medrobust --help` does not load TensorFlow.
 from dataclasses import dataclass
 from importlib import import_module
 
-from ..config import (AttackConfig, DefendConfig, EvaluateConfig, MainConfig, PipelineConfig, PoisonConfig, PredictConfig,
+from ..config import (AttackConfig, BaselineConfig, DefendConfig, EvaluateConfig, PipelineConfig, PoisonConfig, PredictConfig,
                       PromoteConfig, ReportConfig, TrainConfig, TuneConfig)
 
 
@@ -56,6 +56,6 @@ STEPS = {s.name: s for s in (
     step("report", ReportConfig, "the recap across evaluate runs: one comparison table and the thesis' recap curves"),
     step("pipeline", PipelineConfig, "a YAML grid of steps as one parent run; finished steps with the same inputs "
                                      "and code are reused, so a killed pipeline resumes"),
-    step("main", MainConfig, "the main job (make run): train, attack, defend, attack again, evaluate, in one parent run"),
+    step("baseline", BaselineConfig, "the baseline job (make baseline): train, attack, defend, attack again, evaluate, in one parent run"),
     step("predict", PredictConfig, "class probabilities and the health call for image files, as CSV", tracked=False),
 )}

@@ -1,12 +1,12 @@
-"""The main job on a real HAM10000 subset: train, attack, defend, all nested under one run."""
+"""The baseline job on a real HAM10000 subset: train, attack, defend, all nested under one run."""
 
 import logging
 
 import pytest
 
 from medrobust import tracking
-from medrobust.config import DataConfig, MainConfig
-from medrobust.steps.main import format_table, run_main
+from medrobust.config import DataConfig, BaselineConfig
+from medrobust.steps.baseline import format_table, run_baseline
 
 
 def test_format_table_puts_each_condition_in_a_column():
@@ -21,20 +21,20 @@ def test_format_table_puts_each_condition_in_a_column():
     assert "macro recall" not in table  # rows no column has are left out
 
 
-def test_main_nests_every_step_under_one_run(ham_dir, caplog):
+def test_baseline_nests_every_step_under_one_run(ham_dir, caplog):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
-    config = MainConfig(data=data, epochs=2, batch_size=32, experiment="main", uap_max_steps=3, rounds=1,
+    config = BaselineConfig(data=data, epochs=2, batch_size=32, experiment="baseline", uap_max_steps=3, rounds=1,
                         epochs_per_round=1, evaluate_images=20)
     with caplog.at_level(logging.INFO, logger="medrobust"):
-        out = run_main(config)
+        out = run_baseline(config)
     columns = out.attacks
     assert list(columns) == ["clean", "fgsm 2/255", "uap_fast 2/255"]
-    every = tracking.search_runs("main")
+    every = tracking.search_runs("baseline")
     assert all(r["status"] == "FINISHED" for r in every)
     runs = [r for r in every if r["step"] != "evaluate-row"]
-    assert [r["name"] for r in runs] == ["main", "train-small_cnn", "attack-fgsm", "attack-uap_fast",
+    assert [r["name"] for r in runs] == ["baseline", "train-small_cnn", "attack-fgsm", "attack-uap_fast",
                                          "defend-retrain+llt", "evaluate-standard+adaptive+health"]
-    assert [r["step"] for r in runs] == ["main", "train", "attack", "attack", "defend", "evaluate"]
+    assert [r["step"] for r in runs] == ["baseline", "train", "attack", "attack", "defend", "evaluate"]
     assert runs[0]["run_id"] == out.run_id and runs[0]["parent"] is None
     assert all(r["parent"] == out.run_id for r in runs[1:])
     # The evaluate run measured the defended model, one nested run per row of its report.
@@ -66,18 +66,18 @@ def test_main_nests_every_step_under_one_run(ham_dir, caplog):
     assert [i["context"] for i in tracking.run_inputs(runs[2]["run_id"])] == ["test"]
 
 
-def test_main_without_a_defense_stops_after_the_attacks(ham_dir):
+def test_baseline_without_a_defense_stops_after_the_attacks(ham_dir):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
-    config = MainConfig(data=data, epochs=1, batch_size=32, experiment="main", attacks=("fgsm",), defense="none",
+    config = BaselineConfig(data=data, epochs=1, batch_size=32, experiment="baseline", attacks=("fgsm",), defense="none",
                         evaluate_suites=None)
-    assert run_main(config).defense is None
-    assert [r["name"] for r in tracking.search_runs("main")] == ["main", "train-small_cnn", "attack-fgsm"]
+    assert run_baseline(config).defense is None
+    assert [r["name"] for r in tracking.search_runs("baseline")] == ["baseline", "train-small_cnn", "attack-fgsm"]
 
 
 @pytest.mark.parametrize("change, message", [({"attacks": ("nope",)}, "unknown attack method 'nope'"),
                                              ({"defense": "retrain+nope"}, "unknown defense 'nope'")])
-def test_main_refuses_a_bad_request_before_training(ham_dir, change, message):
-    config = MainConfig(data=DataConfig(path=str(ham_dir)), experiment="main", **change)
+def test_baseline_refuses_a_bad_request_before_training(ham_dir, change, message):
+    config = BaselineConfig(data=DataConfig(path=str(ham_dir)), experiment="baseline", **change)
     with pytest.raises(ValueError, match=message):
-        run_main(config)
-    assert tracking.search_runs("main") == []
+        run_baseline(config)
+    assert tracking.search_runs("baseline") == []

@@ -1,4 +1,4 @@
-"""The main job (`make run`): train the baseline, attack it, defend it, attack it again, then
+"""The baseline job (`make baseline`): train the baseline on all of HAM10000, attack it, defend it, attack it again, then
 evaluate the defended model under the standard, adaptive and health suites, all as nested
 runs of one parent run, and log clean against attacked, before against after."""
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from .. import tracking
 from ..attacks import check_attack
-from ..config import AttackConfig, DefendConfig, EvaluateConfig, MainConfig, TrainConfig, narrow
+from ..config import AttackConfig, DefendConfig, EvaluateConfig, BaselineConfig, TrainConfig, narrow
 from ..defenses import applicable, parse_spec
 from .attack import run_attack
 from .defend import run_defend
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class MainResult:
+class BaselineResult:
     run_id: str  # the parent run
     train: object  # TrainResult
     attacks: dict  # {column title: metrics without prefix}: clean, then each attack
@@ -35,14 +35,14 @@ def strip_prefix(values, prefix):
     return out
 
 
-def run_main(config: MainConfig) -> MainResult:
+def run_baseline(config: BaselineConfig) -> BaselineResult:
     """Train, run each attack white-box on the test split, then defend and measure the
-    defended model (transfer and white-box), each step a nested run of one `main` run."""
+    defended model (transfer and white-box), each step a nested run of one `baseline` run."""
     for method in config.attacks:  # refuse a bad request before minutes of training
         check_attack(method, config.eps, "inf")
     defended = bool(parse_spec(config.defense))
-    tags = {"medrobust.step": "main", "medrobust.arch": config.arch}
-    with tracking.run(config.experiment, run_name=config.run_name or "main", tags=tags) as run_id:
+    tags = {"medrobust.step": "baseline", "medrobust.arch": config.arch}
+    with tracking.run(config.experiment, run_name=config.run_name or "baseline", tags=tags) as run_id:
         train = run_train(replace(narrow(config, TrainConfig), run_name=None))  # run_name names the parent
         columns = {"clean": strip_prefix(train.metrics, "clean_")}
         for method in config.attacks:
@@ -75,5 +75,5 @@ def run_main(config: MainConfig) -> MainResult:
                 suites=config.evaluate_suites, eps=config.eps, max_images=config.evaluate_images, seed=config.seed,
                 uap_max_steps=config.uap_max_steps, experiment=config.experiment))
     steps = 1 + len(config.attacks) + int(defended) + int(evaluation is not None)
-    log.info("main: run %s, %d nested steps", run_id, steps)
-    return MainResult(run_id, train, columns, defense, evaluation)
+    log.info("baseline: run %s, %d nested steps", run_id, steps)
+    return BaselineResult(run_id, train, columns, defense, evaluation)
