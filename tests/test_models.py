@@ -8,7 +8,8 @@ from medrobust.models.zoo import SCRATCH_BN_MOMENTUM
 from medrobust.models.training import augment_batch, class_weights, fit, set_seed
 
 
-@pytest.mark.parametrize("arch,size", [("small_cnn", 32), ("resnet50", 32), ("inception_v3", 75), ("mobilenet_v2", 32)])
+@pytest.mark.parametrize("arch,size", [("small_cnn", 32), ("resnet50", 32), ("inception_v3", 75), ("mobilenet_v2", 32),
+                                       ("small_resnet", 32)])
 def test_each_architecture_outputs_logits(arch, size):
     model = create_model(arch, (size, size, 3), 7)
     x = np.random.default_rng(0).random((2, size, size, 3), dtype=np.float32)
@@ -26,7 +27,8 @@ def test_width_scales_small_cnn_and_dropout_reaches_the_head():
     assert wide.count_params() > 4 * narrow.count_params()
     mobile = create_model("mobilenet_v2", (32, 32, 3), 7, width=0.35)
     assert mobile.count_params() < create_model("mobilenet_v2", (32, 32, 3), 7).count_params() / 3
-    with pytest.raises(ValueError, match="width 2 is a setting of small_cnn and mobilenet_v2; resnet50 has a fixed"):
+    assert create_model("small_resnet", (32, 32, 3), 7, width=0.5).get_layer("stage3_conv2").filters == 64
+    with pytest.raises(ValueError, match="width 2 is a setting of small_cnn, mobilenet_v2, small_resnet; resnet50 has a fixed"):
         create_model("resnet50", (32, 32, 3), 7, width=2)
 
 
@@ -47,7 +49,7 @@ def test_the_config_knows_every_architecture():
     from medrobust.config import ARCHITECTURE_NAMES
     from medrobust.models import ARCHITECTURES
     assert ARCHITECTURE_NAMES == tuple(ARCHITECTURES)
-    with pytest.raises(ValueError, match="arch must be one of small_cnn, resnet50, inception_v3, mobilenet_v2, got 'vgg'"):
+    with pytest.raises(ValueError, match="arch must be one of small_cnn, resnet50, inception_v3, mobilenet_v2, small_resnet, got 'vgg'"):
         TrainConfig(arch="vgg")
 
 

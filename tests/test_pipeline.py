@@ -147,6 +147,13 @@ REPO = Path(__file__).resolve().parent.parent
        step: defend
        with: {model_uri: "${train}", defense: llt, rounds: 2}
      """, 10, "rounds is a setting of retrain, which the defense 'llt' does not include"),
+    ("""\
+     train:
+       step: train
+     attack:
+       step: attack
+       with: {model_uri: "${train}", method: fgsm, max_steps: 60}
+     """, 10, "attack fgsm takes no max_steps; its own settings are none"),
 ])
 def test_a_bad_pipeline_names_file_and_line_before_any_run(tmp_path, body, line, message):
     path = write_pipeline(tmp_path, body)
@@ -177,18 +184,25 @@ def test_the_shipped_pipelines_parse_and_every_config_builds():
     check(quick, PipelineConfig(file="pipelines/quick.yaml"))
     counts = Counter(i.spec.step for i in quick)
     # 2 networks; 2 attacks white-box on each and transferred both ways; 3 defenses each;
-    # every model evaluated; a recap per network; each defended small_cnn gated
-    assert counts == {"train": 2, "poison": 1, "attack": 8, "defend": 6, "evaluate": 8, "report": 2, "promote": 3}
+    # every model evaluated; a recap per network; small_cnn's retrain+llt gated
+    assert counts == {"train": 2, "poison": 1, "attack": 8, "defend": 6, "evaluate": 8, "report": 2, "promote": 1}
     # `rounds: 2` given once to a grid of defenses goes to those that retrain
     from medrobust.steps.pipeline import build_config
     for i in quick:
         for u in i.upstream:
             u.output = "models:/medrobust-small_cnn/1"
-    rounds = {i.label: build_config(i, PipelineConfig()).rounds for i in quick if i.spec.name == "defend_small"}
-    assert rounds == {"defend retrain on small_cnn": 2, "defend llt on small_cnn": 5, "defend retrain+llt on small_cnn": 2}
+    rounds = {i.label: build_config(i, PipelineConfig()).rounds for i in quick if i.spec.name == "defend_resnet"}
+    assert rounds == {"defend retrain on small_resnet": 2, "defend llt on small_resnet": 5,
+                      "defend retrain+llt on small_resnet": 2}
+    # and `max_steps: 60` given once to a grid of attack methods goes to uap_fast alone
+    steps = {i.label: build_config(i, PipelineConfig()).max_steps for i in quick if i.spec.name == "attack"}
+    assert steps["attack uap_fast 2/255 on small_cnn"] == 60 and steps["attack fgsm 2/255 on small_cnn"] == 200
     labels = [i.label for i in quick]
-    assert {"attack fgsm 2/255 on mobilenet_v2", "attack fgsm 2/255 on mobilenet_v2 from small_cnn",
-            "defend retrain+llt on small_cnn", "evaluate full on llt on mobilenet_v2", "report_small"} <= set(labels)
+    assert {"attack fgsm 2/255 on small_resnet", "attack fgsm 2/255 on small_resnet from small_cnn",
+            "defend retrain+llt on small_cnn", "evaluate full on llt on small_resnet", "report_small",
+            "promote retrain+llt on small_cnn"} <= set(labels)
+    evaluate = next(i for i in quick if i.spec.name == "evaluate_resnet")  # a YAML anchor shares settings
+    assert build_config(evaluate, PipelineConfig()).curve_eps == (0, 2 / 255, 4 / 255, 8 / 255)
     assert len(set(labels)) == len(labels)  # every run name says what it is
     thesis = parse(REPO / "pipelines" / "thesis.yaml", split_overrides("resnet.weights=/models/r50.h5"))
     assert next(s for s in thesis if s.name == "resnet").settings["weights"] == "/models/r50.h5"

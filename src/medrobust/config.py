@@ -22,7 +22,7 @@ CANDIDATE_URI = "models:/medrobust-small_cnn@candidate"
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")  # see models.training.class_weights
 # medrobust.models.ARCHITECTURES' names, here so a config is checked without importing TensorFlow
 # (tests/test_models.py keeps the two equal).
-ARCHITECTURE_NAMES = ("small_cnn", "resnet50", "inception_v3", "mobilenet_v2")
+ARCHITECTURE_NAMES = ("small_cnn", "resnet50", "inception_v3", "mobilenet_v2", "small_resnet")
 NORMS = ("inf", "2")
 SPLITS = ("train", "val", "test")
 EPS_NOTE = "images are on [0, 1]; 2/255 = 0.0078"
@@ -266,8 +266,8 @@ class TrainConfig(StepConfig):
     weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) per step, relative to the learning rate; "
                                        "0: plain Adam", check=at_least(0))
     dropout: float = setting(0.3, "dropout rate before the dense head", check=between(0, 1, high_open=True))
-    width: float = setting(1.0, "channel multiplier of small_cnn (1: stages of 32, 64, 128, 256) and of "
-                                "mobilenet_v2 (its alpha); other networks take only 1", check=positive)
+    width: float = setting(1.0, "channel multiplier of small_cnn (1: stages of 32, 64, 128, 256), small_resnet "
+                                "(32, 64, 128) and mobilenet_v2 (its alpha); other networks take only 1", check=positive)
     distribute: str = setting("none", "mirrored: train on every visible GPU with tf.distribute.MirroredStrategy "
                                       "(batch_size is the global batch, split across them); none: one device",
                               choices=("none", "mirrored"))

@@ -49,6 +49,42 @@ def small_cnn(input_shape, n_classes, weights="none", widths=SMALL_CNN_WIDTHS, d
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
+SMALL_RESNET_WIDTHS = (32, 64, 128)
+
+
+def _residual_block(x, filters, stride, name):
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:  # a projection where the shape changes
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name=f"{name}_bn2")(y)
+    return layers.ReLU(name=f"{name}_relu2")(layers.Add(name=f"{name}_add")([shortcut, y]))
+
+
+def small_resnet(input_shape, n_classes, weights="none", widths=SMALL_RESNET_WIDTHS, dropout=0.3):
+    """A strided stem and one residual block per stage (strided convolutions, no pooling),
+    global average pooling, dropout, dense logits: built unlike small_cnn, so that transfer
+    between the two is transfer between architectures, and as cheap on CPU (about 0.3 M
+    parameters; keras.applications' mobilenet_v2 spends about a minute tracing each fit on 2
+    cores)."""
+    if weights not in (None, "none"):
+        raise ConfigError("small_resnet has no pretrained weights; use weights='none'")
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for i, width in enumerate(widths):
+        x = _residual_block(x, width, 1 if i == 0 else 2, f"stage{i + 1}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(n_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="small_resnet")
+
+
 def _caffe_preprocess(name="imagenet_preprocess"):
     """[0, 1] RGB -> caffe BGR minus mean, as one frozen 1x1 convolution (built-in, serialisable)."""
     kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
@@ -124,26 +160,29 @@ ARCHITECTURES = {
     "resnet50": resnet50,
     "inception_v3": inception_v3,
     "mobilenet_v2": mobilenet_v2,
+    "small_resnet": small_resnet,
 }
 # The architectures whose width the `width` setting scales (the others have one width).
-WIDTH_SCALED = ("small_cnn", "mobilenet_v2")
+WIDTH_SCALED = ("small_cnn", "mobilenet_v2", "small_resnet")
+# The stage widths `width` multiplies, for our own networks (mobilenet_v2 takes it as alpha).
+_STAGE_WIDTHS = {"small_cnn": SMALL_CNN_WIDTHS, "small_resnet": SMALL_RESNET_WIDTHS}
 
 
 def create_model(arch, input_shape, n_classes, weights="none", *, dropout=0.3, width=1.0):
     """Build architecture `arch` for images of `input_shape` (H, W, 3) and `n_classes` logits.
 
     dropout: rate before the dense head (every network); width: the channel multiplier of
-    small_cnn (stage widths 32, 64, 128, 256 times width, at least 1 channel) and mobilenet_v2
-    (its alpha); the other networks take only 1.
+    small_cnn (stage widths 32, 64, 128, 256 times width, at least 1 channel), small_resnet
+    (32, 64, 128 times width) and mobilenet_v2 (its alpha); the other networks take only 1.
     """
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
     if arch not in WIDTH_SCALED and width != 1:
-        raise ConfigError(f"width {width:g} is a setting of {' and '.join(WIDTH_SCALED)}; {arch} has a fixed width "
+        raise ConfigError(f"width {width:g} is a setting of {', '.join(WIDTH_SCALED)}; {arch} has a fixed width "
                           "(give width 1)")
-    if arch == "small_cnn":
-        widths = tuple(max(1, round(w * width)) for w in SMALL_CNN_WIDTHS)
-        return small_cnn(tuple(input_shape), n_classes, weights=weights, widths=widths, dropout=dropout)
+    if arch in _STAGE_WIDTHS:
+        widths = tuple(max(1, round(w * width)) for w in _STAGE_WIDTHS[arch])
+        return ARCHITECTURES[arch](tuple(input_shape), n_classes, weights=weights, widths=widths, dropout=dropout)
     extra = {"width": width} if arch in WIDTH_SCALED else {}
     return ARCHITECTURES[arch](tuple(input_shape), n_classes, weights=weights, dropout=dropout, **extra)
 

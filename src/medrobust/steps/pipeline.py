@@ -18,7 +18,7 @@ A step names an earlier step's output with "${name}": the model URI of train, po
 defend (the registered version where there is one), the run id of every other step. A
 reference in a single-valued setting fans out, one instance per instance of the step it names;
 in a list setting (report's runs) it gathers them all. An instance combines only instances
-of one lineage (an attack on the defended small_cnn never takes the mobilenet_v2 as its
+of one lineage (an attack on the defended small_cnn never takes the small_resnet as its
 surrogate by accident). Each instance is keyed by a hash of its full resolved configuration,
 the run ids it consumes, the versions moving aliases point at, the package version and a hash
 of the package source (the git commit is logged, not keyed: see instance_key):
@@ -463,6 +463,8 @@ def build_config(instance, pipeline):
     try:
         if instance.spec.step == "defend":
             values = _defense_settings(instance.spec, values)
+        if instance.spec.step == "attack" and "method" in instance.spec.grid:
+            values = _method_settings(values)
         return config_type.from_dict(values)
     except ConfigError as e:
         spec = instance.spec
@@ -488,6 +490,17 @@ def _defense_settings(spec, values):
     return values
 
 
+def _method_settings(values):
+    """An attack instance's settings where the grid varies the method: a method's own setting
+    given once (`max_steps: 60` beside `method: [fgsm, uap_fast]`) goes to the methods that take
+    it. With one method, a setting it does not take stays an error (attack.method_params)."""
+    from .. import attacks
+    from .attack import method_settings
+
+    takes = attacks.ATTACKS[values["method"]].params if values.get("method") in attacks.ATTACKS else ()
+    return {k: v for k, v in values.items() if k in takes or k not in method_settings()}
+
+
 def _placeholder(instance):
     """Stand-in outputs, so that every config is checked before any run."""
     return "models:/medrobust-placeholder/1" if instance.spec.step in MODEL_STEPS else "0" * 32
@@ -503,11 +516,17 @@ def check(instances, pipeline):
             config = build_config(instance, pipeline)
             if instance.spec.step == "attack":  # the attack registry knows its methods; the config does not
                 from ..attacks import check_attack
+                from .attack import method_params, method_settings
+                spec = instance.spec
                 try:
                     check_attack(config.method, config.eps, config.norm)
                 except ConfigError as e:
-                    spec = instance.spec
                     raise _err(pipeline.file, spec.lines.get("method", spec.line), f"step {spec.name!r}: {e}") from None
+                try:
+                    method_params(config)
+                except ConfigError as e:
+                    line = next((spec.lines[n] for n in method_settings() if n in spec.lines), spec.line)
+                    raise _err(pipeline.file, line, f"step {spec.name!r}: {e}") from None
         finally:
             for u in instance.upstream:
                 u.output = saved[id(u)]
