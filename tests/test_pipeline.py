@@ -194,9 +194,9 @@ def test_the_shipped_pipelines_parse_and_every_config_builds():
     rounds = {i.label: build_config(i, PipelineConfig()).rounds for i in quick if i.spec.name == "defend_resnet"}
     assert rounds == {"defend retrain on small_resnet": 2, "defend llt on small_resnet": 5,
                       "defend retrain+llt on small_resnet": 2}
-    # and `max_steps: 60` given once to a grid of attack methods goes to uap_fast alone
+    # and `max_steps: 30` given once to a grid of attack methods goes to uap_fast alone
     steps = {i.label: build_config(i, PipelineConfig()).max_steps for i in quick if i.spec.name == "attack"}
-    assert steps["attack uap_fast 2/255 on small_cnn"] == 60 and steps["attack fgsm 2/255 on small_cnn"] == 200
+    assert steps["attack uap_fast 2/255 on small_cnn"] == 30 and steps["attack fgsm 2/255 on small_cnn"] == 200
     labels = [i.label for i in quick]
     assert {"attack fgsm 2/255 on small_resnet", "attack fgsm 2/255 on small_resnet from small_cnn",
             "defend retrain+llt on small_cnn", "evaluate full on llt on small_resnet", "report_small",
