@@ -362,3 +362,23 @@ def test_mlflow_run_main_is_the_pipeline_and_resumes_in_the_experiment_mlflow_ru
     assert tracking.search_runs("medrobust") == []  # the pipeline's own default experiment is not used
     second = [r for r in runs if r["step"] == "pipeline"][-1]
     assert tracking.get_run(second["run_id"])["metrics"]["steps_reused"] == 2
+
+
+def test_a_gate_that_promoted_its_own_version_is_reused_not_run_again(tmp_path):
+    """The gate's moving input is the @robust it compares with; once it has moved @robust to its
+    own version the comparison is skipped (run_promote), so the key stays the first run's."""
+    from mlflow import MlflowClient
+    from medrobust.config import PromoteConfig
+    from medrobust.steps.pipeline import moving_inputs
+
+    tracking.search_runs()  # opens the test's store
+    client = MlflowClient()
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=tmp_path.as_uri())
+    config = PromoteConfig(model_uri="models:/m/2")
+    first = moving_inputs("promote", config)
+    tracking.set_alias("m", "robust", 2)
+    assert moving_inputs("promote", config) == first == {"current": None}
+    tracking.set_alias("m", "robust", 1)
+    assert moving_inputs("promote", config) == {"current": 1}

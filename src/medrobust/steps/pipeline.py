@@ -558,7 +558,10 @@ def moving_inputs(step, config):
             out[key] = tracking.pinned_uri(uri)
     if step == "promote":
         found = tracking.registered_version(config.model_uri)
-        out["current"] = tracking.model_aliases(found[0]).get(config.alias) if found else None
+        current = tracking.model_aliases(found[0]).get(config.alias) if found else None
+        # The gate compares with another version only: once it has promoted its own, a re-run
+        # of the pipeline is the same gate (and is reused), not a new one.
+        out["current"] = None if found and current == found[1] else current
     return out
 
 
