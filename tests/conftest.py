@@ -46,6 +46,47 @@ def isolated_stores(tmp_path, monkeypatch, tmp_path_factory):
         os.environ.pop(leaked, None)  # mlflow sets these in-process; they point into this test's store
 
 
+SMALL_STORE_STEPS = """\
+train:
+  step: train
+  with: {epochs: 1, alias: none}
+defend:
+  step: defend
+  with: {model_uri: "${train}", defense: llt, eval_attacks: [fgsm], alias: none}
+evaluate:
+  step: evaluate
+  grid: {model_uri: ["${train}", "${defend}"]}
+  with: {suites: [thesis], n_resamples: 50}
+report:
+  step: report
+  with: {runs: "${evaluate}"}
+"""
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory, ham_dir):
+    """(tracking URI, PipelineResult) of a store one small pipeline made in experiment 'small'
+    (a network, its llt defense, both evaluated, the recap): made once for the tests that read
+    a pipeline's store (the notebook, the browser). A test that uses it points
+    MLFLOW_TRACKING_URI at it; what it adds stays for the next."""
+    from medrobust.config import PipelineConfig
+    from medrobust.steps.pipeline import run_pipeline
+    from small_pipeline import write_pipeline
+
+    folder = tmp_path_factory.mktemp("small-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.setenv("MEDROBUST_CACHE", str(tmp_path_factory.getbasetemp() / "image-cache"))
+        patch.chdir(folder)
+        path = write_pipeline(folder, SMALL_STORE_STEPS, data=ham_dir, name="small.yaml")
+        result = run_pipeline(PipelineConfig(file=str(path), experiment="small"))
+    for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        os.environ.pop(leaked, None)
+    return uri, result
+
+
 @pytest.fixture
 def small_ham(tmp_path, ham_metadata, ham_dir):
     """A HAM10000-layout folder with 5 real images of each class (whole lesions), in tmp."""

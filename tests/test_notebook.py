@@ -1,33 +1,16 @@
-"""notebooks/compare_runs.ipynb, executed end to end (nbclient) against a small store made here by
-a pipeline (a network, its llt defense, both evaluated, the recap) and a multi-objective study."""
+"""notebooks/compare_runs.ipynb, executed end to end (nbclient) against a small store: a pipeline's
+(a network, its llt defense, both evaluated, the recap: conftest.small_store) and a
+multi-objective study added here."""
 
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-from medrobust.config import DataConfig, PipelineConfig, TuneConfig
-from medrobust.steps.pipeline import run_pipeline
+from medrobust.config import DataConfig, TuneConfig
 from medrobust.steps.tune import run_tune
 
-from small_pipeline import write_pipeline
-
 REPO = Path(__file__).resolve().parent.parent
-STEPS = """\
-train:
-  step: train
-  with: {epochs: 1, alias: none}
-defend:
-  step: defend
-  with: {model_uri: "${train}", defense: llt, eval_attacks: [fgsm], alias: none}
-evaluate:
-  step: evaluate
-  grid: {model_uri: ["${train}", "${defend}"]}
-  with: {suites: [thesis], n_resamples: 50}
-report:
-  step: report
-  with: {runs: "${evaluate}"}
-"""
 
 
 def _text(cell):
@@ -38,19 +21,19 @@ def _text(cell):
     return "\n".join(out)
 
 
-def test_compare_runs_notebook_executes_on_a_small_store(tmp_path, ham_dir, monkeypatch):
-    path = write_pipeline(tmp_path, STEPS, data=ham_dir, name="small.yaml")
-    pipeline = run_pipeline(PipelineConfig(file=str(path), experiment="nb"))
+def test_compare_runs_notebook_executes_on_a_small_store(tmp_path, ham_dir, small_store, monkeypatch):
+    uri, pipeline = small_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model_uri = pipeline.instances[0]["output"]
     study = run_tune(TuneConfig(objective="defense", defense="retrain", model_uri=model_uri, multi_objective=True,
-                                n_trials=2, max_rounds=1, suites=("thesis",), max_images=20, experiment="nb",
+                                n_trials=2, max_rounds=1, suites=("thesis",), max_images=20, experiment="small",
                                 data=DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)))
-    monkeypatch.setenv("MEDROBUST_EXPERIMENT", "nb")
+    monkeypatch.setenv("MEDROBUST_EXPERIMENT", "small")
     notebook = nbformat.read(REPO / "notebooks" / "compare_runs.ipynb", as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert all(o.get("output_type") != "error" for c in code for o in c.get("outputs", []))
-    assert "experiment 'nb'" in _text(code[0])
+    assert "experiment 'small'" in _text(code[0])
     table = _text(code[1])
     assert f"report run {pipeline.instances[-1]['run_id']}" in table
     assert "FNR (cancers called benign)" in table and "undefended" in table and "llt" in table

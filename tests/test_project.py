@@ -148,7 +148,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, child_env):
 
 
 def test_mlflow_run_baseline_nests_every_step_in_one_run(small_ham, mlflow_project):
-    done = mlflow_project("main", {"data": small_ham, "image_size": 32, "epochs": 1, "uap_max_steps": 2, "rounds": 1,
+    done = mlflow_project("baseline", {"data": small_ham, "image_size": 32, "epochs": 1, "uap_max_steps": 2, "rounds": 1,
                                    "epochs_per_round": 1, "evaluate_suites": "health", "evaluate_images": 10})
     assert done.returncode == 0, done.stderr[-3000:]
     runs = tracking.search_runs()
