@@ -1,11 +1,11 @@
 """The README's screenshots of the MLflow UI (docs/mlflow-runs.png, docs/mlflow-report.png),
 taken by the code tests/test_browser.py checks (tests/browser.py, tests/servers.py).
 
-    python experiments/ui_screenshot.py --experiment medrobust --out docs    # after `make baseline`
+    python experiments/ui_screenshot.py --experiment medrobust --out docs    # after `make run`
 
 Starts `mlflow server` on 127.0.0.1 over the store ($MLFLOW_TRACKING_URI, default
 sqlite:///mlflow.db), opens the experiment's runs page with every parent run expanded, and the
-HTML report of the latest evaluate run in MLflow's artifact viewer, in Debian's headless Chromium.
+HTML report of the latest evaluate step in MLflow's artifact viewer, in Debian's headless Chromium.
 """
 
 import argparse
@@ -28,8 +28,10 @@ def main():
     parser.add_argument("--out", default="docs")
     args = parser.parse_args()
     runs = [r for r in tracking.search_runs(args.experiment) if r["status"] == "FINISHED"]
-    evaluate = [r for r in runs if r["step"] == "evaluate"][-1]
-    parent = next(r for r in runs if r["run_id"] == evaluate["parent"]) if evaluate["parent"] else evaluate
+    by_id = {r["run_id"]: r for r in runs}
+    # the latest evaluate run that is a step of a top-level run (not the evaluate a gate nests in itself)
+    evaluate = [r for r in runs if r["step"] == "evaluate" and (r["parent"] is None or by_id[r["parent"]]["parent"] is None)][-1]
+    parent = by_id[evaluate["parent"]] if evaluate["parent"] else evaluate
     experiment_id = tracking.get_run(evaluate["run_id"])["experiment_id"]
     env = dict(os.environ)
     env.pop("MLFLOW_RUN_ID", None)

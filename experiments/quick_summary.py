@@ -1,0 +1,104 @@
+"""The README's tables of `make run` (the quick pipeline), read back from its store.
+
+    .venv/bin/python experiments/quick_summary.py     # after `make run`, in the same folder
+
+Takes the latest finished `pipeline` run of the experiment (default medrobust), whose
+pipeline/steps.json names the run of every step, and prints markdown: per model the clean
+figures, PGD at 2/255 (BPDA through a transformation), the health attack and PGD at 8/255,
+accuracy and the false-negative rate each with its 95 % interval (from the recap each report
+step logged); the attacks white-box against transferred between the two networks; the
+poisoning sweep; the gate's verdict. Nothing is computed here that a step did not log.
+"""
+
+import argparse
+import csv
+import io
+import json
+
+from medrobust import tracking
+
+CONDITIONS = [("clean", "no attack (clean)"), ("PGD 2/255", "pgd 2/255 (white-box)"),
+              ("PGD 8/255", "pgd 8/255 (white-box)")]
+
+
+def latest_pipeline(experiment):
+    runs = [r for r in tracking.search_runs(experiment) if r["step"] == "pipeline" and r["status"] == "FINISHED"]
+    if not runs:
+        raise SystemExit(f"no finished pipeline run in experiment {experiment!r}: run `make run` first")
+    return runs[-1]  # oldest first
+
+
+def cell(row, metric):
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    value = float(row[metric])
+    return f"{value:.3f} [{float(low):.3f}, {float(high):.3f}]" if low not in (None, "", "nan") else f"{value:.3f}"
+
+
+def recap_table(steps):
+    header = ["network", "model"]
+    for title, _ in CONDITIONS:
+        header += [f"{title} accuracy", f"{title} FNR"]
+    header += ["health attack FNR"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for step in (s for s in steps if s["step"] == "report"):
+        recap = list(csv.DictReader(io.StringIO(tracking.load_text_artifact(step["run_id"], "report/recap.csv"))))
+        runs = tracking.load_json_artifact(step["run_id"], "report/runs.json")
+        undefended = tracking.get_run(next(iter(runs.values())))["tags"]["medrobust.model_uri"]
+        network = undefended.split("/")[1].removeprefix("medrobust-")  # models:/medrobust-<arch>/<version>
+        for model in dict.fromkeys(r["model"] for r in recap):
+            rows = {r["condition"]: r for r in recap if r["model"] == model}
+            out = [network, model]
+            for _, condition in CONDITIONS:
+                out += [cell(rows[condition], "accuracy"), cell(rows[condition], "fnr")]
+            health = next(r for c, r in rows.items() if c.startswith("pgd_to_"))
+            out.append(cell(health, "fnr"))
+            lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def attack_table(steps):
+    lines = ["| attack | accuracy clean -> attacked | FNR clean -> attacked | fooling rate |", "|---|---|---|---|"]
+    for step in (s for s in steps if s["step"] == "attack"):
+        m = tracking.get_run(step["run_id"])["metrics"]
+        lines.append(f"| {step['label']} | {m['clean_accuracy']:.3f} -> {m['adv_accuracy']:.3f} | "
+                     f"{m['clean_fnr']:.3f} -> {m['adv_fnr']:.3f} | {m['fooling_rate']:.3f} |")
+    return "\n".join(lines)
+
+
+def poison_table(steps, experiment):
+    lines = ["| nv relabelled bkl | labels flipped | accuracy | macro recall | FNR |", "|---|---|---|---|---|"]
+    for step in (s for s in steps if s["step"] == "poison"):
+        children = [tracking.get_run(r["run_id"]) for r in tracking.search_runs(experiment)
+                    if r["parent"] == step["run_id"]]
+        for run in sorted(children, key=lambda run: float(run["params"]["poison.fraction"])):
+            p, m = run["params"], run["metrics"]
+            lines.append(f"| {float(p['poison.fraction']):.0%} | {p['poison.n_flipped']} | {m['clean_accuracy']:.3f} | "
+                         f"{m['clean_macro_recall']:.3f} | {m['clean_fnr']:.3f} |")
+    return "\n".join(lines)
+
+
+def gate_lines(steps):
+    out = []
+    for step in (s for s in steps if s["step"] == "promote"):
+        gate = tracking.load_json_artifact(step["run_id"], "gate.json")
+        checks = "; ".join(f"{c['criterion']} {c['value']:.3f} (limit {c['limit']:g}, {c['where']})"
+                           for c in gate["criteria"])
+        out.append(f"- {step['label']}: {'passed' if gate['passed'] else 'failed'}: {checks}")
+    return "\n".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="medrobust")
+    args = parser.parse_args()
+    parent = latest_pipeline(args.experiment)
+    steps = tracking.load_json_artifact(parent["run_id"], "pipeline/steps.json")
+    print(f"pipeline run {parent['run_id']} ({parent['name']})\n")
+    print(recap_table(steps), "\n")
+    print(attack_table(steps), "\n")
+    print(poison_table(steps, args.experiment), "\n")
+    print(gate_lines(steps))
+
+
+if __name__ == "__main__":
+    main()
