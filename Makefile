@@ -1,5 +1,5 @@
 # `make run`: the quick pipeline (pipelines/quick.yaml). `make baseline`: train, attack, defend and
-# evaluate small_cnn on all of HAM10000. `make test`: the test suite. Both create .venv and install first.
+# evaluate small_cnn on all of HAM10000. `make test`: the test suite. Each creates .venv and installs first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python

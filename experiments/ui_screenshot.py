@@ -29,8 +29,10 @@ def main():
     args = parser.parse_args()
     runs = [r for r in tracking.search_runs(args.experiment) if r["status"] == "FINISHED"]
     by_id = {r["run_id"]: r for r in runs}
-    # the latest evaluate run that is a step of a top-level run (not the evaluate a gate nests in itself)
-    evaluate = [r for r in runs if r["step"] == "evaluate" and (r["parent"] is None or by_id[r["parent"]]["parent"] is None)][-1]
+    def top_level_step(r):  # not the evaluate a gate nests in itself; a killed parent is not in by_id
+        return r["parent"] is None or (r["parent"] in by_id and by_id[r["parent"]]["parent"] is None)
+
+    evaluate = [r for r in runs if r["step"] == "evaluate" and top_level_step(r)][-1]
     parent = by_id[evaluate["parent"]] if evaluate["parent"] else evaluate
     experiment_id = tracking.get_run(evaluate["run_id"])["experiment_id"]
     env = dict(os.environ)

@@ -154,6 +154,14 @@ REPO = Path(__file__).resolve().parent.parent
        step: attack
        with: {model_uri: "${train}", method: fgsm, max_steps: 60}
      """, 10, "attack fgsm takes no max_steps; its own settings are none"),
+    ("""\
+     train:
+       step: train
+     attack:
+       step: attack
+       with: {model_uri: "${train}", max_steps: 60}
+       grid: {method: [fgsm, pgd]}
+     """, 10, "max_steps is taken by none of the attack methods fgsm, pgd"),
 ])
 def test_a_bad_pipeline_names_file_and_line_before_any_run(tmp_path, body, line, message):
     path = write_pipeline(tmp_path, body)

@@ -147,20 +147,6 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, child_env):
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # no start-up noise, no traceback
 
 
-def test_mlflow_run_baseline_nests_every_step_in_one_run(small_ham, mlflow_project):
-    done = mlflow_project("baseline", {"data": small_ham, "image_size": 32, "epochs": 1, "uap_max_steps": 2, "rounds": 1,
-                                   "epochs_per_round": 1, "evaluate_suites": "health", "evaluate_images": 10})
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = tracking.search_runs()
-    assert {r["experiment"] for r in runs} == {"e2e"}  # nothing in another experiment
-    top = [r for r in runs if r["parent"] is None]
-    assert len(top) == 1 and top[0]["step"] == "baseline"
-    assert [r["step"] for r in runs if r["parent"] == top[0]["run_id"]] == ["train", "attack", "attack", "defend",
-                                                                           "evaluate"]
-    assert all(r["status"] == "FINISHED" for r in runs)
-    assert tracking.model_aliases("medrobust-small_cnn") == {"baseline": 1, "candidate": 2}
-
-
 def test_mlflow_run_attack_defaults_to_the_baseline(small_ham, mlflow_project):
     empty = mlflow_project("attack", {"method": "uap", "data": small_ham})
     assert empty.returncode != 0

@@ -9,8 +9,10 @@ one set of types, defaults and checks. Nothing else happens here.
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
 import typing
 from dataclasses import MISSING, fields, is_dataclass
 
@@ -137,7 +139,23 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame):
+    if frame is not None and _in_finalizer(frame.f_code):
+        # Python prints and drops an exception raised in a finalizer (a weakref callback, a
+        # __del__ that garbage collection ran): the signal would be lost (seen in CI: a
+        # pipeline ran on after SIGTERM). Deliver it again once the finalizer has returned.
+        _send_again(signum)
+        return
     raise Terminated("SIGTERM")
+
+
+def _in_finalizer(code):
+    return code.co_name == "__del__" or code.co_filename.endswith(("weakref.py", "_weakrefset.py"))
+
+
+def _send_again(signum, delay=0.05):
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
 
 
 if __name__ == "__main__":

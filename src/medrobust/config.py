@@ -525,7 +525,7 @@ class BaselineConfig(TrainConfig):
     # 60 uap_fast steps of 128 images cost about a minute on 2 cores and keep `make baseline` inside
     # 30 minutes (the attack step's own default is 200).
     uap_max_steps: int = setting(60, "uap_fast's step limit", check=at_least(1))
-    # Two rounds of two epochs keep the job inside 25 minutes on 2 cores; the thesis' 5 x 5 (the
+    # Two rounds of two epochs keep the job inside 30 minutes on 2 cores; the thesis' 5 x 5 (the
     # defend step's default) is GPU-scale.
     defense: str = setting("retrain+llt", "defense built and measured after the attacks; none: stop after them")
     rounds: int = setting(2, "retrain rounds", check=at_least(1))

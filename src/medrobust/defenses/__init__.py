@@ -100,7 +100,7 @@ def check_settings(names, config, also_read=()):
 def applicable(names, values, also_read=()):
     """`values` ({DefendConfig field: value}) without the defense settings that none of `names`
     (nor `also_read`, as in check_settings) reads: what a caller that holds settings for every
-    defense (the main job) hands to a DefendConfig so that check_settings accepts it."""
+    defense (the baseline job) hands to a DefendConfig so that check_settings accepts it."""
     read = set(also_read).union(*(DEFENSES[name].settings for name in names))
     owned = readers()
     return {k: v for k, v in values.items() if k not in owned or k in read}

@@ -146,8 +146,7 @@ def inception_v3(input_shape, n_classes, weights="none", dropout=0.3):
 def mobilenet_v2(input_shape, n_classes, weights="none", dropout=0.3, width=1.0):
     """keras.applications MobileNetV2 with our head (inputs scaled to [-1, 1]); `width` is its
     alpha (channel multiplier; a local weights file exists for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
-    A second, differently built network for CPU grids: transfer between networks is measured
-    against small_cnn at 0.35."""
+    On 2 CPU cores it spends about a minute tracing each fit; CPU grids take small_resnet."""
     scale = layers.Rescaling(2.0, offset=-1.0, name="imagenet_preprocess")
 
     def base(**kw):

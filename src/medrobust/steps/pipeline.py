@@ -51,7 +51,7 @@ from ..evaluation.report import format_eps
 
 log = logging.getLogger(__name__)
 
-# Steps a pipeline may hold (main and predict are not grid steps).
+# Steps a pipeline may hold (baseline and predict are not grid steps).
 PIPELINE_STEPS = ("train", "poison", "attack", "defend", "evaluate", "tune", "promote", "report")
 # Settings a pipeline step must give: the registry's moving aliases (@baseline) would make a
 # pipeline's result depend on whatever ran last, so the model comes from the file.
@@ -464,7 +464,7 @@ def build_config(instance, pipeline):
         if instance.spec.step == "defend":
             values = _defense_settings(instance.spec, values)
         if instance.spec.step == "attack" and "method" in instance.spec.grid:
-            values = _method_settings(values)
+            values = _method_settings(instance.spec, values)
         return config_type.from_dict(values)
     except ConfigError as e:
         spec = instance.spec
@@ -490,13 +490,19 @@ def _defense_settings(spec, values):
     return values
 
 
-def _method_settings(values):
+def _method_settings(spec, values):
     """An attack instance's settings where the grid varies the method: a method's own setting
     given once (`max_steps: 60` beside `method: [fgsm, uap_fast]`) goes to the methods that take
-    it. With one method, a setting it does not take stays an error (attack.method_params)."""
+    it; one that no method of the grid takes is an error. With one method, a setting it does not
+    take stays an error (attack.method_params)."""
     from .. import attacks
     from .attack import method_settings
 
+    methods = [m for m in spec.grid["method"] if m in attacks.ATTACKS]  # an unknown one: check_attack names it
+    taken = set().union(*(attacks.ATTACKS[m].params for m in methods))
+    stray = [k for k in values if k in method_settings() and k not in taken]
+    if stray and methods:
+        raise ConfigError(f"{stray[0]} is taken by none of the attack methods {', '.join(methods)}")
     takes = attacks.ATTACKS[values["method"]].params if values.get("method") in attacks.ATTACKS else ()
     return {k: v for k, v in values.items() if k in takes or k not in method_settings()}
 
@@ -525,7 +531,8 @@ def check(instances, pipeline):
                 try:
                     method_params(config)
                 except ConfigError as e:
-                    line = next((spec.lines[n] for n in method_settings() if n in spec.lines), spec.line)
+                    refused = str(e).split(";")[0].split(" takes no ")[-1].split(", ")
+                    line = next((spec.lines[n] for n in refused if n in spec.lines), spec.line)
                     raise _err(pipeline.file, line, f"step {spec.name!r}: {e}") from None
         finally:
             for u in instance.upstream:
