@@ -73,35 +73,36 @@ def sizes(x, x_adv, norm):
 # --- APGD and AutoAttack ------------------------------------------------------------------
 
 def test_registry_specs_of_apgd_and_autoattack():
-    apgd, auto = ATTACKS["apgd"], ATTACKS["autoattack"]
-    assert apgd.params == ("steps", "step_size", "restarts", "batch_size", "seed")
-    assert auto.params == ("batch_size", "seed")
-    assert apgd.norms == auto.norms == ("inf", "2")
-    assert apgd.targeted and not auto.targeted
-    assert not apgd.universal and not auto.universal
-    defaults = {n: p.default for n, p in inspect.signature(apgd.function).parameters.items()}
-    assert (defaults["steps"], defaults["restarts"], defaults["step_size"]) == (20, 1, None)
-    assert check_attack("apgd", EPS, "L2", target=3, params=("steps", "restarts")) == "2"
+    apgd, auto, art = ATTACKS["apgd"], ATTACKS["autoattack"], ATTACKS["autoattack_art"]
+    assert apgd.params == ("steps", "loss", "restarts", "step_size", "batch_size", "seed")
+    assert auto.params == ("steps", "n_targets", "queries", "batch_size", "seed")
+    assert art.params == ("batch_size", "seed")
+    assert apgd.norms == auto.norms == ("inf",) and art.norms == ("inf", "2")
+    assert apgd.targeted and not auto.targeted and not art.targeted
+    defaults = {n: p.default for n, p in inspect.signature(auto.function).parameters.items()}
+    # RobustBench's standard settings
+    assert (defaults["steps"], defaults["n_targets"], defaults["queries"]) == (100, 9, 5000)
+    assert check_attack("apgd", EPS, "inf", target=3, params=("steps", "restarts")) == "inf"
     with pytest.raises(ConfigError, match="autoattack has no targeted mode"):
         check_attack("autoattack", EPS, "inf", target=3)
-    with pytest.raises(ConfigError, match="attack autoattack takes no parameter 'steps'; it accepts batch_size, seed"):
-        check_attack("autoattack", EPS, "inf", params=("steps",))
+    with pytest.raises(ConfigError, match="attack autoattack has no 2 norm"):
+        check_attack("autoattack", EPS, "2")
     with pytest.raises(ConfigError, match=r"takes no parameter 'nb_random_init'"):
         check_attack("apgd", EPS, "inf", params=("nb_random_init",))  # ART's name, not ours
 
 
-@pytest.mark.parametrize("method,norm,eps", [("apgd", "inf", EPS), ("apgd", "2", 1.0),
-                                             # 24/255: APGD-CE, the first member, breaks every image, so
-                                             # the slow members (5000-query Square) have nothing left to do
-                                             ("autoattack", "inf", 24 / 255), ("autoattack", "2", 1.0)])
-def test_keep_the_budget_and_box_and_lower_accuracy(trained, method, norm, eps):
+@pytest.mark.parametrize("method,norm,eps,params", [
+    ("apgd", "inf", EPS, {}), ("apgd", "inf", EPS, {"loss": "dlr"}), ("apgd_art", "2", 1.0, {}),
+    # 24/255: APGD-CE, the first member, breaks every image, so the slow members have nothing left to do
+    ("autoattack", "inf", 24 / 255, {}), ("autoattack_art", "2", 1.0, {})])
+def test_keep_the_budget_and_box_and_lower_accuracy(trained, method, norm, eps, params):
     model, _, _, x, y = trained
     x, y = x[:32].copy(), y[:32].copy()
-    if method == "apgd":  # images at the box edges: the clipping must hold there too (AutoAttack
-        x[0] = 0.0        # would spend minutes of Square queries on these flat images, which resist)
+    if method.startswith("apgd"):  # images at the box edges: the clipping must hold there too (AutoAttack
+        x[0] = 0.0                 # would spend minutes of Square queries on these flat images, which resist)
         x[1] = 1.0
         y[:2] = predict_logits(model, x[:2]).argmax(axis=1)
-    x_adv, _ = craft(method, model, x, eps, norm)
+    x_adv, _ = craft(method, model, x, eps, norm, y=y, **params)
     assert x_adv.shape == x.shape and x_adv.dtype == np.float32
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
     assert sizes(x, x_adv, norm).max() <= eps + 1e-6
@@ -152,7 +153,7 @@ def test_autoattack_runs_every_member_of_arts_ensemble_on_our_classifier(trained
     monkeypatch.setattr(gradient, "AutoAttack", SmallAutoAttack)
     monkeypatch.setattr(gradient, "run_attack", recording)
     model, _, _, x, y = trained
-    x_adv, _ = craft("autoattack", model, x, EPS, "inf")
+    x_adv, _ = craft("autoattack_art", model, x, EPS, "inf", y=y)
     assert [(name, loss) for name, loss, _ in ran] == [
         ("AutoProjectedGradientDescent", "cross_entropy"), ("AutoProjectedGradientDescent", "difference_logits_ratio"),
         ("DeepFool", None), ("SquareAttack", None)]
@@ -163,9 +164,11 @@ def test_autoattack_runs_every_member_of_arts_ensemble_on_our_classifier(trained
 
 
 def test_autoattack_refuses_a_target_when_called_directly(trained):
-    model, _, _, x, _ = trained
+    model, _, _, x, y = trained
     with pytest.raises(ConfigError, match="autoattack has no targeted mode"):
-        gradient.autoattack(model, x[:2], eps=EPS, target=1)
+        gradient.autoattack(model, x[:2], y=y[:2], eps=EPS, target=1)
+    with pytest.raises(ConfigError, match="autoattack_art has no targeted mode"):
+        gradient.autoattack_art(model, x[:2], y=y[:2], eps=EPS, target=1)
 
 
 # --- PGD against classifier and detector --------------------------------------------------

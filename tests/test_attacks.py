@@ -15,8 +15,11 @@ from medrobust.data import load_dataset
 from medrobust.models import create_model
 from medrobust.models.training import fit, predict_logits, set_seed
 
-FAST_PARAMS = {"pgd": {"steps": 3}, "cw": {"steps": 2}, "cw_pgd": {"steps": 3}, "deepfool": {"steps": 3},
-               "uap": {"uap_max_iter": 1}, "uap_fast": {"max_steps": 5, "eval_every": 5}}
+FAST_PARAMS = {"pgd": {"steps": 3}, "pgd_art": {"steps": 3}, "cw": {"steps": 2}, "cw_pgd": {"steps": 3},
+               "deepfool": {"steps": 3}, "uap": {"uap_max_iter": 1}, "uap_fast": {"max_steps": 5, "eval_every": 5},
+               "apgd": {"steps": 10}, "apgd_art": {"steps": 10}, "apgd_t": {"steps": 5, "n_targets": 2},
+               "square": {"queries": 20}, "autoattack": {"steps": 5, "n_targets": 2, "queries": 20},
+               "health": {"steps": 5}}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,7 @@ def test_bad_requests_are_refused():
         check_attack("fgsm", 0.1, "1")
     with pytest.raises(ConfigError, match="uap has no targeted mode"):
         check_attack("uap", 0.1, "inf", target=5)
-    assert check_attack("pgd", 0.1, "L2", params=("steps", "random_start")) == "2"
+    assert check_attack("pgd_art", 0.1, "L2", params=("steps", "random_start")) == "2"
 
 
 def test_unknown_method_and_bad_norm_are_refused_by_craft_before_any_work():
@@ -90,14 +93,16 @@ def test_unknown_method_and_bad_norm_are_refused_by_craft_before_any_work():
         craft("fgsn", None, x, 0.1)
     with pytest.raises(ConfigError, match="norm must be"):
         craft("pgd", None, x, 0.1, "l1")
+    with pytest.raises(ConfigError, match="attack pgd has no 2 norm; it supports inf"):
+        craft("pgd", None, x, 0.1, "2")
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_params_are_the_functions_signature(name):
     spec = ATTACKS[name]
     signature = list(inspect.signature(spec.function).parameters)
-    assert signature[:2] == ["model", "x"]
-    assert spec.params == tuple(p for p in signature if p not in ("model", "x", "eps", "norm", "target"))
+    assert signature[:3] == ["model", "x", "y"]  # every attack is given the true labels
+    assert spec.params == tuple(p for p in signature if p not in ("model", "x", "y", "eps", "norm", "target"))
     assert {"eps", "norm", "target"} <= set(signature)
     assert all(p.kind is not p.VAR_KEYWORD for p in inspect.signature(spec.function).parameters.values())
     assert spec.name == name and spec.summary and "\n" not in spec.summary
@@ -108,10 +113,11 @@ def test_params_are_named_as_the_attack_settings():
     """A parameter is an AttackConfig field of the same name, or one of the few kept out of it."""
     settings = {f.name for f in fields(AttackConfig)}
     own = {p for spec in ATTACKS.values() for p in spec.params} - settings
-    assert own == {"search_steps", "attacker_eps", "eval_every"}
+    assert own == {"search_steps", "attacker_eps", "eval_every", "health_map"}  # health_map: the data's
     # seed only where an attack draws random numbers
-    assert sorted(n for n, spec in ATTACKS.items() if "seed" in spec.params) == ["apgd", "autoattack", "cw_pgd", "pgd", "uap",
-                                                                                           "uap_fast"]
+    assert sorted(n for n, spec in ATTACKS.items() if "seed" in spec.params) == [
+        "apgd", "apgd_art", "apgd_t", "autoattack", "autoattack_art", "cw_pgd", "health", "pgd", "pgd_art", "square",
+        "uap", "uap_fast"]
 
 
 def test_a_parameter_the_attack_lacks_is_refused_naming_it():
@@ -119,7 +125,7 @@ def test_a_parameter_the_attack_lacks_is_refused_naming_it():
     with pytest.raises(ConfigError, match=r"^attack fgsm takes no parameter 'steps'; it accepts batch_size$"):
         craft("fgsm", None, x, 2 / 255, steps=3)  # model=None: refused before any work
     with pytest.raises(ConfigError, match=r"attack pgd takes no parameter 'stepz'; it accepts steps, step_size, "
-                                          r"random_start, batch_size, seed \(did you mean 'stepz' -> 'steps'\?\)"):
+                                          r"random_start, restarts, batch_size, seed \(did you mean 'stepz' -> 'steps'\?\)"):
         check_attack("pgd", 2 / 255, "inf", params=("stepz",))
     with pytest.raises(ConfigError, match="attack uap takes no parameters 'delta', 'max_iter'"):
         craft("uap", None, x, 2 / 255, delta=0.2, max_iter=5)  # the names before the rename
@@ -162,15 +168,15 @@ def test_uap_image_order_follows_the_seed(tiny):
 def test_untargeted_attacks_refuse_a_target_and_other_norms_when_called_directly(tiny):
     model, x = tiny
     with pytest.raises(ConfigError, match="deepfool has no inf norm"):
-        deepfool(model, x, eps=0.5, norm="inf")
+        deepfool(model, x, y=np.zeros(len(x), int), eps=0.5, norm="inf")
     with pytest.raises(ConfigError, match="deepfool has no targeted mode"):
-        deepfool(model, x, eps=0.5, norm="2", target=3)
+        deepfool(model, x, y=np.zeros(len(x), int), eps=0.5, norm="2", target=3)
     with pytest.raises(ConfigError, match="uap_attacker must be one of fgsm, pgd, deepfool, got 'cw'"):
         craft("uap", model, x, 8 / 255, uap_attacker="cw")
 
 
 def test_an_attack_is_one_function_and_one_spec(tiny, monkeypatch):
-    def noise(model, x, *, eps, norm, target):
+    def noise(model, x, *, y, eps, norm, target):
         return x + 2 * eps  # past the budget: craft projects it back
 
     monkeypatch.setitem(ATTACKS, "noise", AttackSpec("noise", noise, ("inf",), False, False, "a test"))
@@ -181,7 +187,7 @@ def test_an_attack_is_one_function_and_one_spec(tiny, monkeypatch):
     with pytest.raises(ConfigError, match="attack noise takes no parameter 'steps'; it accepts none"):
         craft("noise", model, x, 0.1, steps=2)
 
-    def loose(model, x, *, eps, norm, target, **_):
+    def loose(model, x, *, y, eps, norm, target, **_):
         return x
 
     with pytest.raises(TypeError, match="name every parameter"):

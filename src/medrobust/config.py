@@ -313,8 +313,9 @@ class ModelStepConfig(StepConfig):
 
 @dataclass(frozen=True)
 class AttackConfig(ModelStepConfig):
-    method: str = setting("fgsm", "attack from medrobust.attacks.ATTACKS: fgsm, fgsm_art, pgd, apgd, autoattack, cw, "
-                                  "cw_pgd, deepfool, uap, uap_fast")
+    method: str = setting("fgsm", "attack from medrobust.attacks.ATTACKS: fgsm, pgd, apgd, apgd_t, square, autoattack, "
+                                  "health, cw, cw_pgd, deepfool, uap, uap_fast (and ART's fgsm_art, pgd_art, "
+                                  "apgd_art, autoattack_art)")
     eps: float = setting(2 / 255, "perturbation budget on [0, 1] images (2/255 is accepted as written)",
                          check=eps_range)
     norm: str = setting("inf", "budget norm", choices=NORMS)
@@ -326,7 +327,10 @@ class AttackConfig(ModelStepConfig):
     batch_size: int = setting(128, "images per attack batch", check=at_least(1))
     # Settings of some attacks only; giving one to an attack that does not take it is an error.
     steps: int = setting(10, "pgd, apgd, cw, cw_pgd, deepfool: iterations", check=at_least(1))
-    restarts: int = setting(1, "apgd: random starts", check=at_least(1))
+    restarts: int = setting(1, "pgd, apgd, apgd_t, square, health: random starts", check=at_least(1))
+    loss: str = setting("ce", "apgd: the loss raised, cross-entropy or Croce & Hein's DLR", choices=("ce", "dlr"))
+    n_targets: int = setting(9, "apgd_t, autoattack: target classes tried (at most K - 1)", check=at_least(1))
+    queries: int = setting(5000, "square, autoattack: Square's queries", check=at_least(1))
     step_size: float | None = setting(None, "pgd, cw_pgd, uap_fast: step; none: eps/4 (pgd, cw_pgd), eps/5 (uap_fast)",
                                       check=positive)
     random_start: bool = setting(True, "pgd, cw_pgd: start from a random point of the eps-ball")
@@ -388,11 +392,14 @@ class EvaluateConfig(ModelStepConfig):
     """A model (plain or defended) measured clean and under an attack suite: a report."""
 
     suites: tuple[str, ...] = setting(("standard",), "presets: thesis (fgsm, uap, uap_fast, transfer), standard "
-                                                     "(fgsm, pgd, uap_fast, cw_pgd; white-box and transfer), adaptive "
-                                                     "(white-box through the whole defense: BPDA, APGD-CE, a joint "
-                                                     "attack on classifier and detector), autoattack (ART's "
-                                                     "AutoAttack; slow), health (malignant images pushed to nv), "
-                                                     "full (thesis, standard, adaptive, health + security curves)",
+                                                     "(AutoAttack's standard version: APGD-CE, APGD-T, Square; with "
+                                                     "fgsm and pgd; white-box and transfer), adaptive (white-box "
+                                                     "through the whole defense: BPDA, APGD-CE, a joint attack on "
+                                                     "classifier and detector), autoattack (AutoAttack alone, "
+                                                     "white-box), health (APGD on the malignancy score against the "
+                                                     "operating threshold), full (thesis, standard, adaptive, health "
+                                                     "+ security curves); every suite adds the per-image worst case "
+                                                     "over its attacks, the ensemble row",
                                       choices=EVALUATE_SUITES, check=non_empty)
     eps: float = setting(2 / 255, "budget of the suites' attacks", check=eps_range)
     curve_eps: tuple[float, ...] = setting((0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
@@ -416,7 +423,10 @@ class EvaluateConfig(ModelStepConfig):
     cw_steps: int = setting(20, "cw_pgd: iterations (random start)", check=at_least(1))
     uap_max_steps: int = setting(60, "uap_fast: mini-batch steps", check=at_least(1))
     uap_max_iter: int = setting(1, "uap (ART): passes over the images", check=at_least(1))
-    apgd_steps: int = setting(20, "apgd: iterations", check=at_least(1))
+    apgd_steps: int = setting(100, "apgd, autoattack's APGD-CE and APGD-T, health: iterations (RobustBench: 100)",
+                              check=at_least(1))
+    square_queries: int = setting(5000, "autoattack's Square: queries (RobustBench: 5000)", check=at_least(1))
+    health_restarts: int = setting(1, "health: random starts of its APGD", check=at_least(1))
 
 
 TUNE_OBJECTIVES = ("attack_eps", "poison_fraction", "defense", "train")

@@ -1,8 +1,9 @@
 """Attacks: a name picks a function (as timm's create_model does).
 
-Every attack is a function(model, x, *, eps, norm, target, <its own keyword parameters>): a
-Keras model (logits out, [0, 1] images in), images x (N, H, W, 3), the budget eps and its
-norm, and a target class index or None. It returns adversarial images; a universal attack
+Every attack is a function(model, x, *, y, eps, norm, target, <its own keyword parameters>): a
+Keras model (logits out, [0, 1] images in), images x (N, H, W, 3), their true labels y (N,)
+(untargeted attacks raise the loss of y, as AutoAttack and RobustBench do), the budget eps
+and its norm, and a target class index or None. It returns adversarial images; a universal attack
 returns (x_adv, perturbation). The caller (`craft`) projects every result onto the eps-ball
 and [0, 1], so each stays within its budget whatever the underlying method does.
 
@@ -21,8 +22,9 @@ import numpy as np
 
 from ..config import eps_range
 from ..errors import ConfigError
+from ..models.training import predict_logits
 from .budget import NORMS, apply_budget, check_norm, perturbation_sizes, project
-from .gradient import apgd, autoattack, cw_pgd, fgsm, fgsm_art, pgd
+from .gradient import apgd, apgd_art, apgd_t, autoattack, autoattack_art, cw_pgd, fgsm, fgsm_art, health, pgd, pgd_art, square
 from .minimal import cw, deepfool
 from .universal import uap, uap_fast
 from .adaptive import eot_note, joint_pgd
@@ -30,7 +32,7 @@ from .adaptive import eot_note, joint_pgd
 log = logging.getLogger(__name__)
 
 # What every attack function takes; its `params` are the rest of its keyword parameters.
-FIXED = ("model", "x", "eps", "norm", "target")
+FIXED = ("model", "x", "y", "eps", "norm", "target")
 # Settings of the run rather than of a method: `craft` forwards them to the functions that declare them.
 COMMON = ("seed", "batch_size")
 
@@ -38,7 +40,7 @@ COMMON = ("seed", "batch_size")
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
-    function: Callable  # function(model, x, *, eps, norm, target, <its own keyword parameters>)
+    function: Callable  # function(model, x, *, y, eps, norm, target, <its own keyword parameters>)
     norms: tuple[str, ...]  # of NORMS
     targeted: bool  # has a targeted mode
     universal: bool  # returns (x_adv, perturbation)
@@ -61,7 +63,7 @@ class AttackSpec:
 
     @property
     def params(self) -> tuple[str, ...]:
-        """The keyword parameters the function accepts beyond model, x, eps, norm, target, in
+        """The keyword parameters the function accepts beyond model, x, y, eps, norm, target, in
         the order it declares them (read from its signature, so they cannot disagree)."""
         return tuple(p for p in inspect.signature(self.function).parameters if p not in FIXED)
 
@@ -69,11 +71,22 @@ class AttackSpec:
 ATTACKS = {spec.name: spec for spec in (
     AttackSpec("fgsm", fgsm, ("inf", "2"), True, False, "FGSM (Goodfellow 2015), one compiled step; ours"),
     AttackSpec("fgsm_art", fgsm_art, ("inf", "2"), True, False, "FGSM (Goodfellow 2015); ART's FastGradientMethod"),
-    AttackSpec("pgd", pgd, ("inf", "2"), True, False, "PGD (Madry 2018), iterated projected steps; ART's"),
-    AttackSpec("apgd", apgd, ("inf", "2"), True, False, "APGD-CE (Croce & Hein 2020), step-size-free PGD on the "
-                                                        "cross-entropy; ART's"),
-    AttackSpec("autoattack", autoattack, ("inf", "2"), False, False, "AutoAttack (Croce & Hein 2020): APGD-CE, "
-                                                                     "APGD-DLR, DeepFool, Square; ART's ensemble"),
+    AttackSpec("pgd", pgd, ("inf",), True, False, "PGD-CE (Madry 2018), iterated projected steps; ours, compiled"),
+    AttackSpec("pgd_art", pgd_art, ("inf", "2"), True, False, "PGD (Madry 2018); ART's ProjectedGradientDescent"),
+    AttackSpec("apgd", apgd, ("inf",), True, False, "APGD-CE or APGD-DLR (Croce & Hein 2020), step-size-free PGD; "
+                                                    "ours, compiled"),
+    AttackSpec("apgd_art", apgd_art, ("inf", "2"), True, False, "APGD-CE (Croce & Hein 2020); ART's "
+                                                                "AutoProjectedGradientDescent"),
+    AttackSpec("apgd_t", apgd_t, ("inf",), False, False, "APGD-T (Croce & Hein 2020), targeted DLR towards each "
+                                                         "likely class in turn; ours, compiled"),
+    AttackSpec("square", square, ("inf",), False, False, "Square (Andriushchenko 2020), score-based random "
+                                                         "search; ART's SquareAttack"),
+    AttackSpec("autoattack", autoattack, ("inf",), False, False, "AutoAttack standard (Croce & Hein 2020): APGD-CE, "
+                                                                 "APGD-T, Square (FAB-T not run); ours and ART's"),
+    AttackSpec("autoattack_art", autoattack_art, ("inf", "2"), False, False, "ART's AutoAttack ensemble: APGD-CE, "
+               "APGD-DLR, DeepFool, Square"),
+    AttackSpec("health", health, ("inf",), False, False, "APGD on the benign-vs-malignant log-odds: cancers' "
+                                                         "malignancy scores down, benign ones up; ours, compiled"),
     AttackSpec("cw_pgd", cw_pgd, ("inf",), True, False, "PGD on the Carlini-Wagner margin loss, L-inf, batched and "
                "compiled; ours"),
     AttackSpec("cw", cw, ("inf", "2"), True, False, "Carlini-Wagner (2017), minimal perturbation; ART's"),
@@ -121,8 +134,12 @@ def check_attack(method, eps, norm, target=None, params=()):
     return norm
 
 
-def craft(method, model, x, eps, norm="inf", target=None, *, seed=0, batch_size=128, **params):
+def craft(method, model, x, eps, norm="inf", target=None, *, y=None, seed=0, batch_size=128, **params):
     """Run attack `method` on x; returns (x_adv within budget and [0, 1], universal perturbation or None).
+
+    y: (N,) the images' true labels, which untargeted attacks move the images away from; None
+    (images with no labels) takes the model's own predictions instead, which lets an image the
+    model gets wrong be pushed into its right class: give y whenever the labels are known.
 
     seed and batch_size are settings of the run, passed on only to the attacks that take them
     (see ATTACKS[method].params); every key of `params` must be a parameter of the attack,
@@ -132,13 +149,18 @@ def craft(method, model, x, eps, norm="inf", target=None, *, seed=0, batch_size=
     spec = ATTACKS[method]
     common = {k: v for k, v in (("seed", seed), ("batch_size", batch_size)) if k in spec.params}
     x = np.asarray(x, dtype=np.float32)
+    if y is None:
+        y = predict_logits(model, x).argmax(axis=1) if len(x) else np.zeros(0, np.int64)
+    y = np.asarray(y, dtype=np.int64)
+    if y.shape != (len(x),):
+        raise ConfigError(f"y must hold one label per image: {len(x)} images, labels of shape {y.shape}")
     if float(eps) == 0:
         # A zero budget leaves every image as it is (the first point of a security curve);
         # ART refuses a zero step size, and there is nothing to compute.
         return x.copy(), (np.zeros((1,) + x.shape[1:], np.float32) if spec.universal else None)
     log.debug("crafting %s (eps %.4f, %s, target %s) on %d images with %s", method, eps, norm, target, len(x),
               common | params)
-    out = spec.function(model, x, eps=eps, norm=norm, target=target, **common, **params)
+    out = spec.function(model, x, y=y, eps=eps, norm=norm, target=target, **common, **params)
     x_adv, perturbation = out if spec.universal else (out, None)
     if perturbation is not None:
         perturbation = project(perturbation, eps, norm)

@@ -90,11 +90,12 @@ def _joint_step(model, detector, norm, eps, step_size, detector_weight, margin_t
     return step, measure, predict
 
 
-def joint_pgd(model, detector, x, *, eps, norm="inf", steps=20, step_size=None, detector_weight=1.0, threshold=0.5,
+def joint_pgd(model, detector, x, *, y=None, eps, norm="inf", steps=20, step_size=None, detector_weight=1.0, threshold=0.5,
               seed=0, batch_size=128):
     """White-box PGD against a classifier and the detector beside it, at once.
 
-    Each step ascends, per image, the classifier's cross-entropy on its own clean prediction
+    Each step ascends, per image, the classifier's cross-entropy on the true label y (None: its
+    own clean prediction)
     minus `detector_weight` times the detector's adversarial logit margin (logit[1] - logit[0];
     the detector outputs logits of (clean, adversarial)), so the image is pushed both to change
     the class and to look clean. As in Carlini & Wagner's losses, each term stops pulling once
@@ -128,7 +129,7 @@ def joint_pgd(model, detector, x, *, eps, norm="inf", steps=20, step_size=None, 
     out = np.empty_like(x)
     for i in range(0, len(x), batch_size):
         x_clean = tf.constant(x[i:i + batch_size])
-        labels = predict(x_clean)
+        labels = predict(x_clean) if y is None else tf.constant(np.asarray(y)[i:i + batch_size], tf.int32)
         x_adv = tf.constant(start[i:i + batch_size])
         best = x_adv.numpy()
         best_level = np.full(len(best), -1)

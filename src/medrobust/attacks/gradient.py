@@ -1,26 +1,48 @@
-"""Gradient attacks: FGSM (ours, checked against ART's), PGD, APGD-CE and AutoAttack (ART), and
-PGD on the C&W margin loss (ours).
+"""Gradient attacks on the true labels: FGSM, PGD and APGD (ours, compiled; ART's kept for
+comparison), AutoAttack's standard ensemble (ours, from our APGD-CE and APGD-T and ART's
+Square), ART's own AutoAttack ensemble, and PGD on the C&W margin loss (ours).
+
+Untargeted attacks raise the loss of the image's true label `y` (AutoAttack's and
+RobustBench's rule): attacking the model's own prediction instead pushes an image the model
+already got wrong away from its wrong class, often into the right one, and counts it robust.
 
 ART's FastGradientMethod runs at about a third of the model's forward+backward rate on CPU
-(benchmarks/README.md): it predicts the labels in a separate forward pass and takes the
-gradient eagerly. `fgsm` does the same arithmetic in one compiled forward+backward per batch,
-the labels being the argmax of that same forward pass; tests/test_attacks.py checks that it
-gives ART's images. `fgsm_art` keeps ART's for comparison.
+(benchmarks/README.md): it predicts in a separate forward pass and takes the gradient eagerly.
+`fgsm` does the same arithmetic in one compiled forward+backward per batch; tests/test_attacks.py
+checks that it gives ART's images. `fgsm_art`, `pgd_art` and `apgd_art` keep ART's.
 """
+
+import logging
 
 import keras
 import numpy as np
 import tensorflow as tf
-from art.attacks.evasion import AutoAttack, AutoProjectedGradientDescent, FastGradientMethod, ProjectedGradientDescent
+from art.attacks.evasion import (AutoAttack, AutoProjectedGradientDescent, FastGradientMethod,
+                                 ProjectedGradientDescent, SquareAttack)
 from art.attacks.evasion.auto_attack import run_attack
 
+from ..data import malignant_mask
 from ..errors import ConfigError
+from . import compiled
 from .art_wrapper import as_art_classifier, seeded_globals
 from .budget import art_norm
 
+log = logging.getLogger(__name__)
+
 
 def _one_hot(labels, n):
-    return np.eye(n, dtype=np.float32)[labels]
+    return np.eye(n, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+
+
+def _art_y(classifier, y, target):
+    """ART's y: the true labels one-hot (untargeted), or the target class for every image."""
+    labels = np.full(len(y), target) if target is not None else y
+    return _one_hot(labels, classifier.nb_classes)
+
+
+def _only_inf(name, norm):
+    if norm != "inf":
+        raise ConfigError(f"attack {name} has no {norm} norm; it supports inf")
 
 
 def _fgsm_step(model, norm, targeted):
@@ -28,11 +50,10 @@ def _fgsm_step(model, norm, targeted):
     n_classes = int(model.output_shape[-1])
 
     @tf.function(reduce_retracing=True)
-    def step(xb, eps, target):
+    def step(xb, eps, labels):
         with tf.GradientTape() as tape:
             tape.watch(xb)
             logits = model(xb, training=False)
-            labels = target if targeted else tf.argmax(logits, axis=1, output_type=tf.int32)
             loss = loss_fn(tf.one_hot(labels, n_classes), logits)
         grad = tape.gradient(loss, xb)
         if norm == "inf":
@@ -45,48 +66,62 @@ def _fgsm_step(model, norm, targeted):
     return step
 
 
-def fgsm(model, x, *, eps, norm="inf", target=None, batch_size=128):
+def fgsm(model, x, *, y, eps, norm="inf", target=None, batch_size=128):
     """One gradient step of size eps (Goodfellow et al. 2015): the sign of the gradient
-    (L-inf) or the gradient scaled to length eps (L2), away from the model's own prediction,
-    or towards class index `target`. Our compiled version of ART's FastGradientMethod."""
+    (L-inf) or the gradient scaled to length eps (L2), away from the true label y, or towards
+    class index `target`. Our compiled version of ART's FastGradientMethod."""
     step = _fgsm_step(model, norm, target is not None)
+    labels = np.full(len(x), target) if target is not None else np.asarray(y)
     out = np.empty_like(x)
     for i in range(0, len(x), batch_size):
-        xb = tf.constant(x[i:i + batch_size])
-        labels = tf.fill([len(xb)], tf.constant(-1 if target is None else int(target), tf.int32))
-        out[i:i + batch_size] = step(xb, tf.constant(eps, tf.float32), labels).numpy()
+        out[i:i + batch_size] = step(tf.constant(x[i:i + batch_size]), tf.constant(eps, tf.float32),
+                                     tf.constant(labels[i:i + batch_size], tf.int32)).numpy()
     return out
 
 
-def fgsm_art(model, x, *, eps, norm="inf", target=None, batch_size=128):
-    """One signed-gradient step of size eps (Goodfellow et al. 2015), through ART.
-
-    target: None (untargeted: away from the model's own prediction) or a class index every
-    image is pushed towards.
-    """
+def fgsm_art(model, x, *, y, eps, norm="inf", target=None, batch_size=128):
+    """One signed-gradient step of size eps (Goodfellow et al. 2015), through ART, away from
+    the true labels y or towards class index `target`."""
     classifier = as_art_classifier(model)
     attack = FastGradientMethod(classifier, norm=art_norm(norm), eps=eps, targeted=target is not None,
                                 batch_size=batch_size)
-    y = None if target is None else _one_hot(np.full(len(x), target), classifier.nb_classes)
-    return attack.generate(x=x, y=y)
+    return attack.generate(x=x, y=_art_y(classifier, y, target))
 
 
-def pgd(model, x, *, eps, norm="inf", target=None, steps=10, step_size=None, random_start=True, batch_size=128,
-        seed=0):
-    """Projected gradient descent (Madry et al. 2018): `steps` steps of `step_size`
-    (default eps / 4) with projection onto the eps-ball, from a random start if asked (drawn
-    with `seed`: the same seed gives the same images)."""
+def _targeted_ce(logits, labels, targets):
+    return -compiled.ce_loss(logits, targets, targets)
+
+
+def pgd(model, x, *, y, eps, norm="inf", target=None, steps=10, step_size=None, random_start=True, restarts=1,
+        batch_size=128, seed=0):
+    """Projected gradient descent on the cross-entropy (Madry et al. 2018), L-inf: `steps`
+    signed steps of `step_size` (default eps / 4), each projected onto the eps-ball, from a
+    random start drawn with `seed` if asked; untargeted on the true labels y (each image keeps
+    the first point that moved its prediction off y), or towards `target` (the point of
+    lowest target cross-entropy). Ours, compiled (attacks/apgd.py); `pgd_art` is ART's."""
+    _only_inf("pgd", norm)
+    if target is not None:
+        return compiled.run(model, x, np.full(len(x), target), eps=eps, loss=_targeted_ce, steps=steps,
+                            restarts=restarts, step_size=step_size, adaptive=False, random_start=random_start,
+                            batch_size=batch_size, seed=seed, keep="loss")
+    return compiled.run(model, x, y, eps=eps, loss="ce", steps=steps, restarts=restarts, step_size=step_size,
+                        adaptive=False, random_start=random_start, batch_size=batch_size, seed=seed)
+
+
+def pgd_art(model, x, *, y, eps, norm="inf", target=None, steps=10, step_size=None, random_start=True,
+            batch_size=128, seed=0):
+    """ART's ProjectedGradientDescent (Madry et al. 2018): `steps` steps of `step_size`
+    (default eps / 4), random start drawn with `seed`; true labels y or a target class."""
     classifier = as_art_classifier(model)
     attack = ProjectedGradientDescent(
         classifier, norm=art_norm(norm), eps=eps, eps_step=step_size or eps / 4, max_iter=steps,
         targeted=target is not None, num_random_init=1 if random_start else 0, batch_size=batch_size,
         verbose=False,
     )
-    y = None if target is None else _one_hot(np.full(len(x), target), classifier.nb_classes)
     # ART takes no seed: its random start (art.utils.random_sphere) draws from numpy's global
     # generator, so np.random.seed(seed) right before generate makes it reproducible.
     with seeded_globals(seed):
-        return attack.generate(x=x, y=y)
+        return attack.generate(x=x, y=_art_y(classifier, y, target))
 
 
 def _margin_step(model, targeted):
@@ -108,30 +143,22 @@ def _margin_step(model, targeted):
     return step
 
 
-def cw_pgd(model, x, *, eps, norm="inf", target=None, steps=20, step_size=None, random_start=True, batch_size=128,
-           seed=0):
+def cw_pgd(model, x, *, y, eps, norm="inf", target=None, steps=20, step_size=None, random_start=True,
+           batch_size=128, seed=0):
     """PGD on Carlini and Wagner's margin loss (2017), L-inf: `steps` signed steps of
-    `step_size` (default eps / 4) raising the largest other logit over the logit of the model's
-    own clean prediction (or raising the target's logit over all others), projected onto the
-    eps-ball, from a uniform random start drawn with `seed`. The margin loss does not saturate
-    where cross-entropy does, so it can break images PGD-CE leaves, and the reverse (at 8/255 on
-    the make baseline model PGD-CE is the stronger: benchmarks/README.md); a suite runs both and
-    reports the worst. Ours, batched and compiled:
-    ART's CarliniLInfMethod (`cw`) optimises one image at a time, and on 20 images of 32 px
-    through a defended model ran for minutes on 2 cores; the C&W loss under a PGD budget is how
-    RobustBench-style evaluations run it."""
-    if norm != "inf":
-        raise ConfigError(f"attack cw_pgd has no {norm} norm; it supports inf")
+    `step_size` (default eps / 4) raising the largest other logit over the true label's (or
+    the target's logit over all others), projected onto the eps-ball, from a uniform random
+    start drawn with `seed`. The margin loss does not saturate where cross-entropy does. Ours,
+    batched and compiled: ART's CarliniLInfMethod (`cw`) optimises one image at a time."""
+    _only_inf("cw_pgd", norm)
     step = _margin_step(model, target is not None)
     rng = np.random.default_rng(seed)
     alpha = tf.constant(step_size or eps / 4, tf.float32)
+    labels_all = np.full(len(x), target) if target is not None else np.asarray(y)
     out = np.empty_like(x)
     for i in range(0, len(x), batch_size):
         x0 = tf.constant(x[i:i + batch_size])
-        if target is None:
-            labels = tf.argmax(model(x0, training=False), axis=1, output_type=tf.int32)
-        else:
-            labels = tf.fill([len(x0)], tf.constant(int(target), tf.int32))
+        labels = tf.constant(labels_all[i:i + batch_size], tf.int32)
         start = x[i:i + batch_size]
         if random_start:
             start = np.clip(start + rng.uniform(-eps, eps, size=start.shape).astype(np.float32), 0, 1)
@@ -156,61 +183,157 @@ class _Compiled:
         return self._forward(images)  # attacks never train: training is always False here
 
 
-def apgd(model, x, *, eps, norm="inf", target=None, steps=20, step_size=None, restarts=1, batch_size=128, seed=0):
-    """APGD-CE (Croce & Hein 2020), through ART's AutoProjectedGradientDescent: PGD on the
-    cross-entropy whose step size (initially `step_size`, default 2 eps as in the paper) halves
-    at checkpoints where the loss stopped rising, with momentum 0.75, keeping the best point
-    seen. `steps` iterations from each of `restarts` random starts (drawn with `seed`: the
-    same seed gives the same images); later restarts attack only the images still unbroken,
-    and an image never broken comes back unchanged (ART keeps successes only). Untargeted:
-    away from the model's own prediction; or towards class index `target`."""
+def apgd(model, x, *, y, eps, norm="inf", target=None, steps=100, loss="ce", restarts=1, step_size=None,
+         batch_size=128, seed=0):
+    """APGD (Croce & Hein 2020), L-inf: PGD whose per-image step size (initially `step_size`,
+    default 2 eps) halves at checkpoints where the loss stopped rising, with momentum 0.75,
+    restarting from the best point. loss: ce (APGD-CE) or dlr (APGD-DLR), on the true labels y;
+    each image keeps the first point that moved its prediction off y, and later `restarts`
+    (random starts drawn with `seed`) run only on the images not yet moved. With `target`: the
+    targeted DLR towards that class, keeping the point of highest loss. Ours, compiled
+    (attacks/apgd.py); `apgd_art` is ART's."""
+    _only_inf("apgd", norm)
+    if loss not in ("ce", "dlr"):
+        raise ConfigError(f"apgd loss must be ce or dlr, got {loss!r}")
+    if target is not None:
+        return compiled.run(model, x, y, eps=eps, loss="dlr_targeted", targets=np.full(len(x), target), steps=steps,
+                            restarts=restarts, step_size=step_size, batch_size=batch_size, seed=seed, keep="loss")
+    return compiled.run(model, x, y, eps=eps, loss=loss, steps=steps, restarts=restarts, step_size=step_size,
+                        batch_size=batch_size, seed=seed)
+
+
+def apgd_t(model, x, *, y, eps, norm="inf", target=None, steps=100, n_targets=9, restarts=1, batch_size=128,
+           seed=0):
+    """APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss towards each of the
+    `n_targets` (at most K - 1) highest-scoring classes other than the true label y in turn,
+    each on the images no earlier target moved off y. Untargeted as a whole (it takes `target`
+    so that every attack is called alike, and refuses one). Ours, compiled."""
+    _only_inf("apgd_t", norm)
+    if target is not None:
+        raise ConfigError("attack apgd_t has no targeted mode (it picks its own targets)")
+    return compiled.apgd_targeted(model, x, y, eps=eps, n_targets=n_targets, steps=steps, restarts=restarts,
+                                  batch_size=batch_size, seed=seed)
+
+
+def square(model, x, *, y, eps, norm="inf", target=None, queries=5000, restarts=1, batch_size=128, seed=0):
+    """Square (Andriushchenko et al. 2020): score-based random search over square patches at
+    the corners of the eps-ball (initial share p = 0.8, RobustBench's), `queries` iterations per
+    restart, on the margin of the true
+    label y; needs no gradient, so it also finds what a masked gradient hides. ART's
+    SquareAttack, its random squares drawn with `seed`."""
+    _only_inf("square", norm)
+    if target is not None:
+        raise ConfigError("attack square has no targeted mode here")
     classifier = as_art_classifier(_Compiled(model))
-    # loss_type="cross_entropy": ART wraps the network again with its own per-image
-    # cross-entropy, from logits once it has seen that ours do not output probabilities.
-    attack = AutoProjectedGradientDescent(
-        classifier, norm=art_norm(norm), eps=eps, eps_step=step_size or 2 * eps, max_iter=steps,
-        targeted=target is not None, nb_random_init=restarts, batch_size=batch_size, loss_type="cross_entropy",
-        verbose=False,
-    )
-    y = None if target is None else _one_hot(np.full(len(x), target), classifier.nb_classes)
-    # ART takes no seed: the random starts (art.utils.random_sphere) come from numpy's global generator.
+    attack = SquareAttack(classifier, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=restarts, p_init=0.8,
+                          batch_size=batch_size, verbose=False)
     with seeded_globals(seed):
-        return attack.generate(x=x, y=y).astype(np.float32)
+        return attack.generate(x=x, y=_one_hot(y, classifier.nb_classes)).astype(np.float32)
 
 
-def autoattack(model, x, *, eps, norm="inf", target=None, batch_size=128, seed=0):
-    """AutoAttack (Croce & Hein 2020): ART's default ensemble, run one member after the other
-    on the images still classified as the model's own clean prediction, each image keeping the
-    first success that lies within the eps-ball.
+def _predict(model, x, batch_size=256):
+    return np.concatenate([model(x[i:i + batch_size], training=False).numpy().argmax(axis=1)
+                           for i in range(0, len(x), batch_size)]) if len(x) else np.zeros(0, np.int64)
 
-    The members are those ART 1.20's AutoAttack builds (untargeted): APGD-CE and APGD-DLR
-    (100 iterations, 5 random starts each; initial step 2 eps as in the paper, where ART's
-    default is 0.1 whatever eps), DeepFool (100
-    iterations, overshoot 1e-3; a minimal L2 attack whose result counts only inside the
-    eps-ball) and Square (score-based, 5000 queries, 5 restarts); all four work on our
-    TensorFlowV2Classifier. ART's AutoAttack.generate itself imports the optional package
-    `multiprocess` (not installed) even when run serially, so the serial untargeted loop is
-    ours, calling ART's own per-member step (auto_attack.run_attack). This is not the
-    reference AutoAttack's APGD-T / FAB-T: ART's targeted mode would rerun every member against
-    each of the K - 1 other classes, Square included, so `target` must be None (it is taken so
-    that every attack is called alike). Random starts and Square's squares are drawn with
-    `seed`. Needs 3 or more classes (DLR). Images no member breaks come back unchanged.
-    Expensive: up to 1000 APGD gradient steps per image that resists, then 25 000 Square
-    queries (measured: 6 resisting 8 px images of 24 cost about 2 minutes on 2 CPU cores).
-    """
+
+# AutoAttack's standard version (Croce & Hein 2020, as RobustBench runs it), in its order. FAB-T
+# is not run: ART has no FAB, and in Croce & Hein's own tables it rarely lowers robust accuracy
+# below what APGD-CE and APGD-T leave (README, "How robust accuracy is counted").
+AUTOATTACK_MEMBERS = ("apgd_ce", "apgd_t", "square")
+
+
+def autoattack(model, x, *, y, eps, norm="inf", target=None, steps=100, n_targets=9, queries=5000, batch_size=128,
+               seed=0):
+    """AutoAttack, standard version (Croce & Hein 2020; RobustBench's settings): APGD-CE
+    (`steps` iterations, 1 start), APGD-T (`n_targets` targets, `steps` iterations each) and
+    Square (`queries` queries, 1 restart), each run only on the images every earlier member
+    left classified as their true label y; an image keeps the first member's success. FAB-T
+    is not run (AUTOATTACK_MEMBERS). Images the model gets wrong clean are not attacked.
+    Ours (APGD-CE, APGD-T) and ART's (Square). Returns adversarial images (N, H, W, 3)."""
+    _only_inf("autoattack", norm)
     if target is not None:
         raise ConfigError("attack autoattack has no targeted mode")
+    y = np.asarray(y)
+    out = np.array(x, dtype=np.float32)
+    robust = _predict(model, out) == y
+    members = {"apgd_ce": lambda xs, ys, s: compiled.run(model, xs, ys, eps=eps, loss="ce", steps=steps,
+                                                         batch_size=batch_size, seed=s),
+               "apgd_t": lambda xs, ys, s: compiled.apgd_targeted(model, xs, ys, eps=eps, n_targets=n_targets,
+                                                                  steps=steps, batch_size=batch_size, seed=s),
+               "square": lambda xs, ys, s: square(model, xs, y=ys, eps=eps, queries=queries, batch_size=batch_size,
+                                                  seed=s)}
+    for k, name in enumerate(AUTOATTACK_MEMBERS):
+        idx = np.flatnonzero(robust)
+        if not len(idx):
+            break
+        adv = members[name](out[idx], y[idx], seed + k)
+        broken = _predict(model, adv) != y[idx]
+        out[idx[broken]] = adv[broken]
+        robust[idx[broken]] = False
+        log.info("autoattack: %s broke %d of %d images, %d robust", name, int(broken.sum()), len(idx),
+                 int(robust.sum()))
+    return out
+
+
+def autoattack_art(model, x, *, y, eps, norm="inf", target=None, batch_size=128, seed=0):
+    """ART's AutoAttack ensemble (ART 1.20's default members: APGD-CE and APGD-DLR, 100
+    iterations and 5 random starts each, initial step 2 eps; DeepFool; Square, 5000 queries,
+    5 restarts), on the true labels y, one member after the other on the images still
+    classified right, each image keeping the first success within the eps-ball. ART's
+    AutoAttack.generate imports the optional package `multiprocess` even when run serially,
+    so the serial loop is ours, calling ART's own per-member step (auto_attack.run_attack).
+    Untargeted only. Expensive: up to 1000 APGD steps per image that resists, then 25 000
+    Square queries. Kept as an independent check of `autoattack`."""
+    if target is not None:
+        raise ConfigError("attack autoattack_art has no targeted mode")
     classifier = as_art_classifier(_Compiled(model))
     ensemble = AutoAttack(classifier, norm=art_norm(norm), eps=eps, eps_step=2 * eps, batch_size=batch_size,
                           targeted=False).attacks
     x_adv = np.array(x, dtype=np.float32)
-    labels = classifier.predict(x_adv, batch_size=batch_size).argmax(axis=1)
-    y = _one_hot(labels, classifier.nb_classes)
-    robust = np.ones(len(x_adv), dtype=bool)
+    labels = np.asarray(y)
+    robust = classifier.predict(x_adv, batch_size=batch_size).argmax(axis=1) == labels
+    y_hot = _one_hot(labels, classifier.nb_classes)
     with seeded_globals(seed):
         for member in ensemble:
             if not robust.any():
                 break
             member.set_params(verbose=False)  # ART builds them with progress bars on
-            x_adv, robust = run_attack(x_adv, y, robust, member, classifier, norm=art_norm(norm), eps=eps)
+            x_adv, robust = run_attack(x_adv, y_hot, robust, member, classifier, norm=art_norm(norm), eps=eps)
     return x_adv.astype(np.float32)
+
+
+def apgd_art(model, x, *, y, eps, norm="inf", target=None, steps=100, restarts=1, step_size=None, batch_size=128,
+             seed=0):
+    """ART's AutoProjectedGradientDescent on the cross-entropy (APGD-CE), true labels y or a
+    target class; kept to check `apgd` against (tests/test_compiled_attacks.py, benchmarks)."""
+    classifier = as_art_classifier(_Compiled(model))
+    attack = AutoProjectedGradientDescent(
+        classifier, norm=art_norm(norm), eps=eps, eps_step=step_size or 2 * eps, max_iter=steps,
+        targeted=target is not None, nb_random_init=restarts, batch_size=batch_size, loss_type="cross_entropy",
+        verbose=False,
+    )
+    with seeded_globals(seed):
+        return attack.generate(x=x, y=_art_y(classifier, y, target)).astype(np.float32)
+
+
+def health(model, x, *, y, eps, norm="inf", target=None, steps=100, restarts=1, health_map="clinical",
+           batch_size=128, seed=0):
+    """The attack on the clinical decision itself: APGD (`steps` iterations, `restarts` random
+    starts drawn with `seed`) on the log-odds of the benign classes against the malignant ones
+    (compiled.margin_loss), which lowers a cancer's malignancy score (the summed probability of
+    the malignant classes of `health_map`) as far as the budget allows, and raises a benign
+    lesion's: each image keeps its point of most harm to the health call, so the share of
+    cancers it gets below any operating threshold is what an attacker achieves against that
+    threshold. The true labels y say which images are cancers. Ours, compiled."""
+    _only_inf("health", norm)
+    if target is not None:
+        raise ConfigError("attack health has no target class: it moves the malignancy score")
+    malignant = malignant_mask(health_map)
+    y = np.asarray(y)
+    out = np.array(x, dtype=np.float32)
+    for images, raise_ in ((malignant[y], ~malignant), (~malignant[y], malignant)):
+        idx = np.flatnonzero(images)
+        if len(idx):
+            out[idx] = compiled.run(model, out[idx], y[idx], eps=eps, loss=compiled.margin_loss(raise_), steps=steps,
+                                    restarts=restarts, batch_size=batch_size, seed=seed, keep="loss")
+    return out

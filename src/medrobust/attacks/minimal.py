@@ -12,9 +12,10 @@ from .art_wrapper import as_art_classifier
 from .budget import check_norm
 
 
-def cw(model, x, *, eps, norm="2", target=None, steps=10, search_steps=3, batch_size=64):
+def cw(model, x, *, y, eps, norm="2", target=None, steps=10, search_steps=3, batch_size=64):
     """Carlini-Wagner (2017), L2 or L-inf: `steps` optimisation iterations (and, for L2,
-    `search_steps` binary-search steps over the trade-off constant)."""
+    `search_steps` binary-search steps over the trade-off constant), away from the true labels y
+    or towards `target`."""
     classifier = as_art_classifier(model)
     targeted = target is not None
     if check_norm(norm) == "2":
@@ -22,13 +23,15 @@ def cw(model, x, *, eps, norm="2", target=None, steps=10, search_steps=3, batch_
                                  batch_size=batch_size, verbose=False)
     else:
         attack = CarliniLInfMethod(classifier, targeted=targeted, max_iter=steps, batch_size=batch_size, verbose=False)
-    y = None if not targeted else np.eye(classifier.nb_classes, dtype=np.float32)[np.full(len(x), target)]
-    return attack.generate(x=x, y=y)
+    labels = np.full(len(x), target) if targeted else np.asarray(y)
+    return attack.generate(x=x, y=np.eye(classifier.nb_classes, dtype=np.float32)[labels])
 
 
-def deepfool(model, x, *, eps, norm="2", target=None, steps=50, batch_size=64):
+def deepfool(model, x, *, y, eps, norm="2", target=None, steps=50, batch_size=64):
     """DeepFool (Moosavi-Dezfooli et al. 2016), untargeted, L2 linearisation: `norm` must be
-    '2' and `target` None (it takes both so that every attack is called alike)."""
+    '2' and `target` None (it takes both so that every attack is called alike). It crosses the
+    nearest decision boundary of the model's own prediction whatever y says (ART's DeepFool
+    takes no labels); `measure` counts an image the model already got wrong as wrong."""
     if check_norm(norm) != "2":
         raise ConfigError(f"attack deepfool has no {check_norm(norm)} norm; it supports 2")
     if target is not None:

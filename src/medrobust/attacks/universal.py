@@ -22,11 +22,11 @@ from .budget import art_norm, check_norm, project
 UAP_ATTACKERS = ("fgsm", "pgd", "deepfool")
 
 
-def uap(model, x, *, eps, norm="inf", target=None, uap_attacker="fgsm", attacker_eps=None, uap_delta=0.2,
+def uap(model, x, *, y, eps, norm="inf", target=None, uap_attacker="fgsm", attacker_eps=None, uap_delta=0.2,
         uap_max_iter=5, batch_size=128, seed=0):
     """ART's UAP with inner attack `uap_attacker` (fgsm | pgd | deepfool, of size attacker_eps,
     default eps); stops at fooling rate 1 - uap_delta or after uap_max_iter passes, visiting the
-    images in an order drawn with `seed`. Untargeted only (it takes `target` so that every
+    images in an order drawn with `seed`, fooling measured against the true labels y. Untargeted only (it takes `target` so that every
     attack is called alike). Returns (x_adv, perturbation of shape (1, H, W, C))."""
     if uap_attacker not in UAP_ATTACKERS:
         raise ConfigError(f"uap_attacker must be one of {', '.join(UAP_ATTACKERS)}, got {uap_attacker!r}")
@@ -42,7 +42,7 @@ def uap(model, x, *, eps, norm="inf", target=None, uap_attacker="fgsm", attacker
     # ART takes no seed: it visits the images in an order from Python's global generator
     # (random.sample), so seeding it right before generate makes the perturbation reproducible.
     with seeded_globals(seed):
-        x_adv = attack.generate(x)
+        x_adv = attack.generate(x, y=np.eye(int(model.output_shape[-1]), dtype=np.float32)[np.asarray(y)])
     return x_adv, np.asarray(attack.noise, dtype=np.float32)
 
 
@@ -50,12 +50,12 @@ def _predict(model, x, batch_size):
     return predict_logits(model, x, batch_size).argmax(axis=1)
 
 
-def uap_fast(model, x, *, eps, norm="inf", target=None, step_size=None, max_steps=200, target_fooling_rate=0.8,
+def uap_fast(model, x, *, y, eps, norm="inf", target=None, step_size=None, max_steps=200, target_fooling_rate=0.8,
              batch_size=128, seed=0, eval_every=10):
     """Batched universal perturbation. Returns (x_adv, perturbation of shape (1, H, W, C)).
 
-    Untargeted, it raises the cross-entropy of the model's own clean predictions (so fooling
-    means pred(x + v) != pred(x), as the fooling rate counts it); targeted, it lowers the
+    Untargeted, it raises the cross-entropy of the true labels y (fooling: pred(x + v) != y);
+    targeted, it lowers the
     cross-entropy of class `target`. One step = one mini-batch: v += step_size * sign(grad),
     then v is projected onto the eps-ball. The fooling rate over all of x is checked every
     `eval_every` steps; the best perturbation seen is returned.
@@ -64,8 +64,7 @@ def uap_fast(model, x, *, eps, norm="inf", target=None, step_size=None, max_step
     step_size = step_size or eps / 5
     rng = np.random.default_rng(seed)
     x = np.asarray(x, dtype=np.float32)
-    clean = _predict(model, x, batch_size)
-    labels = clean if target is None else np.full(len(x), target)
+    labels = np.asarray(y) if target is None else np.full(len(x), target)
     sign = 1.0 if target is None else -1.0
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -79,7 +78,7 @@ def uap_fast(model, x, *, eps, norm="inf", target=None, step_size=None, max_step
 
     def fooling(v):
         adv = _predict(model, np.clip(x + v, 0.0, 1.0), batch_size)
-        return float(np.mean(adv != clean)) if target is None else float(np.mean(adv == target))
+        return float(np.mean(adv != labels)) if target is None else float(np.mean(adv == target))
 
     v = np.zeros((1,) + x.shape[1:], dtype=np.float32)
     best_v, best_rate = v, 0.0

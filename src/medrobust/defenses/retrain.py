@@ -32,7 +32,7 @@ def adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params=None, s
         if len(idx) == 0:
             continue
         params = (attack_params or {}).get(method, {})
-        x_adv, _ = attacks.craft(method, model, x[idx], eps, seed=seed, **params)
+        x_adv, _ = attacks.craft(method, model, x[idx], eps, y=y[idx], seed=seed, **params)
         xs.append(x_adv)
         ys.append(y[idx])
     return np.concatenate(xs), np.concatenate(ys)

@@ -8,20 +8,23 @@ long-format records, with rejection counted both ways. Pure: no MLflow, no argum
     flat_metrics(result.records)   # {"clean_accuracy": ..., "adv_fgsm_whitebox_fnr": ...}
     wide_table(result.records)     # {"parent clean": {...}, "fgsm white-box": {...}}
 
-scoring.py scores one set of predictions, suite.py measures a model, records.py turns the
+scoring.py scores one set of predictions, worst.py counts the per-image worst case over attacks
+(as AutoAttack and RobustBench do), suite.py measures a model, records.py turns the
 records into the flat names MLflow logs, a wide table and CSV.
 """
 
-from .records import (CLEAN, FIELDS, THREATS, by_condition, column_title, condition_name, flat_metrics, record,
+from .records import (CLEAN, ENSEMBLE, FIELDS, THREATS, by_condition, column_title, condition_name, flat_metrics, record,
                       records_csv, wide_table)
 from .scoring import Scores, evaluate, score, with_rejection
-from .suite import ATTACKED, Condition, Evaluation, Measurement, measure, suite
+from .suite import ATTACKED, Condition, Evaluation, Measurement, add_measurement, ensembles, measure, suite
+from .worst import harm, worst_predictions, worst_scores
 from .intervals import (INTERVAL_METRICS, batched_summary, bootstrap_confusion, bootstrap_indices, bootstrap_metrics,
-                        interval_summary, overlap, percentile_interval)
+                        interval_summary, overlap, paired_difference, percentile_interval)
 from .operating_point import health_at_threshold, malignancy_score, roc, threshold_for_sensitivity
 from .report import headline, headline_text, overlap_notes, render_html, rows, security_curves
 
-__all__ = ["ATTACKED", "CLEAN", "FIELDS", "THREATS", "Condition", "Evaluation", "Measurement", "Scores",
+__all__ = ["ATTACKED", "CLEAN", "ENSEMBLE", "FIELDS", "add_measurement", "ensembles", "harm", "paired_difference",
+           "worst_predictions", "worst_scores", "THREATS", "Condition", "Evaluation", "Measurement", "Scores",
            "by_condition", "column_title", "condition_name", "evaluate", "flat_metrics", "measure", "record",
            "records_csv", "score", "suite", "wide_table", "with_rejection",
            "INTERVAL_METRICS", "batched_summary", "bootstrap_confusion", "bootstrap_indices", "bootstrap_metrics",

@@ -3,7 +3,8 @@
 A record is one figure of one model in one condition:
     {"model": "defended", "attack": "fgsm", "threat": "whitebox", "eps": 0.0078, "metric": "fnr", "value": 0.41}
 attack is "none" and threat "clean" (eps 0.0) for clean rows; threat is "transfer" (crafted
-on a surrogate) or "whitebox" (crafted on the model itself) otherwise. metric names carry no
+on a surrogate) or "whitebox" (crafted on the model itself) otherwise; attack "ensemble" is the
+per-image worst case over every attack of the suite up to that eps (evaluation/worst.py). metric names carry no
 condition prefix (accuracy, fnr, referred_fnr, rejected_rate, fooling_rate, ...).
 
 The flat names MLflow logs and the table titles are the ones every step has logged since the
@@ -17,6 +18,7 @@ import io
 
 FIELDS = ("model", "attack", "threat", "eps", "metric", "value")
 CLEAN = "none"  # the attack of a clean row
+ENSEMBLE = "ensemble"  # the attack of a suite's per-image worst case (evaluation/worst.py)
 THREATS = ("clean", "transfer", "whitebox")
 THREAT_TITLES = {"clean": "clean", "transfer": "transfer", "whitebox": "white-box"}
 

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .intervals import overlap
-from .records import THREAT_TITLES, by_condition
+from .records import ENSEMBLE, THREAT_TITLES, by_condition
 
 # The headline figures and which end of each is the worst; op_fnr (the FNR at the clinical
 # operating point) only where the report has an operating point.
@@ -28,7 +28,8 @@ WORST = {"accuracy": min, "macro_recall": min, "fnr": max, "op_fnr": max}
 
 # Table columns: always shown (with intervals where recorded), then shown when any row has them.
 TABLE_METRICS = ("accuracy", "macro_recall", "fnr", "npv", "sensitivity")
-OPTIONAL_METRICS = ("op_sensitivity", "op_fnr", "op_npv", "fooling_rate", "rejected_rate", "seconds")
+OPTIONAL_METRICS = ("op_sensitivity", "op_fnr", "op_specificity", "op_npv", "delta_accuracy", "delta_macro_recall",
+                    "delta_fnr", "fooling_rate", "rejected_rate", "seconds")
 
 _NAN = float("nan")
 
@@ -52,6 +53,8 @@ def condition_label(attack, threat, eps):
     """'pgd 8/255 (white-box)', 'fgsm 2/255 (transfer)'; 'no attack (clean)' for a clean row."""
     if threat == "clean":
         return "no attack (clean)"
+    if attack == ENSEMBLE:
+        return f"ensemble {format_eps(eps)} (per-image worst over the suite)"
     return f"{attack} {format_eps(eps)} ({THREAT_TITLES.get(threat, threat)})"
 
 
@@ -80,7 +83,9 @@ def rows(records, *, model):
 
 
 def headline(records, *, model, worst=WORST):
-    """The worst value of each figure over every row of `model` (clean row included).
+    """The worst value of each figure over the ensemble rows of `model` and its clean row (over
+    every row where there is no ensemble row). An ensemble row is the per-image worst case over
+    the suite (evaluation/worst.py), so it is at most every attack's row of its budget.
 
     worst: {metric: fn} with fn(list of values) -> the worst one (min for figures where low is
     bad, max for error rates). Returns {metric: {"value", "attack", "threat", "eps", "ci_low",
@@ -90,6 +95,8 @@ def headline(records, *, model, worst=WORST):
     that no row holds at all (op_fnr without an operating point), which is left out.
     """
     table = rows(records, model=model)
+    if any(r["attack"] == ENSEMBLE for r in table):
+        table = [r for r in table if r["attack"] == ENSEMBLE or r["threat"] == "clean"]
     out = {}
     for metric, pick in worst.items():
         if metric in OPTIONAL_METRICS and not any(metric in r for r in table):
@@ -219,7 +226,7 @@ def render_html(*, title, summary, records, model, figures):
         parts.append(f"<dt>{e(str(key))}</dt><dd>{e(str(value))}</dd>")
     parts.append("</dl>")
 
-    parts.append("<h2>Headline (worst over every condition)</h2>")
+    parts.append("<h2>Headline (the worst ensemble row: per image, the worst over every attack)</h2>")
     parts.append("<ul>")
     parts.extend(f"<li>{e(line)}</li>" for line in headline_text(headline(records, model=model)))
     parts.append("</ul>")
@@ -233,8 +240,11 @@ def render_html(*, title, summary, records, model, figures):
         cells += [f"<td>{e(_cell(r, m))}</td>" for m in columns]
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
-    parts.append("<p>Intervals are 95 % bootstrap intervals; two figures whose intervals overlap are not "
-                 "called different.</p>")
+    parts.append("<p>Intervals are 95 % bootstrap intervals. Attacks use the true labels; every attacked row "
+                 "counts, per image, the worst of the clean image and the attack at this budget and below, and the "
+                 "ensemble row the worst over every attack of the suite (an image is robust only if it is right "
+                 "clean and under every attack). delta_* is this model minus its undefended parent on the same "
+                 "images, with a paired bootstrap interval: an interval that excludes 0 is a difference.</p>")
 
     notes = [n for metric in ("accuracy", "fnr", "op_fnr") for n in overlap_notes(records, model=model, metric=metric)]
     parts.append("<h2>Attacked against clean</h2>")

@@ -40,13 +40,14 @@ class Scores(NamedTuple):
     health_confusion: np.ndarray  # (2, 2) of `counted`
 
 
-def score(y_true, y_pred, rejected=None, reference=None, health_map="clinical"):
+def score(y_true, y_pred, rejected=None, reference=None, health_map="clinical", *, raw=None):
     """Every figure of predictions y_pred (N,) against y_true (N,), as Scores.
 
     rejected: (N,) bool detector verdicts, or None without a detector. With them the figures
     count rejections strictly (with_rejection) and add `referred_<figure>` (rejections sent
     to a doctor) and `rejected_rate`. reference: (N,) the same model's clean predictions, for
-    `fooling_rate` (raw predictions on both sides, rejections aside).
+    `fooling_rate` of `raw` (N,) (the model's own predictions on the attacked images, when
+    y_pred is a worst case counted over several; default y_pred), rejections aside.
     Values are in this order: metrics.summary's, referred_*, rejected_rate, fooling_rate.
     """
     y_pred = np.asarray(y_pred)
@@ -58,5 +59,5 @@ def score(y_true, y_pred, rejected=None, reference=None, health_map="clinical"):
         values |= evaluate(y_true, referred, health_map, prefix="referred_")[0]
         values["rejected_rate"] = float(np.mean(rejected))
     if reference is not None:
-        values["fooling_rate"] = metrics.fooling_rate(reference, y_pred)
+        values["fooling_rate"] = metrics.fooling_rate(reference, y_pred if raw is None else raw)
     return Scores(values, counted, cm, cm2)

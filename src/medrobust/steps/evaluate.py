@@ -1,7 +1,9 @@
 """The `evaluate` step: a model URI (plain or defended) and attack suites in, a robustness
 report out: one row per (attack, eps, threat model) with every figure, its 95 % bootstrap
-interval and the health figures at the clinical operating point, and a headline, the worst
-case over the rows. Logged as metrics, a CSV and one self-contained HTML page."""
+interval and the health figures at the clinical operating point; per budget the ensemble row,
+the per-image worst case over the suite (evaluation/worst.py), which the headline reads; and
+for a defended model, its paired difference to its undefended parent on the same images.
+Logged as metrics, a CSV and one self-contained HTML page."""
 
 import logging
 import time
@@ -11,13 +13,15 @@ import numpy as np
 
 from .. import attacks, plots, tracking
 from ..config import EvaluateConfig, flatten
-from ..data import CLASSES, N_CLASSES, class_index, load_dataset, malignant_mask, stratified_subset
+from ..data import CLASSES, N_CLASSES, load_dataset, malignant_mask, stratified_subset
 from ..errors import ModelError
 from ..attacks.adaptive import eot_note, joint_pgd
-from ..evaluation import Condition, bootstrap_metrics, interval_summary, measure, record, records_csv, score
+from ..evaluation import Condition, interval_summary, measure, record, records_csv, score
+from ..evaluation.intervals import paired_difference
+from ..evaluation.records import ENSEMBLE
 from ..evaluation.operating_point import malignancy_score, operating_summary, roc, threshold_for_sensitivity
 from ..evaluation.report import condition_label, format_eps, headline, headline_text, render_html, rows, security_curves
-from ..evaluation.suite import softmax
+from ..evaluation.suite import add_measurement, ensembles, softmax
 from ..models.training import set_seed
 
 log = logging.getLogger(__name__)
@@ -29,7 +33,7 @@ MODEL, SURROGATE = "target", "surrogate"  # the names of the two models in the r
 class EvaluateResult:
     run_id: str
     records: list  # long format: {model, attack, threat, eps, metric, value}
-    headline: dict  # {metric: {value, attack, threat, eps, ci_low, ci_high}}: the worst case over the rows
+    headline: dict  # {metric: {value, attack, threat, eps, ci_low, ci_high}}: the worst ensemble row
     threshold: float | None  # the operating point on the malignancy score
     notes: list  # what the suite could not do as asked, and why
 
@@ -38,7 +42,11 @@ def attack_params(config, method):
     """The step-level settings of an attack (each attack gets only what it takes)."""
     return {"pgd": {"steps": config.pgd_steps, "random_start": True}, "cw_pgd": {"steps": config.cw_steps},
             "uap_fast": {"max_steps": config.uap_max_steps}, "uap": {"uap_max_iter": config.uap_max_iter},
-            "apgd": {"steps": config.apgd_steps}}.get(method, {})
+            "apgd": {"steps": config.apgd_steps}, "apgd_t": {"steps": config.apgd_steps},
+            "square": {"queries": config.square_queries},
+            "autoattack": {"steps": config.apgd_steps, "queries": config.square_queries},
+            "health": {"steps": config.apgd_steps, "restarts": config.health_restarts,
+                       "health_map": config.data.health_map}}.get(method, {})
 
 
 def suite_conditions(config, has_surrogate):
@@ -59,7 +67,7 @@ def suite_conditions(config, has_surrogate):
             for method in ("fgsm", "uap", "uap_fast"):
                 add(method, config.eps, "transfer")
         if name in ("standard", "full"):
-            for method in ("fgsm", "pgd", "uap_fast", "cw_pgd"):
+            for method in ("fgsm", "pgd", "autoattack"):
                 add(method, config.eps, "whitebox")
                 add(method, config.eps, "transfer")
         if name in ("adaptive", "full"):  # white-box through the whole defense (BPDA); the joint attack aside
@@ -67,10 +75,13 @@ def suite_conditions(config, has_surrogate):
                 add(method, config.eps, "whitebox")
         if name == "autoattack":
             add("autoattack", config.eps, "whitebox")
+        if name in ("health", "full"):
+            add("health", config.eps, "whitebox")
         if name == "full":
             for method in config.curve_attacks:
                 for eps in config.curve_eps:
-                    add(method, eps, "whitebox")
+                    if eps > 0:  # the clean row is every curve's first point
+                        add(method, eps, "whitebox")
     unique = []
     for c in wanted:
         if all((c.attack, c.eps, c.threat) != (u.attack, u.eps, u.threat) for u in unique):
@@ -126,54 +137,39 @@ def operating_threshold(config, model, data, malignant):
 
 def with_intervals_and_operating_point(evaluation, y, malignant, threshold, config):
     """The records of an Evaluation plus, per measurement, 95 % bootstrap intervals and the
-    health figures at the operating threshold."""
+    health figures at the operating threshold (on the per-image worst malignancy scores: op_fnr
+    is the share of cancers the suite gets below the threshold, 1 - op_specificity the share of
+    benign lesions it gets above it); and, where the surrogate is the measured model's parent,
+    the paired differences of the clean and ensemble rows (`paired_records`)."""
     out = list(evaluation.records)
     is_malignant = malignant[y]
     for m in evaluation.measurements:
         extra = interval_summary(y, m.counted, malignant, n_resamples=config.n_resamples, seed=config.seed)
         extra = {k: v for k, v in extra.items() if k.endswith(("_ci_low", "_ci_high"))}
         if threshold is not None and m.model == MODEL:  # the threshold is the measured model's own
-            extra |= operating_summary(malignancy_score(m.probabilities, malignant), is_malignant, threshold,
-                                       n_resamples=config.n_resamples, seed=config.seed)
+            extra |= operating_summary(m.scores, is_malignant, threshold, n_resamples=config.n_resamples,
+                                       seed=config.seed)
         out += [record(m.model, m.attack, m.threat, m.eps, k, v) for k, v in extra.items()]
+    return out + paired_records(evaluation, malignant, config)
+
+
+def paired_records(evaluation, malignant, config):
+    """delta_<figure> records (with _ci_low, _ci_high) on the measured model's clean row and
+    each of its ensemble rows: its figure minus the surrogate's on the same row, with the paired
+    bootstrap interval (intervals.paired_difference). The surrogate faced only the attacks
+    crafted on it (the transfer conditions, white-box on it), the measured model those and its
+    own white-box ones, so a defense's gain is, if anything, understated. [] without a surrogate."""
+    out = []
+    ours = [m for m in evaluation.measurements if m.model == MODEL and (m.threat == "clean" or m.attack == ENSEMBLE)]
+    for m in ours:
+        parent = next((p for p in evaluation.measurements if p.model == SURROGATE
+                       and (p.attack, p.threat, p.eps) == (m.attack, m.threat, m.eps)), None)
+        if parent is None:
+            continue
+        delta = paired_difference(evaluation.y_true, m.counted, parent.counted, malignant,
+                                  n_resamples=config.n_resamples, seed=config.seed)
+        out += [record(MODEL, m.attack, m.threat, m.eps, k, v) for k, v in delta.items()]
     return out
-
-
-def health_target(y_train, malignant):
-    """The benign class the health attack pushes cancers to: the commonest benign class of the
-    training split (nv under the clinical map; bkl under the thesis map, where nv counts as
-    malignant); of the measured images for an external set, which has no training split."""
-    counts = np.bincount(y_train, minlength=len(malignant)).astype(float)
-    counts[malignant] = -1
-    return CLASSES[int(counts.argmax())]
-
-
-def health_attack(model, x, y, malignant, target, config, threshold=None):
-    """The clinically worst attack: PGD pushing only the malignant images to the benign class
-    `target`. Records the share of those cancers called benign before and after (fnr on the
-    malignant images, with its bootstrap interval; a rejected image counts as missed, as in
-    every strict figure) and, with a threshold, the share whose malignancy score the attack
-    pushed below it (op_fnr, op_sensitivity: the operating point's view of the same images)."""
-    cancers = malignant[y]
-    if not cancers.any():
-        return []
-    x_mal, y_mal = x[cancers], y[cancers]
-    started = time.perf_counter()
-    log.info("health: pgd pushing the %d malignant images to %s (white-box)", len(x_mal), target)
-    x_adv, _ = attacks.craft("pgd", model.as_keras(), x_mal, config.eps, "inf", target=class_index(target),
-                             seed=config.seed, **attack_params(config, "pgd"))
-    before = malignant[model.logits(x_mal).argmax(axis=1)] & ~model.rejected(x_mal)
-    after = malignant[model.logits(x_adv).argmax(axis=1)] & ~model.rejected(x_adv)
-    missed = bootstrap_metrics(after, after, {"fnr": lambda _, caught: float(np.mean(~caught))},
-                               n_resamples=config.n_resamples, seed=config.seed)["fnr"]
-    values = {"fnr": missed[0], "fnr_ci_low": missed[1], "fnr_ci_high": missed[2],
-              "fnr_before": float(np.mean(~before)), "cancers_hidden": int(np.sum(before & ~after)),
-              "cancers": int(len(y_mal)), "seconds": time.perf_counter() - started}
-    if threshold is not None:  # every image here is malignant: specificity and NPV are undefined
-        op = operating_summary(malignancy_score(softmax(model.logits(x_adv)), malignant), np.ones(len(y_mal), bool),
-                               threshold, n_resamples=config.n_resamples, seed=config.seed)
-        values |= {k: v for k, v in op.items() if k.startswith(("op_fnr", "op_sensitivity"))}
-    return [record(MODEL, f"pgd_to_{target}", "whitebox", config.eps, k, v) for k, v in values.items()]
 
 
 def adaptive_notes(model):
@@ -187,24 +183,16 @@ def adaptive_notes(model):
     return notes
 
 
-def joint_attack(model, x, y, malignant, threshold, config):
-    """PGD on classifier and detector at once (the image must fool one and pass the other):
-    records scored like every row, rejections counted strictly and referred."""
+def joint_attack(model, x, y, evaluation, config):
+    """PGD on classifier and detector at once (the image must fool one and pass the other) on
+    the true labels, added to `evaluation` as a row counted like every other (rejections
+    strictly, the per-image worst of clean and attacked) and so part of the ensemble."""
     started = time.perf_counter()
     log.info("adaptive: joint pgd on the classifier and its detector (white-box), %d images", len(x))
-    x_adv = joint_pgd(model.as_keras(), model.detector, x, eps=config.eps, steps=config.pgd_steps,
+    x_adv = joint_pgd(model.as_keras(), model.detector, x, y=y, eps=config.eps, steps=config.pgd_steps,
                       threshold=model.threshold, seed=config.seed)
-    logits = model.logits(x_adv)
-    reference = model.logits(x).argmax(axis=1)
-    s = score(y, logits.argmax(axis=1), model.rejected(x_adv), reference, config.data.health_map)
-    values = dict(s.values)
-    values |= {k: v for k, v in interval_summary(y, s.counted, malignant, n_resamples=config.n_resamples,
-                                                 seed=config.seed).items() if k.endswith(("_ci_low", "_ci_high"))}
-    if threshold is not None:
-        values |= operating_summary(malignancy_score(softmax(logits), malignant), malignant[y], threshold,
-                                    n_resamples=config.n_resamples, seed=config.seed)
-    values["seconds"] = time.perf_counter() - started
-    return [record(MODEL, "joint_pgd", "whitebox", config.eps, k, v) for k, v in values.items()]
+    add_measurement(evaluation.measurements, y, MODEL, model, "joint_pgd", "whitebox", config.eps, x_adv,
+                    health_map=config.data.health_map, started=started)
 
 
 def metric_name(r):
@@ -282,13 +270,11 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
         log.info("evaluate: %d %s images, %d conditions%s", len(x), config.split, len(conditions),
                  f", operating threshold {threshold:.4f}" if threshold is not None else "")
         evaluation = measure(model, x, y, conditions, surrogate=surrogate, health_map=config.data.health_map,
-                             seed=config.seed, names=(MODEL, SURROGATE))
-        records = with_intervals_and_operating_point(evaluation, y, malignant, threshold, config)
-        if "health" in config.suites or "full" in config.suites:
-            target = health_target(data.y["train"] if len(data.y["train"]) else y, malignant)
-            records += health_attack(model, x, y, malignant, target, config, threshold)
+                             seed=config.seed, names=(MODEL, SURROGATE), ensemble=False)
         if ("adaptive" in config.suites or "full" in config.suites) and model.detector is not None:
-            records += joint_attack(model, x, y, malignant, threshold, config)
+            joint_attack(model, x, y, evaluation, config)
+        evaluation.measurements += ensembles(evaluation)
+        records = with_intervals_and_operating_point(evaluation, y, malignant, threshold, config)
         clean = evaluation.get(MODEL)
         roc_curve = roc(malignancy_score(clean.probabilities, malignant), malignant[y])
         records.append(record(MODEL, "none", "clean", 0.0, "roc_auc", roc_curve[3]))
