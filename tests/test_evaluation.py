@@ -15,7 +15,7 @@ from medrobust.data import CLASSES, malignant_mask
 from medrobust.defenses import (DEFENSES, FAMILIES, DefendedClassifier, Hooks, applicable, check_settings, input_chain,
                                 parse_spec)
 from medrobust.errors import ConfigError
-from medrobust.evaluation import (FIELDS, Condition, by_condition, flat_metrics, measure, records_csv, suite,
+from medrobust.evaluation import (FIELDS, Condition, worst_predictions, by_condition, flat_metrics, measure, records_csv, suite,
                                   wide_table, with_rejection)
 
 EPS = 8 / 255
@@ -44,7 +44,8 @@ def measured():
     y = np.arange(42) % len(CLASSES)
     parent = _linear(1, len(CLASSES))
     target = DefendedClassifier(_linear(2, len(CLASSES)), detector=_brightness_detector())
-    evaluation = measure(target, x, y, suite(("fgsm",), EPS), surrogate=parent, seed=3)
+    # the ensemble rows have tests of their own (test_counting.py)
+    evaluation = measure(target, x, y, suite(("fgsm",), EPS), surrogate=parent, seed=3, ensemble=False)
     return x, y, parent, target, evaluation
 
 
@@ -79,16 +80,21 @@ def test_flat_metrics_equal_a_direct_summary(measured):
 
     parent_clean = parent.predict(x, verbose=0).argmax(1)
     clean = target.logits(x).argmax(1)
-    x_transfer, _ = attacks.craft("fgsm", parent, x, EPS, seed=3)
-    x_white, _ = attacks.craft("fgsm", target.as_keras(), x, EPS, seed=3)
+    x_transfer, _ = attacks.craft("fgsm", parent, x, EPS, y=y, seed=3)
+    x_white, _ = attacks.craft("fgsm", target.as_keras(), x, EPS, y=y, seed=3)
     expected = summary(parent_clean, "parent_clean_")
-    expected |= summary(parent.predict(x_transfer, verbose=0).argmax(1), "parent_fgsm_")
+    # attacked rows count, per image, the worse of clean and attacked (evaluation/worst.py)
+    expected |= summary(worst_predictions(y, [parent_clean, parent.predict(x_transfer, verbose=0).argmax(1)],
+                                          malignant), "parent_fgsm_")
     expected["parent_fgsm_fooling_rate"] = metrics.fooling_rate(parent_clean, parent.predict(x_transfer, verbose=0).argmax(1))
     for name, images in (("clean", x), ("adv_fgsm_transfer", x_transfer), ("adv_fgsm_whitebox", x_white)):
         pred, rejected = target.logits(images).argmax(1), target.rejected(images)
         assert 0 < rejected.sum() < len(x)  # both kinds of verdict, so the strict and referred figures differ
         strict, referred = with_rejection(y, pred, rejected, "clinical")
-        expected |= summary(strict, f"{name}_") | summary(referred, f"{name}_referred_")
+        if name == "clean":
+            clean_strict = strict
+        counted = worst_predictions(y, [clean_strict, strict], malignant)
+        expected |= summary(counted, f"{name}_") | summary(referred, f"{name}_referred_")
         expected[f"{name}_rejected_rate"] = float(np.mean(rejected))
         if name != "clean":
             expected[f"{name}_fooling_rate"] = metrics.fooling_rate(clean, pred)

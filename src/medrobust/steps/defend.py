@@ -124,7 +124,7 @@ def _log_evaluation(evaluation, x):
         log_confusion(m.confusion, m.health_confusion, evaluation.health_map, evaluation.name(m))
     clean = evaluation.get(DEFENDED).predictions
     for m in evaluation.measurements:
-        if m.model == DEFENDED and m.threat == "whitebox":
+        if m.model == DEFENDED and m.threat == "whitebox" and m.examples is not None:  # not the ensemble row
             n = len(m.examples)
             fig = plots.examples_figure(x[:n], m.examples, evaluation.y_true[:n], clean[:n], m.predictions[:n], CLASSES,
                                         m.eps)
