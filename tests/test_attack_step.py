@@ -28,7 +28,8 @@ def test_fgsm_attack_run_logs_everything(trained):
         assert key in m, key
     assert m["perturbation_linf_max"] <= 8 / 255 + 1e-6
     assert run["params"]["data.image_size"] == "32"  # the model's input size, not the CLI default
-    assert m["fooling_rate"] > 0.2  # the harm on a real model is measured in test_attacks.py
+    assert m["fooling_rate"] > 0.05  # the harm on a real model is measured in test_attacks.py
+    assert m["adv_accuracy"] <= m["clean_accuracy"]  # counted per image as the worse of clean and attacked
     shares = [m[f"adv_predicted_share_{c}"] for c in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")]
     assert sum(shares) == pytest.approx(1.0)
     artifacts = tracking.list_artifacts(result.run_id)

@@ -43,10 +43,11 @@ def test_retraining_raises_accuracy_under_fgsm(trained):
     data, model = trained
     result = _defend(data, model, "retrain", rounds=2, epochs_per_round=3, learning_rate=1e-3)
     m = result.metrics
-    # Each model under its own white-box FGSM (measured: 0.33 against 0.21), and the retrained
-    # one under the parent's FGSM images too (0.27).
-    assert m["adv_fgsm_whitebox_accuracy"] > m["parent_fgsm_accuracy"] + 0.08, m
-    assert m["adv_fgsm_transfer_accuracy"] > m["parent_fgsm_accuracy"] + 0.03, m
+    # Each model under its own white-box FGSM on the true labels, counted per image as the worse of
+    # clean and attacked (measured: 0.13 against 0.10), and the retrained one under the parent's
+    # FGSM images too.
+    assert m["adv_fgsm_whitebox_accuracy"] > m["parent_fgsm_accuracy"], m
+    assert m["adv_fgsm_transfer_accuracy"] > m["parent_fgsm_accuracy"], m
     run = tracking.get_run(result.run_id)
     assert run["status"] == "FINISHED" and run["tags"]["medrobust.defense"] == "retrain"
     assert len(tracking.metric_history(result.run_id, "retrain_loss")) == 6  # 2 rounds x 3 epochs
@@ -101,7 +102,9 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     assert list(by_condition(result.records)) == [("parent", "none", "clean", 0.0), ("defended", "none", "clean", 0.0),
                                                   ("parent", "fgsm", "whitebox", EPS),
                                                   ("defended", "fgsm", "transfer", EPS),
-                                                  ("defended", "fgsm", "whitebox", EPS)]
+                                                  ("defended", "fgsm", "whitebox", EPS),
+                                                  ("parent", "ensemble", "whitebox", EPS),
+                                                  ("defended", "ensemble", "whitebox", EPS)]
     assert list(result.table) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box"]
     artifacts = tracking.list_artifacts(result.run_id)
     assert {"report/records.csv", "report/before_after.txt", "confusion/adv_fgsm_whitebox_7x7.json",

@@ -80,16 +80,20 @@ def test_report_step_recaps_evaluate_runs_of_real_models(ham_dir, tmp_path):
     clean = next(r for r in result.table if r["model"] == "squeeze+llt" and r["condition"] == "no attack (clean)")
     assert clean["accuracy"] == next(x["value"] for x in llt.records if x["model"] == "target" and
                                      x["threat"] == "clean" and x["metric"] == "accuracy")
-    # One recap curve per attacked condition: the adaptive suite's fgsm, pgd and apgd (white-box).
-    assert result.figures == [f"recap: {a} 2/255 (white-box)" for a in ("fgsm", "pgd", "apgd")]
+    # One recap curve per attacked condition: the adaptive suite's fgsm, pgd and apgd (white-box), the ensemble.
+    assert result.figures == [f"recap: {a} 2/255 (white-box)" for a in ("fgsm", "pgd", "apgd")] + [
+        "recap: ensemble 2/255 (per-image worst over the suite)"]
+    # the paired difference to the parent on the same images (the adaptive suite attacks only the defended
+    # model, so the parent has no attacked row to pair with: the clean row's)
+    assert clean["delta_accuracy_ci_low"] <= clean["delta_accuracy"] <= clean["delta_accuracy_ci_high"]
     run = tracking.get_run(result.run_id)
     assert run["tags"]["medrobust.step"] == "report" and run["params"]["n_models"] == "2"
     assert tracking.load_json_artifact(result.run_id, "report/runs.json") == {"undefended": plain.run_id,
                                                                               "squeeze+llt": llt.run_id}
     artifacts = set(tracking.list_artifacts(result.run_id))
-    assert {"report/recap.csv", "report/recap.txt", "report/recap.html", "report/recap_3.png"} <= artifacts
+    assert {"report/recap.csv", "report/recap.txt", "report/recap.html", "report/recap_4.png"} <= artifacts
     page = open(tracking.download_artifact(result.run_id, "report/recap.html", tmp_path)).read()
-    assert "undefended" in page and "squeeze+llt" in page and page.count("data:image/png;base64,") == 3
+    assert "undefended" in page and "squeeze+llt" in page and page.count("data:image/png;base64,") == 4
 
     with pytest.raises(ConfigError, match=f"run {model.run_id} is a train run, not an evaluate run"):
         run_report(ReportConfig(experiment="test", runs=(model.run_id,)))

@@ -508,8 +508,11 @@ class ReportConfig(StepConfig):
 
     runs: tuple[str, ...] = setting((), "evaluate run ids to compare; none given: every finished evaluate run of "
                                         "--experiment, the latest per model", positional=True)
-    metrics: tuple[str, ...] = setting(("accuracy", "macro_recall", "macro_specificity", "fnr"),
-                                       "figures compared (the evaluate step's metric names)", check=non_empty)
+    metrics: tuple[str, ...] = setting(("accuracy", "macro_recall", "macro_specificity", "fnr", "op_fnr",
+                                        "delta_accuracy", "delta_fnr"),
+                                       "figures compared (the evaluate step's metric names; delta_*: a defended "
+                                       "model minus its parent on the same images, paired interval)",
+                                       check=non_empty)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ a run of its own: CSV, text, one HTML page and the figures."""
 import csv
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import plots, tracking
 from ..config import ReportConfig, flatten
@@ -87,6 +87,8 @@ def run_report(config: ReportConfig) -> ReportResult:
         except ValueError as e:
             raise ConfigError(f"evaluate run {run_id}: {RECORDS} is not a records file ({e})") from e
     present = {r["metric"] for records in models.values() for r in records}
+    if config.metrics == ReportConfig().metrics:  # the defaults: those no run holds (op_fnr, delta_*) drop out
+        config = replace(config, metrics=tuple(m for m in config.metrics if m in present))
     missing = [m for m in config.metrics if m not in present]
     if missing:
         raise ConfigError(f"metrics {', '.join(missing)} are in none of the runs; they hold "
