@@ -23,8 +23,9 @@ def test_format_table_puts_each_condition_in_a_column():
 
 def test_baseline_nests_every_step_under_one_run(ham_dir, caplog):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
+    # adaptive + health: the standard suite's AutoAttack (5000 Square queries) is evaluate's to test
     config = BaselineConfig(data=data, epochs=2, batch_size=32, experiment="baseline", uap_max_steps=3, rounds=1,
-                        epochs_per_round=1, evaluate_images=20)
+                            epochs_per_round=1, evaluate_images=20, evaluate_suites=("adaptive", "health"))
     with caplog.at_level(logging.INFO, logger="medrobust"):
         out = run_baseline(config)
     columns = out.attacks
@@ -33,7 +34,7 @@ def test_baseline_nests_every_step_under_one_run(ham_dir, caplog):
     assert all(r["status"] == "FINISHED" for r in every)
     runs = [r for r in every if r["step"] != "evaluate-row"]
     assert [r["name"] for r in runs] == ["baseline", "train-small_cnn", "attack-fgsm", "attack-uap_fast",
-                                         "defend-retrain+llt", "evaluate-standard+adaptive+health"]
+                                         "defend-retrain+llt", "evaluate-adaptive+health"]
     assert [r["step"] for r in runs] == ["baseline", "train", "attack", "attack", "defend", "evaluate"]
     assert runs[0]["run_id"] == out.run_id and runs[0]["parent"] is None
     assert all(r["parent"] == out.run_id for r in runs[1:])
@@ -44,8 +45,8 @@ def test_baseline_nests_every_step_under_one_run(ham_dir, caplog):
     rows = [r for r in every if r["step"] == "evaluate-row"]
     assert rows and all(r["parent"] == evaluation.run_id for r in rows)
     names = {r["name"] for r in rows}
-    assert {"pgd 2/255 (white-box)", "apgd 2/255 (white-box)", "cw_pgd 2/255 (transfer)"} <= names
-    assert any(n.startswith("pgd_to_") for n in names)  # the health attack
+    assert {"pgd 2/255 (white-box)", "apgd 2/255 (white-box)", "health 2/255 (white-box)",
+            "ensemble 2/255 (per-image worst over the suite)"} <= names
     assert "worst accuracy" in caplog.text and "worst fnr" in caplog.text
     fgsm = tracking.get_run(runs[2]["run_id"])
     assert fgsm["metrics"]["adv_accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
@@ -55,7 +56,8 @@ def test_baseline_nests_every_step_under_one_run(ham_dir, caplog):
     table = out.defense.table
     assert table["parent fgsm"]["accuracy"] == pytest.approx(columns["fgsm 2/255"]["accuracy"])
     assert list(table) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box",
-                           "parent uap_fast", "uap_fast transfer", "uap_fast white-box"]
+                           "parent uap_fast", "uap_fast transfer", "uap_fast white-box", "parent ensemble",
+                           "ensemble white-box"]
     printed = caplog.text
     assert "uap_fast 2/255" in printed and "fooling rate" in printed and "fgsm white-box" in printed
     assert [v["version"] for v in tracking.model_versions("medrobust-small_cnn")] == [1, 2]

@@ -105,7 +105,8 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
                                                   ("defended", "fgsm", "whitebox", EPS),
                                                   ("parent", "ensemble", "whitebox", EPS),
                                                   ("defended", "ensemble", "whitebox", EPS)]
-    assert list(result.table) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box"]
+    assert list(result.table) == ["parent clean", "defended clean", "parent fgsm", "fgsm transfer", "fgsm white-box",
+                                  "parent ensemble", "ensemble white-box"]
     artifacts = tracking.list_artifacts(result.run_id)
     assert {"report/records.csv", "report/before_after.txt", "confusion/adv_fgsm_whitebox_7x7.json",
             "confusion/parent_fgsm_2x2.json", "examples/fgsm_whitebox.png", "training/retrain_history.json"} <= set(artifacts)

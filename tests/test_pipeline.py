@@ -6,12 +6,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from medrobust import tracking
-from medrobust.config import PipelineConfig
+from medrobust.config import PipelineConfig, SuiteConfig
 from medrobust.errors import ConfigError
 from medrobust.cli import build_parser
 from medrobust.steps.pipeline import KEY_TAG, expand, parse, run_pipeline, split_overrides
@@ -210,7 +211,12 @@ def test_the_shipped_pipelines_parse_and_every_config_builds():
             "defend retrain+llt on small_cnn", "evaluate full on llt on small_resnet", "report_small",
             "promote retrain+llt on small_cnn"} <= set(labels)
     evaluate = next(i for i in quick if i.spec.name == "evaluate_resnet")  # a YAML anchor shares settings
-    assert build_config(evaluate, PipelineConfig()).curve_eps == (0, 2 / 255, 4 / 255, 8 / 255)
+    assert build_config(evaluate, PipelineConfig()).curve_eps == (2 / 255, 4 / 255, 8 / 255)
+    # the gate runs evaluate's settings on the same images, so it reuses that evaluate run
+    gate = build_config(next(i for i in quick if i.spec.step == "promote"), PipelineConfig())
+    small = build_config(next(i for i in quick if i.spec.name == "evaluate_small"), PipelineConfig())
+    shared = [f.name for f in fields(SuiteConfig) if f.name not in ("run_name", "model_uri")]
+    assert {n: getattr(gate, n) for n in shared} == {n: getattr(small, n) for n in shared}
     assert len(set(labels)) == len(labels)  # every run name says what it is
     thesis = parse(REPO / "pipelines" / "thesis.yaml", split_overrides("resnet.weights=/models/r50.h5"))
     assert next(s for s in thesis if s.name == "resnet").settings["weights"] == "/models/r50.h5"
@@ -390,3 +396,26 @@ def test_a_gate_that_promoted_its_own_version_is_reused_not_run_again(tmp_path):
     assert moving_inputs("promote", config) == first == {"current": None}
     tracking.set_alias("m", "robust", 1)
     assert moving_inputs("promote", config) == {"current": 1}
+
+
+def test_after_a_pipeline_that_trains_with_alias_baseline_the_attack_entry_point_works(tmp_path, ham_dir,
+                                                                                       mlflow_project):
+    """quick.yaml's small_cnn holds @baseline, so the design card's own next command runs on the
+    store `make run` leaves; without it the error says which command makes @baseline."""
+    missing = mlflow_project("attack", {"method": "uap", "data": ham_dir, "max_images": 14})
+    assert missing.returncode != 0 and "no model registered as medrobust-small_cnn" in missing.stderr
+    path = write_pipeline(tmp_path, """\
+     small:
+       step: train
+       with: {arch: small_cnn, epochs: 1, alias: none}
+     """, data=ham_dir)
+    run_pipeline(PipelineConfig(file=str(path), experiment="e2e"))
+    no_alias = mlflow_project("attack", {"method": "uap", "data": ham_dir, "max_images": 14})
+    assert no_alias.returncode != 0
+    assert "has no version @baseline" in no_alias.stderr and "`make run` or `medrobust train`" in no_alias.stderr
+    path.write_text(path.read_text().replace("alias: none", "alias: baseline"))
+    run_pipeline(PipelineConfig(file=str(path), experiment="e2e"))
+    done = mlflow_project("attack", {"method": "uap", "data": ham_dir, "max_images": 14, "uap_max_iter": 1})
+    assert done.returncode == 0, done.stderr[-3000:]
+    attack = next(r for r in tracking.search_runs("e2e") if r["step"] == "attack")
+    assert tracking.get_run(attack["run_id"])["params"]["method"] == "uap"

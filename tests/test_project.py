@@ -122,7 +122,7 @@ def test_from_dict_refuses_unknown_keys_and_bad_values_by_name():
 def test_an_attack_setting_the_method_does_not_take_is_refused_by_name():
     with pytest.raises(ConfigError, match="attack fgsm takes no steps; its own settings are none"):
         method_params(AttackConfig(method="fgsm", steps=20))
-    with pytest.raises(ConfigError, match="attack pgd takes no uap_delta; its own settings are steps, step_size"):
+    with pytest.raises(ConfigError, match="attack pgd takes no uap_delta; its own settings are steps, restarts, step_size"):
         method_params(AttackConfig(method="pgd", uap_delta=0.5))
     assert method_params(AttackConfig(method="pgd", steps=20))["steps"] == 20
 

@@ -24,7 +24,7 @@ def test_promotion_moves_aliases_only_on_a_pass(ham_dir):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
     model = run_train(TrainConfig(data=data, epochs=2, batch_size=32, experiment="test"))
     first = _defend(data, model)
-    gate = dict(data=data, suites=("adaptive",), max_images=16, experiment="test")
+    gate = dict(data=data, suites=("adaptive",), max_images=16, apgd_steps=10, experiment="test")
     passed = run_promote(PromoteConfig(**gate, **LENIENT))
     assert passed.passed and passed.version == first.version == 2 and not passed.reused
     assert tracking.model_aliases(NAME) == {"baseline": 1, "candidate": 2, "robust": 2}

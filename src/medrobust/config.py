@@ -388,8 +388,9 @@ EVALUATE_SUITES = ("thesis", "standard", "adaptive", "autoattack", "health", "fu
 
 
 @dataclass(frozen=True)
-class EvaluateConfig(ModelStepConfig):
-    """A model (plain or defended) measured clean and under an attack suite: a report."""
+class SuiteConfig(ModelStepConfig):
+    """The attack suites a model is measured with and their settings: what `evaluate` runs, and
+    what a `promote` gate runs (or reuses, when an evaluate run of the version matches)."""
 
     suites: tuple[str, ...] = setting(("standard",), "presets: thesis (fgsm, uap, uap_fast, transfer), standard "
                                                      "(AutoAttack's standard version: APGD-CE, APGD-T, Square; with "
@@ -407,17 +408,10 @@ class EvaluateConfig(ModelStepConfig):
                                            or each(eps_range)(v))
     curve_attacks: tuple[str, ...] = setting(("fgsm", "pgd", "uap_fast"), "full: the attacks of the security curves",
                                              check=non_empty)
-    split: str = setting("test", "images measured; all: every image of the data (an external test set)",
-                         choices=(*SPLITS, "all"))
     max_images: int | None = setting(None, "measure a class-stratified sample of N images (seeded; CPU budgets)", check=at_least(1))
-    attack_model_uri: str | None = setting(None, "surrogate for transfer attacks; none: a defended model's "
-                                                 "undefended parent (transfer rows are left out for a plain model)")
     target_sensitivity: float = setting(0.95, "operating point: the malignancy threshold is chosen on the validation "
                                               "split to catch this share of cancers",
                                         check=between(0, 1, low_open=True, high_open=True))
-    threshold: float | None = setting(None, "operating point given, not chosen (e.g. for an external set with no "
-                                            "validation split); none: chosen on the validation split",
-                                      check=between(0, 1))
     n_resamples: int = setting(1000, "bootstrap resamples of the test images for the 95 % intervals", check=at_least(10))
     pgd_steps: int = setting(20, "pgd: iterations (random start)", check=at_least(1))
     cw_steps: int = setting(20, "cw_pgd: iterations (random start)", check=at_least(1))
@@ -427,6 +421,19 @@ class EvaluateConfig(ModelStepConfig):
                               check=at_least(1))
     square_queries: int = setting(5000, "autoattack's Square: queries (RobustBench: 5000)", check=at_least(1))
     health_restarts: int = setting(1, "health: random starts of its APGD", check=at_least(1))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(SuiteConfig):
+    """A model (plain or defended) measured clean and under an attack suite: a report."""
+
+    split: str = setting("test", "images measured; all: every image of the data (an external test set)",
+                         choices=(*SPLITS, "all"))
+    attack_model_uri: str | None = setting(None, "surrogate for transfer attacks; none: a defended model's "
+                                                 "undefended parent (transfer rows are left out for a plain model)")
+    threshold: float | None = setting(None, "operating point given, not chosen (e.g. for an external set with no "
+                                            "validation split); none: chosen on the validation split",
+                                      check=between(0, 1))
 
 
 TUNE_OBJECTIVES = ("attack_eps", "poison_fraction", "defense", "train")
@@ -481,15 +488,14 @@ class TuneConfig(ModelStepConfig):
 
 
 @dataclass(frozen=True)
-class PromoteConfig(ModelStepConfig):
-    """A registry gate: the version at model_uri is evaluated (or an evaluate run of it with
-    the same settings is reused) and moves to @robust only if it passes every criterion."""
+class PromoteConfig(SuiteConfig):
+    """A registry gate: the version at model_uri is evaluated with the suite settings (or an
+    evaluate run of it with the same settings is reused) and moves to @robust only if it passes
+    every criterion."""
 
     model_uri: str = setting(CANDIDATE_URI, "the version to promote: models:/<name>@<alias> or models:/<name>/<version>")
     suites: tuple[str, ...] = setting(("standard", "health"), "evaluate suites of the gate", choices=EVALUATE_SUITES,
                                       check=non_empty)
-    eps: float = setting(2 / 255, "budget of the gate's attacks", check=eps_range)
-    max_images: int | None = setting(None, "evaluate a class-stratified sample of N test images", check=at_least(1))
     min_robust_macro_recall: float | None = setting(0.35, "pass only if the worst macro recall under attack is at least "
                                                           "this; none: not checked", check=between(0, 1))
     max_attacked_fnr: float | None = setting(0.5, "pass only if the worst FNR under attack at the operating point "

@@ -405,6 +405,13 @@ def _unresolved(model_uri, error):
         if not model_versions(name):
             return ModelError(f"no model registered as {name} in {tracking_uri()} (asked for {model_uri}); "
                               "run train first: `mlflow run . -e train` or `medrobust train`")
+        alias = str(model_uri).split("@", 1)[1] if "@" in str(model_uri) else None
+        if alias is not None and alias not in model_aliases(name):
+            makers = {"baseline": "`make run` or `medrobust train`", "candidate": "`medrobust defend`",
+                      "robust": "`medrobust promote`", "previous": "a second `medrobust promote`"}
+            return ModelError(f"model URI {model_uri} does not resolve: {name} has no version @{alias} in "
+                              f"{tracking_uri()}; {makers.get(alias, 'an alias set on a version')} sets it "
+                              f"(versions {', '.join(str(v['version']) for v in model_versions(name))})")
     return ModelError(f"model URI {model_uri} does not resolve: {first}")
 
 

@@ -97,6 +97,12 @@ def _compiled(model, loss_fn):
     return gradient, step
 
 
+def trace(model, loss):
+    """The compiled (gradient, step) functions of `model` and `loss` (a LOSSES name or a loss
+    function), for `run(..., traced=)`."""
+    return _compiled(model, LOSSES[loss] if isinstance(loss, str) else loss)
+
+
 def checkpoints(steps):
     """The iterations at which APGD may halve an image's step size (Croce & Hein 2020, eq. 4 as
     their code rounds it): after 0.22 * steps, then ever shorter intervals, none shorter than
@@ -162,7 +168,7 @@ def _run_batch(fns, x, labels, targets, *, eps, steps, step_size, momentum, adap
 
 
 def run(model, x, labels, *, eps, loss="ce", targets=None, steps=100, restarts=1, step_size=None, adaptive=True,
-        momentum=0.75, random_start=True, batch_size=128, seed=0, keep="fooled"):
+        momentum=0.75, random_start=True, batch_size=128, seed=0, keep="fooled", traced=None):
     """APGD (adaptive=True, Croce & Hein 2020) or PGD with `restarts` random starts, L-inf.
 
     model: Keras, [0, 1] images in, logits out; x: (N, H, W, 3) float32; labels: (N,) the
@@ -173,6 +179,8 @@ def run(model, x, labels, *, eps, loss="ce", targets=None, steps=100, restarts=1
     the point of highest loss; a later restart runs only on images not yet fooled); "loss"
     returns the point of highest loss over every restart (for losses whose goal is not a
     change of class, such as the health margin). Random starts are drawn with `seed`.
+    traced: `trace(model, loss)` made once and reused by a caller that runs several attacks with
+    one model and loss (APGD-T's targets), so TensorFlow traces them once.
     """
     if keep not in ("fooled", "loss"):
         raise ConfigError(f"keep must be 'fooled' or 'loss', got {keep!r}")
@@ -183,7 +191,7 @@ def run(model, x, labels, *, eps, loss="ce", targets=None, steps=100, restarts=1
     labels = np.asarray(labels, dtype=np.int32)
     targets = labels if targets is None else np.asarray(targets, dtype=np.int32)
     step_size = step_size or (2 * eps if adaptive else eps / 4)
-    fns = _compiled(model, loss_fn)
+    fns = traced or _compiled(model, loss_fn)
     rng = np.random.default_rng(seed)
     out = x.copy()
     done = np.zeros(len(x), bool)
@@ -233,6 +241,7 @@ def apgd_targeted(model, x, labels, *, eps, n_targets=9, steps=100, restarts=1, 
     if logits is None:
         logits = np.concatenate([model(x[i:i + 256], training=False).numpy() for i in range(0, len(x), 256)])
     targets = top_targets(logits, labels, n_targets_for(int(model.output_shape[-1]), n_targets))
+    traced = trace(model, "dlr_targeted")
     out = x.copy()
     open_ = np.ones(len(x), bool)
     for k, target in enumerate(targets):
@@ -240,7 +249,7 @@ def apgd_targeted(model, x, labels, *, eps, n_targets=9, steps=100, restarts=1, 
         if not len(idx):
             break
         adv = run(model, x[idx], labels[idx], eps=eps, loss="dlr_targeted", targets=target[idx], steps=steps,
-                  restarts=restarts, batch_size=batch_size, seed=seed + k)
+                  restarts=restarts, batch_size=batch_size, seed=seed + k, traced=traced)
         out[idx] = adv
         pred = np.concatenate([model(adv[i:i + 256], training=False).numpy().argmax(axis=1)
                                for i in range(0, len(adv), 256)]) if len(adv) else np.zeros(0, int)
@@ -248,5 +257,5 @@ def apgd_targeted(model, x, labels, *, eps, n_targets=9, steps=100, restarts=1, 
     return out
 
 
-__all__ = ["LOSSES", "apgd_targeted", "checkpoints", "margin_loss", "run", "top_targets"]
+__all__ = ["LOSSES", "apgd_targeted", "checkpoints", "margin_loss", "run", "top_targets", "trace"]
 

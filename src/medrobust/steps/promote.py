@@ -11,10 +11,10 @@ MLflow's deprecated stages map to aliases: Staging = @candidate (set by defend),
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from .. import tracking
-from ..config import EvaluateConfig, PromoteConfig, flatten
+from ..config import EvaluateConfig, PromoteConfig, SuiteConfig, flatten
 from ..errors import ConfigError, GateFailed
 from ..evaluation.records import ENSEMBLE, read_records_csv
 from ..evaluation.report import condition_label, rows
@@ -69,14 +69,15 @@ def evaluation_of(config, experiment, reuse):
     return result.records, result.run_id, False
 
 
-def gate_figures(records):
+def gate_figures(records, eps):
     """{figure: (value, where)} the gate reads from one evaluate run's records: the clean
-    accuracy, and over the ensemble rows (per image the worst over every attack of the suites;
-    evaluation/worst.py) the worst macro recall and the worst op_fnr (the share of cancers
-    under the operating threshold; the argmax FNR where the run has no operating point)."""
+    accuracy, and from the ensemble row at the gate's budget `eps` (per image the worst over
+    every attack of the suites up to it; evaluation/worst.py; a security curve's larger budgets
+    are not the gate's) the macro recall and op_fnr (the share of cancers under the operating
+    threshold)."""
     table = rows(records, model=MODEL)
     clean = next(r for r in table if r["threat"] == "clean")
-    ensemble = [r for r in table if r["attack"] == ENSEMBLE]
+    ensemble = [r for r in table if r["attack"] == ENSEMBLE and math.isclose(r["eps"], eps, rel_tol=1e-6)]
     out = {"clean_accuracy": (clean["accuracy"], "clean")}
     recall = [(r["macro_recall"], r) for r in ensemble if not math.isnan(r.get("macro_recall", math.nan))]
     fnr = [(r["op_fnr"], r) for r in ensemble if not math.isnan(r.get("op_fnr", math.nan))]
@@ -121,18 +122,20 @@ def run_promote(config: PromoteConfig) -> PromoteResult:
     name, version = check_request(config)
     pinned = f"models:/{name}/{version}"
     current = tracking.model_aliases(name).get(config.alias)
-    evaluate = EvaluateConfig(model_uri=pinned, data=config.data, suites=config.suites, eps=config.eps,
-                              max_images=config.max_images, seed=config.seed, experiment=config.experiment)
+    # the gate's suites and their settings are SuiteConfig's, shared with evaluate: a pipeline's
+    # evaluate run of this version with the same settings is reused
+    evaluate = EvaluateConfig(**{f.name: getattr(config, f.name) for f in fields(SuiteConfig) if f.name != "run_name"}
+                              | {"model_uri": pinned})
     tags = {"medrobust.step": "promote", "medrobust.model_version": pinned}
     with tracking.run(config.experiment, run_name=config.run_name or f"promote {name} v{version}", tags=tags) as run_id:
         tracking.log_params(flatten(config) | {"current_version": current or "none"})
         records, evaluate_run, reused = evaluation_of(evaluate, config.experiment, config.reuse)
-        figures = gate_figures(records)
+        figures = gate_figures(records, config.eps)
         robust_accuracy = None
         if config.max_accuracy_loss is not None and current is not None and current != version:
             robust_records, _, _ = evaluation_of(replace(evaluate, model_uri=f"models:/{name}/{current}"),
                                                  config.experiment, config.reuse)
-            robust_accuracy = gate_figures(robust_records)["clean_accuracy"][0]
+            robust_accuracy = gate_figures(robust_records, config.eps)["clean_accuracy"][0]
         criteria = judge(config, figures, robust_accuracy)
         passed = bool(criteria) and all(c["passed"] for c in criteria)
         reasons = [describe(c) for c in criteria if not c["passed"]]
