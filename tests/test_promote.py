@@ -75,9 +75,10 @@ def test_mlflow_run_promote_with_only_data(small_ham, mlflow_project):
     model = run_train(TrainConfig(data=data, epochs=1, experiment="test"))
     run_defend(DefendConfig(model_uri=model.model_uri, data=data, defense="llt", eval_attacks=("fgsm",),
                             experiment="test"))
-    done = mlflow_project("promote", {"data": small_ham, "max_images": 20, "min_robust_macro_recall": 0,
+    quick = {"apgd_steps": 5, "square_queries": 20}  # AutoAttack at a test's scale
+    done = mlflow_project("promote", {**quick, "data": small_ham, "max_images": 20, "min_robust_macro_recall": 0,
                                       "max_attacked_fnr": 1})
     assert done.returncode == 0, done.stderr[-3000:]
     assert tracking.model_aliases(NAME)["robust"] == 2
-    failed = mlflow_project("promote", {"data": small_ham, "max_images": 20, "min_robust_macro_recall": 1})
+    failed = mlflow_project("promote", {**quick, "data": small_ham, "max_images": 20, "min_robust_macro_recall": 1})
     assert failed.returncode == 1 and "medrobust promote: failed: " in failed.stderr
