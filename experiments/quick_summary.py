@@ -4,11 +4,11 @@
 
 Takes the latest finished `pipeline` run of the experiment (default medrobust), whose
 pipeline/steps.json names the run of every step, and prints markdown: per model the clean
-figures, the ensemble rows at 2/255 and 8/255 (per image the worst over every attack of the
-suite, BPDA through a transformation), accuracy and the false-negative rate each with its 95 %
-interval, the health attack's share of cancers pushed below the operating threshold, and a
-defended model's paired difference in robust accuracy to its parent (from the recap each report
-step logged); the attacks white-box against transferred between the two networks; the
+figures, the ensemble row at 2/255 (per image the worst over every attack of the suites, BPDA
+through a transformation), accuracy and the false-negative rate each with its 95 % interval,
+the share of cancers under the operating threshold, the health attack's, and a defended
+model's paired differences to its parent (from the recap each report step logged), one table
+per network; the attacks white-box against transferred between the two networks; the
 poisoning sweep; the gate's verdict. Nothing is computed here that a step did not log.
 """
 
@@ -19,8 +19,8 @@ import json
 
 from medrobust import tracking
 
-CONDITIONS = [("clean", "no attack (clean)"), ("ensemble 2/255", "ensemble 2/255 (per-image worst over the suite)"),
-              ("ensemble 8/255", "ensemble 8/255 (per-image worst over the suite)")]
+CLEAN = "no attack (clean)"
+ENSEMBLE = "ensemble 2/255 (per-image worst over the suite)"
 HEALTH = "health 2/255 (white-box)"
 
 
@@ -37,28 +37,33 @@ def cell(row, metric):
     return f"{value:.3f} [{float(low):.3f}, {float(high):.3f}]" if low not in (None, "", "nan") else f"{value:.3f}"
 
 
+def defined(row, metric):
+    return row.get(metric) not in (None, "", "nan")
+
+
 def recap_table(steps):
-    header = ["network", "model"]
-    for title, _ in CONDITIONS:
-        header += [f"{title} accuracy", f"{title} FNR"]
-    header += ["health attack op_fnr", "robust accuracy vs parent (2/255, paired)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    """One table per network, as the thesis' tables: per model clean, under the suite's ensemble
+    at 2/255 (per image the worst over every attack, white-box and transferred), the health
+    attack at the operating threshold, and a defense's paired difference to its parent."""
+    header = ["model", "clean accuracy", "clean FNR", "robust accuracy", "FNR under attack", "op_fnr under attack",
+              "health attack op_fnr", "robust accuracy vs parent (paired)", "FNR under attack vs parent (paired)"]
+    tables = []
     for step in (s for s in steps if s["step"] == "report"):
         recap = list(csv.DictReader(io.StringIO(tracking.load_text_artifact(step["run_id"], "report/recap.csv"))))
         runs = tracking.load_json_artifact(step["run_id"], "report/runs.json")
         undefended = tracking.get_run(next(iter(runs.values())))["tags"]["medrobust.model_uri"]
-        network = undefended.split("/")[1].removeprefix("medrobust-")  # models:/medrobust-<arch>/<version>
+        network = undefended.split("/")[1].removeprefix("medrobust-").split("@")[0]  # models:/medrobust-<arch>/<v>
+        lines = [f"**{network}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model in dict.fromkeys(r["model"] for r in recap):
             rows = {r["condition"]: r for r in recap if r["model"] == model}
-            out = [network, model]
-            for _, condition in CONDITIONS:
-                out += [cell(rows[condition], "accuracy"), cell(rows[condition], "fnr")]
-            out.append(cell(rows[HEALTH], "op_fnr") if rows[HEALTH].get("op_fnr") not in (None, "", "nan") else "-")
-            ensemble = rows[CONDITIONS[1][1]]
-            out.append(cell(ensemble, "delta_accuracy") if ensemble.get("delta_accuracy") not in (None, "", "nan")
-                       else "-")
+            clean, ensemble, health = rows[CLEAN], rows[ENSEMBLE], rows.get(HEALTH, {})
+            out = [model, cell(clean, "accuracy"), cell(clean, "fnr"), cell(ensemble, "accuracy"),
+                   cell(ensemble, "fnr"), cell(ensemble, "op_fnr") if defined(ensemble, "op_fnr") else "-",
+                   cell(health, "op_fnr") if defined(health, "op_fnr") else "-"]
+            out += [cell(ensemble, m) if defined(ensemble, m) else "-" for m in ("delta_accuracy", "delta_fnr")]
             lines.append("| " + " | ".join(out) + " |")
-    return "\n".join(lines)
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def attack_table(steps):
