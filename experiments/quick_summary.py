@@ -15,7 +15,6 @@ poisoning sweep; the gate's verdict. Nothing is computed here that a step did no
 import argparse
 import csv
 import io
-import json
 
 from medrobust import tracking
 

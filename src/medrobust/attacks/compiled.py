@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import ConfigError
+from ..models.training import predict_logits
 
 _BIG = 1e9
 
@@ -204,16 +205,12 @@ def run(model, x, labels, *, eps, loss="ce", targets=None, steps=100, restarts=1
             fooled_at, found, best, loss_best = _run_batch(
                 fns, x[idx], labels[idx], targets[idx], eps=eps, steps=steps, step_size=step_size, momentum=momentum,
                 adaptive=adaptive, x_start=starts[idx])
-            if keep == "fooled":
-                improved = loss_best > best_loss[idx]
-                out[idx[improved]] = best[improved]
-                best_loss[idx[improved]] = loss_best[improved]
+            improved = loss_best > best_loss[idx]
+            out[idx[improved]] = best[improved]
+            best_loss[idx[improved]] = loss_best[improved]
+            if keep == "fooled":  # a point off the label beats any loss
                 out[idx[found]] = fooled_at[found]
                 done[idx[found]] = True
-            else:
-                improved = loss_best > best_loss[idx]
-                out[idx[improved]] = best[improved]
-                best_loss[idx[improved]] = loss_best[improved]
     return out
 
 
@@ -230,7 +227,12 @@ def n_targets_for(n_classes, wanted):
     return max(1, min(wanted, n_classes - 1))
 
 
-def apgd_targeted(model, x, labels, *, eps, n_targets=9, steps=100, restarts=1, batch_size=128, seed=0, logits=None):
+def predicted_classes(model, x):
+    """(N,) argmax of the model's logits on x (models.training.predict_logits); empty for no image."""
+    return predict_logits(model, x).argmax(axis=1) if len(x) else np.zeros(0, np.int64)
+
+
+def apgd_targeted(model, x, labels, *, eps, n_targets=9, steps=100, restarts=1, batch_size=128, seed=0):
     """APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss towards each of the
     `n_targets` highest-scoring other classes in turn (at most K - 1), each run on the images
     no earlier target has moved off their label. Returns adversarial images (N, H, W, 3)."""
@@ -238,9 +240,7 @@ def apgd_targeted(model, x, labels, *, eps, n_targets=9, steps=100, restarts=1, 
         raise ConfigError("APGD-T's targeted DLR loss needs 4 or more classes")
     x = np.asarray(x, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int32)
-    if logits is None:
-        logits = np.concatenate([model(x[i:i + 256], training=False).numpy() for i in range(0, len(x), 256)])
-    targets = top_targets(logits, labels, n_targets_for(int(model.output_shape[-1]), n_targets))
+    targets = top_targets(predict_logits(model, x), labels, n_targets_for(int(model.output_shape[-1]), n_targets))
     traced = trace(model, "dlr_targeted")
     out = x.copy()
     open_ = np.ones(len(x), bool)
@@ -251,11 +251,9 @@ def apgd_targeted(model, x, labels, *, eps, n_targets=9, steps=100, restarts=1, 
         adv = run(model, x[idx], labels[idx], eps=eps, loss="dlr_targeted", targets=target[idx], steps=steps,
                   restarts=restarts, batch_size=batch_size, seed=seed + k, traced=traced)
         out[idx] = adv
-        pred = np.concatenate([model(adv[i:i + 256], training=False).numpy().argmax(axis=1)
-                               for i in range(0, len(adv), 256)]) if len(adv) else np.zeros(0, int)
-        open_[idx[pred != labels[idx]]] = False
+        open_[idx[predicted_classes(model, adv) != labels[idx]]] = False
     return out
 
 
-__all__ = ["LOSSES", "apgd_targeted", "checkpoints", "margin_loss", "run", "top_targets", "trace"]
+__all__ = ["LOSSES", "apgd_targeted", "checkpoints", "margin_loss", "predicted_classes", "run", "top_targets", "trace"]
 

@@ -231,11 +231,6 @@ def square(model, x, *, y, eps, norm="inf", target=None, queries=5000, restarts=
         return attack.generate(x=x, y=_one_hot(y, classifier.nb_classes)).astype(np.float32)
 
 
-def _predict(model, x, batch_size=256):
-    return np.concatenate([model(x[i:i + batch_size], training=False).numpy().argmax(axis=1)
-                           for i in range(0, len(x), batch_size)]) if len(x) else np.zeros(0, np.int64)
-
-
 # AutoAttack's standard version (Croce & Hein 2020, as RobustBench runs it), in its order. FAB-T
 # is not run: ART has no FAB, and in Croce & Hein's own tables it rarely lowers robust accuracy
 # below what APGD-CE and APGD-T leave (README, "How robust accuracy is counted").
@@ -255,7 +250,7 @@ def autoattack(model, x, *, y, eps, norm="inf", target=None, steps=100, n_target
         raise ConfigError("attack autoattack has no targeted mode")
     y = np.asarray(y)
     out = np.array(x, dtype=np.float32)
-    robust = _predict(model, out) == y
+    robust = compiled.predicted_classes(model, out) == y
     members = {"apgd_ce": lambda xs, ys, s: compiled.run(model, xs, ys, eps=eps, loss="ce", steps=steps,
                                                          batch_size=batch_size, seed=s),
                "apgd_t": lambda xs, ys, s: compiled.apgd_targeted(model, xs, ys, eps=eps, n_targets=n_targets,
@@ -267,7 +262,7 @@ def autoattack(model, x, *, y, eps, norm="inf", target=None, steps=100, n_target
         if not len(idx):
             break
         adv = members[name](out[idx], y[idx], seed + k)
-        broken = _predict(model, adv) != y[idx]
+        broken = compiled.predicted_classes(model, adv) != y[idx]
         out[idx[broken]] = adv[broken]
         robust[idx[broken]] = False
         log.info("autoattack: %s broke %d of %d images, %d robust", name, int(broken.sum()), len(idx),

@@ -191,7 +191,6 @@ def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical
     target = _as_classifier(target)
     surrogate = None if surrogate is None else _as_classifier(surrogate)
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y)
-    malignant = malignant_mask(health_map)
     target_name, surrogate_name = names
     out = []
 
