@@ -18,7 +18,7 @@ from medrobust.models.training import fit, predict_logits, set_seed
 FAST_PARAMS = {"pgd": {"steps": 3}, "pgd_art": {"steps": 3}, "cw": {"steps": 2}, "cw_pgd": {"steps": 3},
                "deepfool": {"steps": 3}, "uap": {"uap_max_iter": 1}, "uap_fast": {"max_steps": 5, "eval_every": 5},
                "apgd": {"steps": 10}, "apgd_art": {"steps": 10}, "apgd_t": {"steps": 5, "n_targets": 2},
-               "square": {"queries": 20}, "autoattack": {"steps": 5, "n_targets": 2, "queries": 20},
+               "square": {"queries": 20}, "square_art": {"queries": 20}, "autoattack": {"steps": 5, "n_targets": 2, "queries": 20},
                "health": {"steps": 5}}
 
 
@@ -117,7 +117,7 @@ def test_params_are_named_as_the_attack_settings():
     # seed only where an attack draws random numbers
     assert sorted(n for n, spec in ATTACKS.items() if "seed" in spec.params) == [
         "apgd", "apgd_art", "apgd_t", "autoattack", "autoattack_art", "cw_pgd", "health", "pgd", "pgd_art", "square",
-        "uap", "uap_fast"]
+        "square_art", "uap", "uap_fast"]
 
 
 def test_a_parameter_the_attack_lacks_is_refused_naming_it():

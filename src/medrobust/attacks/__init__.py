@@ -24,7 +24,8 @@ from ..config import eps_range
 from ..errors import ConfigError
 from ..models.training import predict_logits
 from .budget import NORMS, apply_budget, check_norm, perturbation_sizes, project
-from .gradient import apgd, apgd_art, apgd_t, autoattack, autoattack_art, cw_pgd, fgsm, fgsm_art, health, pgd, pgd_art, square
+from .gradient import (apgd, apgd_art, apgd_t, autoattack, autoattack_art, cw_pgd, fgsm, fgsm_art, health, pgd,
+                       pgd_art, square, square_art)
 from .minimal import cw, deepfool
 from .universal import uap, uap_fast
 from .adaptive import eot_note, joint_pgd
@@ -80,9 +81,10 @@ ATTACKS = {spec.name: spec for spec in (
     AttackSpec("apgd_t", apgd_t, ("inf",), False, False, "APGD-T (Croce & Hein 2020), targeted DLR towards each "
                                                          "likely class in turn; ours, compiled"),
     AttackSpec("square", square, ("inf",), False, False, "Square (Andriushchenko 2020), score-based random "
-                                                         "search; ART's SquareAttack"),
+                                                         "search, one query an iteration; ours"),
+    AttackSpec("square_art", square_art, ("inf",), False, False, "Square (Andriushchenko 2020); ART's SquareAttack"),
     AttackSpec("autoattack", autoattack, ("inf",), False, False, "AutoAttack standard (Croce & Hein 2020): APGD-CE, "
-                                                                 "APGD-T, Square (FAB-T not run); ours and ART's"),
+                                                                 "APGD-T, Square (FAB-T not run); ours"),
     AttackSpec("autoattack_art", autoattack_art, ("inf", "2"), False, False, "ART's AutoAttack ensemble: APGD-CE, "
                "APGD-DLR, DeepFool, Square"),
     AttackSpec("health", health, ("inf",), False, False, "APGD on the benign-vs-malignant log-odds: cancers' "

@@ -1,5 +1,5 @@
 """Gradient attacks on the true labels: FGSM, PGD and APGD (ours, compiled; ART's kept for
-comparison), AutoAttack's standard ensemble (ours, from our APGD-CE and APGD-T and ART's
+comparison), Square (ours; ART's kept), AutoAttack's standard ensemble (ours: APGD-CE, APGD-T,
 Square), ART's own AutoAttack ensemble, and PGD on the C&W margin loss (ours).
 
 Untargeted attacks raise the loss of the image's true label `y` (AutoAttack's and
@@ -24,6 +24,7 @@ from art.attacks.evasion.auto_attack import run_attack
 from ..data import malignant_mask
 from ..errors import ConfigError
 from . import compiled
+from . import random_search
 from .art_wrapper import as_art_classifier, seeded_globals
 from .budget import art_norm
 
@@ -215,15 +216,25 @@ def apgd_t(model, x, *, y, eps, norm="inf", target=None, steps=100, n_targets=9,
                                   batch_size=batch_size, seed=seed)
 
 
-def square(model, x, *, y, eps, norm="inf", target=None, queries=5000, restarts=1, batch_size=128, seed=0):
+def square(model, x, *, y, eps, norm="inf", target=None, queries=5000, batch_size=128, seed=0):
     """Square (Andriushchenko et al. 2020): score-based random search over square patches at
-    the corners of the eps-ball (initial share p = 0.8, RobustBench's), `queries` iterations per
-    restart, on the margin of the true
-    label y; needs no gradient, so it also finds what a masked gradient hides. ART's
-    SquareAttack, its random squares drawn with `seed`."""
+    the corners of the eps-ball (initial share p = 0.8, RobustBench's), at most `queries` queries
+    an image, on the margin of the true label y; needs no gradient, so it also finds what a
+    masked gradient hides. Ours (attacks/random_search.py: one query an iteration, a square per
+    image), its random squares drawn with `seed`; `square_art` is ART's."""
     _only_inf("square", norm)
     if target is not None:
         raise ConfigError("attack square has no targeted mode here")
+    return random_search.square(model, x, y, eps=eps, queries=queries, batch_size=batch_size, seed=seed)
+
+
+def square_art(model, x, *, y, eps, norm="inf", target=None, queries=5000, restarts=1, batch_size=128, seed=0):
+    """ART's SquareAttack (p = 0.8), `queries` iterations per restart, on the margin of the true
+    label y: three queries an iteration and one square for the whole batch (attacks/random_search.py
+    says why ours replaced it); kept as an independent check of `square`."""
+    _only_inf("square_art", norm)
+    if target is not None:
+        raise ConfigError("attack square_art has no targeted mode here")
     classifier = as_art_classifier(_Compiled(model))
     attack = SquareAttack(classifier, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=restarts, p_init=0.8,
                           batch_size=batch_size, verbose=False)
@@ -244,7 +255,7 @@ def autoattack(model, x, *, y, eps, norm="inf", target=None, steps=100, n_target
     Square (`queries` queries, 1 restart), each run only on the images every earlier member
     left classified as their true label y; an image keeps the first member's success. FAB-T
     is not run (AUTOATTACK_MEMBERS). Images the model gets wrong clean are not attacked.
-    Ours (APGD-CE, APGD-T) and ART's (Square). Returns adversarial images (N, H, W, 3)."""
+    All three ours. Returns adversarial images (N, H, W, 3)."""
     _only_inf("autoattack", norm)
     if target is not None:
         raise ConfigError("attack autoattack has no targeted mode")
