@@ -13,6 +13,7 @@ from medrobust import tracking
 from medrobust.config import AttackConfig, DataConfig, DefendConfig, TrainConfig
 from medrobust.data import CLASSES, load_dataset
 from medrobust.defenses import parse_spec
+from medrobust.errors import ConfigError
 from medrobust.evaluation import by_condition, flat_metrics
 from medrobust.predict import predict_frame
 from medrobust.steps.attack import run_attack
@@ -52,6 +53,18 @@ def test_retraining_raises_accuracy_under_fgsm(trained):
     assert run["status"] == "FINISHED" and run["tags"]["medrobust.defense"] == "retrain"
     assert len(tracking.metric_history(result.run_id, "retrain_loss")) == 6  # 2 rounds x 3 epochs
     assert "report/before_after.txt" in tracking.list_artifacts(result.run_id)
+
+    # retrain+llt takes that retrained network instead of retraining: the same weights, no epochs
+    settings = dict(rounds=2, epochs_per_round=3, learning_rate=1e-3)
+    combined = _defend(data, model, "retrain+llt", retrained_uri=result.model_uri, **settings)
+    assert tracking.metric_history(combined.run_id, "retrain_loss") == []
+    retrained, both = tracking.load_classifier(result.model_uri), tracking.load_classifier(combined.model_uri)
+    assert all(np.array_equal(a, b) for a, b in zip(retrained.network.get_weights(), both.network.get_weights()))
+    assert both.chain and both.info["spec"] == "retrain+llt"
+    with pytest.raises(ConfigError, match=r"retrained_uri .* was retrained with other settings: rounds 2 \(here 3\)"):
+        _defend(data, model, "retrain+llt", retrained_uri=result.model_uri, **(settings | {"rounds": 3}))
+    with pytest.raises(ConfigError, match=r"retrained_uri .* is not a retrain defense \(its defense: retrain\+llt\)"):
+        _defend(data, model, "retrain+llt", retrained_uri=combined.model_uri, **settings)
 
 
 def test_detector_flags_held_out_fgsm_images(trained):

@@ -357,6 +357,9 @@ class DefendConfig(ModelStepConfig):
                                            "held out)", choices=("train", "train+val"))
     on_the_fly: bool = setting(False, "retrain Madry-style: fresh fgsm or pgd perturbations every batch, for "
                                       "rounds x epochs_per_round epochs")
+    retrained_uri: str = setting("", "retrain: an earlier `retrain` defense of the same parent with the same retrain "
+                                     "settings, whose network a combination (retrain+llt) takes instead of "
+                                     "retraining (deterministic by seed: the network it would make)")
     learning_rate: float = setting(5e-4, "retrain, distill, detector: learning rate (a quarter of training's: it "
                                          "refines a trained network)", check=positive)
     batch_size: int = setting(64, "retrain, distill, detector: images per training step", check=at_least(1))
@@ -393,8 +396,8 @@ class SuiteConfig(ModelStepConfig):
     what a `promote` gate runs (or reuses, when an evaluate run of the version matches)."""
 
     suites: tuple[str, ...] = setting(("standard",), "presets: thesis (fgsm, uap, uap_fast, transfer), standard "
-                                                     "(AutoAttack's standard version: APGD-CE, APGD-T, Square; with "
-                                                     "fgsm and pgd; white-box and transfer), adaptive (white-box "
+                                                     "(AutoAttack's standard version: APGD-CE, APGD-T, Square, "
+                                                     "white-box; fgsm and pgd, white-box and transfer), adaptive (white-box "
                                                      "through the whole defense: BPDA, APGD-CE, a joint attack on "
                                                      "classifier and detector), autoattack (AutoAttack alone, "
                                                      "white-box), health (APGD on the malignancy score against the "
@@ -420,6 +423,8 @@ class SuiteConfig(ModelStepConfig):
     apgd_steps: int = setting(100, "apgd, autoattack's APGD-CE and APGD-T, health: iterations (RobustBench: 100)",
                               check=at_least(1))
     square_queries: int = setting(5000, "autoattack's Square: queries (RobustBench: 5000)", check=at_least(1))
+    apgd_targets: int = setting(9, "apgd_t and autoattack's APGD-T: target classes, at most K - 1 (RobustBench: 9)",
+                                check=at_least(1))
     health_restarts: int = setting(1, "health: random starts of its APGD", check=at_least(1))
 
 

@@ -435,6 +435,17 @@ def get_run(run_id):
     }
 
 
+def model_run_params(model_uri):
+    """The parameters logged by the run that logged the model at `model_uri` (any model URI)."""
+    _configure()
+    _check_uri(model_uri)
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:
+        raise _unresolved(model_uri, e) from e
+    return get_run(run_id)["params"]
+
+
 def experiment_name(run_id):
     """The name of the experiment a run is in (one request; get_run does not ask for it)."""
     _configure()

@@ -31,7 +31,8 @@ DEFENSES = {spec.name: spec for spec in (
     DefenseSpec("distill", "model", distill.build, ("temperature", "distill_epochs") + TRAINING,
                 "defensive distillation (Papernot 2016): a student trained at temperature T, deployed at 1; ours"),
     DefenseSpec("retrain", "data", retrain.build,
-                ("rounds", "ratio", "epochs_per_round", "retrain_attacks", "retrain_eps", "retrain_on", "on_the_fly")
+                ("rounds", "ratio", "epochs_per_round", "retrain_attacks", "retrain_eps", "retrain_on", "on_the_fly",
+                 "retrained_uri")
                 + TRAINING + ("uap_max_steps",),
                 "adversarial retraining: the thesis' rounds of fresh adversarial images, or Madry's on the fly; ours"),
     DefenseSpec("detector", "add-model", detector.build,

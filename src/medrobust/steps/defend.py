@@ -94,16 +94,42 @@ class TrackingHooks(Hooks):
             plots.close(fig)
 
 
-def build_defense(names, parent, data, config, hooks=None):
+def build_defense(names, parent, data, config, hooks=None, retrained=None):
     """The DefendedClassifier of spec `names` made from network `parent` (which stays as it
-    is): a fold of the registry's builders over a copy of it, in DEFENSES' order."""
+    is): a fold of the registry's builders over a copy of it, in DEFENSES' order. With
+    `retrained` (retrained_network's), the fold starts from it and skips retrain."""
     info = {"spec": "+".join(names), "families": [DEFENSES[n].family for n in names],
             "parent_model_uri": config.model_uri}
-    classifier = DefendedClassifier(copy_network(parent), info=info)
+    classifier = DefendedClassifier(copy_network(parent if retrained is None else retrained), info=info)
     hooks = hooks or Hooks()
     for name in names:
-        classifier = DEFENSES[name].build(classifier, data, config, hooks)
+        if not (name == "retrain" and retrained is not None):
+            classifier = DEFENSES[name].build(classifier, data, config, hooks)
     return classifier
+
+
+def retrained_network(config):
+    """The network of config.retrained_uri, or None when none is given. It must be a `retrain`
+    defense of config.model_uri (pinned) logged with this config's retrain and data settings and
+    seed: retraining is deterministic by seed, so it is the network retraining would make.
+    ConfigError naming retrained_uri and the setting that differs otherwise."""
+    if not config.retrained_uri:
+        return None
+    where = f"retrained_uri {config.retrained_uri}"
+    donor = tracking.load_classifier(config.retrained_uri)
+    if donor.info.get("spec") != "retrain":
+        raise ConfigError(f"{where} is not a retrain defense (its defense: {donor.info.get('spec') or 'none'})")
+    made_from = tracking.pinned_uri(donor.info.get("parent_model_uri", ""))
+    if made_from != config.model_uri:
+        raise ConfigError(f"{where} was retrained from {made_from}, not from {config.model_uri}")
+    logged = tracking.model_run_params(config.retrained_uri)
+    wanted = {k: v for k, v in flatten(config).items()
+              if k == "seed" or k.startswith("data.") or k in DEFENSES["retrain"].settings and k != "retrained_uri"}
+    differ = sorted(k for k in wanted if not tracking.params_match(logged, {k: wanted[k]}))
+    if differ:
+        raise ConfigError(f"{where} was retrained with other settings: "
+                          + ", ".join(f"{k} {logged.get(k, 'unset')} (here {wanted[k]})" for k in differ))
+    return donor.network
 
 
 def operating_point(defended, data, config):
@@ -150,6 +176,7 @@ def run_defend(config: DefendConfig) -> DefendResult:
     config = replace(config, model_uri=tracking.pinned_uri(config.model_uri))  # the parent, even once @baseline moves
     spec = "+".join(names)
     config = replace(config, data=replace(config.data, image_size=int(parent.input_shape[1])))
+    retrained = retrained_network(config)
     tags = {"medrobust.step": "defend", "medrobust.defense": spec, "medrobust.parent_model_uri": config.model_uri}
     with tracking.run(config.experiment, run_name=config.run_name or f"defend-{spec}", tags=tags) as run_id:
         tracking.log_params(flatten(config) | {"defense_parts": ",".join(names),
@@ -157,7 +184,7 @@ def run_defend(config: DefendConfig) -> DefendResult:
         set_seed(config.seed)
         data = load_dataset(config.data)
         tracking.log_dataset(data, context="test")
-        defended = build_defense(names, parent, data, config, TrackingHooks())
+        defended = build_defense(names, parent, data, config, TrackingHooks(), retrained=retrained)
         x, y = data.x["test"], data.y["test"]
         if config.max_images:
             keep = stratified_subset(y, config.max_images, seed=config.seed)

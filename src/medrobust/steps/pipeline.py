@@ -178,7 +178,8 @@ def _ref(value, where):
 
 # What a reference may feed: a model setting takes a model (train, poison of one fraction,
 # defend); report's runs take evaluate runs. Anything else would fail hours in, not here.
-REFERENCE_TAKES = {"model_uri": MODEL_STEPS, "attack_model_uri": MODEL_STEPS, "runs": ("evaluate",)}
+REFERENCE_TAKES = {"model_uri": MODEL_STEPS, "attack_model_uri": MODEL_STEPS, "retrained_uri": ("defend",),
+                   "runs": ("evaluate",)}
 
 
 def _check_reference(kinds, key, ref, complain):
