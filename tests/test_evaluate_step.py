@@ -86,10 +86,13 @@ def test_presets_expand_to_their_conditions():
     assert len(keys) == len(set(keys)) and not notes  # each condition once, whatever asks for it
     # eps 0 is the clean row, not a condition; full's health attack on the score
     assert set(keys) == {("fgsm", 2, "transfer"), ("uap", 2, "transfer"), ("uap_fast", 2, "transfer"),
-                         ("pgd", 2, "transfer"), ("autoattack", 2, "transfer"), ("fgsm", 2, "whitebox"),
+                         ("pgd", 2, "transfer"), ("fgsm", 2, "whitebox"),
                          ("pgd", 2, "whitebox"), ("autoattack", 2, "whitebox"), ("apgd", 2, "whitebox"),
                          ("health", 2, "whitebox"), ("fgsm", 4, "whitebox")}
     assert next(c for c in conditions if c.attack == "pgd").params == {"steps": 20, "random_start": True}
+    # AutoAttack runs white-box only (its Square queries the target), with RobustBench's settings
+    assert next(c for c in conditions if c.attack == "autoattack").params == {"steps": 100, "n_targets": 9,
+                                                                              "queries": 5000}
     plain, notes = suite_conditions(EvaluateConfig(suites=("thesis",)), has_surrogate=False)
     assert {c.threat for c in plain} == {"whitebox"} and "no surrogate" in notes[0]
 

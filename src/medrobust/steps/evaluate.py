@@ -42,9 +42,10 @@ def attack_params(config, method):
     """The step-level settings of an attack (each attack gets only what it takes)."""
     return {"pgd": {"steps": config.pgd_steps, "random_start": True}, "cw_pgd": {"steps": config.cw_steps},
             "uap_fast": {"max_steps": config.uap_max_steps}, "uap": {"uap_max_iter": config.uap_max_iter},
-            "apgd": {"steps": config.apgd_steps}, "apgd_t": {"steps": config.apgd_steps},
+            "apgd": {"steps": config.apgd_steps}, "apgd_t": {"steps": config.apgd_steps, "n_targets": config.apgd_targets},
             "square": {"queries": config.square_queries},
-            "autoattack": {"steps": config.apgd_steps, "queries": config.square_queries},
+            "autoattack": {"steps": config.apgd_steps, "n_targets": config.apgd_targets,
+                           "queries": config.square_queries},
             "health": {"steps": config.apgd_steps, "restarts": config.health_restarts,
                        "health_map": config.data.health_map}}.get(method, {})
 
@@ -66,9 +67,10 @@ def suite_conditions(config, has_surrogate):
         if name in ("thesis", "full"):
             for method in ("fgsm", "uap", "uap_fast"):
                 add(method, config.eps, "transfer")
-        if name in ("standard", "full"):
+        if name in ("standard", "full"):  # AutoAttack white-box only: its Square queries the target itself
             for method in ("fgsm", "pgd", "autoattack"):
                 add(method, config.eps, "whitebox")
+            for method in ("fgsm", "pgd"):
                 add(method, config.eps, "transfer")
         if name in ("adaptive", "full"):  # white-box through the whole defense (BPDA); the joint attack aside
             for method in ("fgsm", "pgd", "apgd"):
