@@ -187,7 +187,7 @@ def test_a_setting_no_step_has_and_a_missing_file_are_named(tmp_path):
         parse(tmp_path / "nothing.yaml")
 
 
-def test_the_shipped_pipelines_parse_and_every_config_builds():
+def test_the_shipped_pipelines_parse_and_every_config_builds(tmp_path):
     from medrobust.steps.pipeline import check
     quick = expand(parse(REPO / "pipelines" / "quick.yaml"))
     check(quick, PipelineConfig(file="pipelines/quick.yaml"))
@@ -195,14 +195,31 @@ def test_the_shipped_pipelines_parse_and_every_config_builds():
     # 2 networks; 2 attacks white-box on each and transferred both ways; 3 defenses each;
     # every model evaluated; a recap per network; small_cnn's retrain+llt gated
     assert counts == {"train": 2, "poison": 1, "attack": 8, "defend": 6, "evaluate": 8, "report": 2, "promote": 1}
-    # `rounds: 2` given once to a grid of defenses goes to those that retrain
     from medrobust.steps.pipeline import build_config
     for i in quick:
         for u in i.upstream:
+            u.output = f"models:/from-{u.spec.name}/1"
+    # retrain+llt takes the retrain step's network with the same retrain settings, not retraining
+    combined = build_config(next(i for i in quick if i.spec.name == "combined_resnet"), PipelineConfig())
+    retrain = build_config(next(i for i in quick if i.spec.name == "retrain_resnet"), PipelineConfig())
+    assert combined.retrained_uri == "models:/from-retrain_resnet/1" and retrain.retrained_uri == ""
+    assert (combined.rounds, combined.epochs_per_round) == (retrain.rounds, retrain.epochs_per_round) == (2, 2)
+    # `rounds: 2` given once to a grid of defenses goes to those that retrain
+    path = write_pipeline(tmp_path, """\
+     train:
+       step: train
+     defend:
+       step: defend
+       with: {model_uri: "${train}", rounds: 2}
+       grid: {defense: [retrain, llt, retrain+llt]}
+     """)
+    grid = expand(parse(path))
+    for i in grid:
+        for u in i.upstream:
             u.output = "models:/medrobust-small_cnn/1"
-    rounds = {i.label: build_config(i, PipelineConfig()).rounds for i in quick if i.spec.name == "defend_resnet"}
-    assert rounds == {"defend retrain on small_resnet": 2, "defend llt on small_resnet": 5,
-                      "defend retrain+llt on small_resnet": 2}
+    rounds = {i.label: build_config(i, PipelineConfig()).rounds for i in grid if i.spec.name == "defend"}
+    assert rounds == {"defend retrain on small_cnn": 2, "defend llt on small_cnn": 5,
+                      "defend retrain+llt on small_cnn": 2}
     # and `max_steps: 30` given once to a grid of attack methods goes to uap_fast alone
     steps = {i.label: build_config(i, PipelineConfig()).max_steps for i in quick if i.spec.name == "attack"}
     assert steps["attack uap_fast 2/255 on small_cnn"] == 30 and steps["attack fgsm 2/255 on small_cnn"] == 200
