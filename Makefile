@@ -2,6 +2,9 @@
 # evaluate small_cnn on all of HAM10000. `make test`: the test suite. Each creates .venv and installs first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+# pytest-xdist workers for `make test`: 2 on a 2-core machine (much of the suite waits on child
+# processes and I/O); each test module runs on one worker, so its fixtures are made once.
+TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 # The real HAM10000 beside the checkout, unless MEDROBUST_DATA says otherwise; made absolute
 # here, so a relative MEDROBUST_DATA means the same folder to every test, whatever its folder.
@@ -25,7 +28,7 @@ baseline: install
 	$(PY) -m medrobust baseline
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 bench: install
 	$(PY) benchmarks/bench_data.py

@@ -34,12 +34,19 @@ def ham_metadata(ham_dir):
     return pd.read_csv(ham_dir / "HAM10000_metadata.csv")
 
 
+def image_cache(tmp_path_factory):
+    """One decoded-image cache for the whole session, shared by pytest-xdist's workers (each has
+    its own basetemp under the session's; the cache writes by atomic rename, so they can share)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "image-cache"
+
+
 @pytest.fixture(autouse=True)
 def isolated_stores(tmp_path, monkeypatch, tmp_path_factory):
     """Each test tracks into its own SQLite store; decoded images share one session cache."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv("MEDROBUST_CACHE", str(tmp_path_factory.getbasetemp() / "image-cache"))
+    monkeypatch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))
     monkeypatch.chdir(tmp_path)
     yield
     for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
@@ -78,7 +85,7 @@ def small_store(tmp_path_factory, ham_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        patch.setenv("MEDROBUST_CACHE", str(tmp_path_factory.getbasetemp() / "image-cache"))
+        patch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))
         patch.chdir(folder)
         path = write_pipeline(folder, SMALL_STORE_STEPS, data=ham_dir, name="small.yaml")
         result = run_pipeline(PipelineConfig(file=str(path), experiment="small"))
