@@ -137,6 +137,13 @@ def test_generated_help_lists_every_config_field(name):
         assert f.metadata["help"].split()[0] in text, dotted
 
 
+def test_help_at_the_top_level_lists_every_step():
+    """`medrobust --help` is the first command a user types (a '95 %' in a step's summary once
+    crashed argparse's formatting)."""
+    text = build_parser().format_help()
+    assert all(name in text for name in STEPS)
+
+
 def test_cli_bad_input_is_one_clear_line(tmp_path, child_env):
     for argv, message in ((["--data", str(tmp_path / "missing")], f"{tmp_path / 'missing'} does not exist"),
                           (["--epochs", "0"], "epochs must be at least 1, got 0")):

@@ -90,7 +90,8 @@ def build_parser():
     parser.add_argument("--verbose", action="store_true", help="debug lines and third-party start-up output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
     for step in STEPS.values():
-        p = sub.add_parser(step.name, help=step.summary, description=step.summary)
+        summary = step.summary.replace("%", "%%")  # argparse formats help text with %
+        p = sub.add_parser(step.name, help=summary, description=summary)
         p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="debug lines and third-party start-up output")
         titled = [(_group_title(step, dotted), dotted, f) for dotted, f in leaves(step.config)]
