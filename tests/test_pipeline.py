@@ -187,6 +187,22 @@ def test_a_setting_no_step_has_and_a_missing_file_are_named(tmp_path):
         parse(tmp_path / "nothing.yaml")
 
 
+def test_a_grid_over_the_limit_is_refused_before_it_expands(tmp_path):
+    values = ", ".join(str(k) for k in range(11))
+    path = write_pipeline(tmp_path, f"""\
+     attack:
+       step: attack
+       with: {{model_uri: "models:/m/1"}}
+       grid: {{steps: [{values}], seed: [{values}], batch_size: [{values}]}}
+     """)
+    with pytest.raises(ConfigError, match=r"p.yaml:\d+: step 'attack': its grid makes up to 1,331 runs "
+                                          r"\(1,331 with the steps before it\), over max_instances 1,000"):
+        expand(parse(path))
+    assert len(expand(parse(path), max_instances=1331)) == 1331
+    with pytest.raises(ConfigError, match="over max_instances 1,000"):
+        run_pipeline(PipelineConfig(file=str(path), dry_run=True))
+
+
 def test_the_shipped_pipelines_parse_and_every_config_builds(tmp_path):
     from medrobust.steps.pipeline import check
     quick = expand(parse(REPO / "pipelines" / "quick.yaml"))
@@ -419,17 +435,18 @@ def test_after_a_pipeline_that_trains_with_alias_baseline_the_attack_entry_point
                                                                                        mlflow_project):
     """quick.yaml's small_cnn holds @baseline, so the design card's own next command runs on the
     store `make run` leaves; without it the error says which command makes @baseline."""
-    missing = mlflow_project("attack", {"method": "uap", "data": ham_dir, "max_images": 14})
-    assert missing.returncode != 0 and "no model registered as medrobust-small_cnn" in missing.stderr
+    from medrobust.errors import ModelError
+    baseline = "models:/medrobust-small_cnn@baseline"  # the attack entry point's default model
+    with pytest.raises(ModelError, match="no model registered as medrobust-small_cnn"):
+        tracking.load_classifier(baseline)
     path = write_pipeline(tmp_path, """\
      small:
        step: train
        with: {arch: small_cnn, epochs: 1, alias: none}
      """, data=ham_dir)
     run_pipeline(PipelineConfig(file=str(path), experiment="e2e"))
-    no_alias = mlflow_project("attack", {"method": "uap", "data": ham_dir, "max_images": 14})
-    assert no_alias.returncode != 0
-    assert "has no version @baseline" in no_alias.stderr and "`make run` or `medrobust train`" in no_alias.stderr
+    with pytest.raises(ModelError, match=r"has no version @baseline .*`make run` or `medrobust train` sets it"):
+        tracking.load_classifier(baseline)
     path.write_text(path.read_text().replace("alias: none", "alias: baseline"))
     run_pipeline(PipelineConfig(file=str(path), experiment="e2e"))
     done = mlflow_project("attack", {"method": "uap", "data": ham_dir, "max_images": 14, "uap_max_iter": 1})

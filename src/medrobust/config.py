@@ -537,6 +537,7 @@ class PipelineConfig(StepConfig):
                                     flag="set", repeat=True)
     rerun: bool = setting(False, "run every step again instead of reusing finished ones")
     dry_run: bool = setting(False, "print the steps and which would be reused; run nothing")
+    max_instances: int = setting(1000, "refuse a file whose grids make more runs than this", check=at_least(1))
 
 
 @dataclass(frozen=True)

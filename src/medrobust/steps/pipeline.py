@@ -34,6 +34,7 @@ a missing required setting, a value out of range, an unknown network or attack.
 
 import hashlib
 import itertools
+import math
 import json
 import logging
 import re
@@ -353,8 +354,10 @@ def _consistent(lineages):
     return True
 
 
-def expand(specs):
-    """Every Instance of every step, in run order (file order, then grid order)."""
+def expand(specs, max_instances=1000):
+    """Every Instance of every step, in run order (file order, then grid order). A step whose
+    grid would make more than `max_instances` instances, or a file that would in all, is refused
+    before anything is built (a typo'd grid of 10^6 runs would otherwise expand for minutes)."""
     by_name, out = {}, []
     for spec in specs:
         config_type = _config_type(spec.step)
@@ -373,6 +376,11 @@ def expand(specs):
                     gathers[key] = [v]
                 else:
                     axes.append((key, by_name[v.name]))
+        size = math.prod(len(choices) for _, choices in axes)
+        if size > max_instances or len(out) + size > max_instances:
+            raise _err(spec.path, spec.line, f"step {spec.name!r}: its grid makes up to {size:,} runs "
+                       f"({len(out) + size:,} with the steps before it), over max_instances {max_instances:,}; "
+                       "shrink the grid or raise --max-instances")
         mine = []
         for combo in itertools.product(*(choices for _, choices in axes)):
             picked = dict(zip((k for k, _ in axes), combo))
@@ -631,7 +639,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     from . import STEPS
 
     specs = parse(config.file, split_overrides(config.overrides))
-    instances = expand(specs)
+    instances = expand(specs, config.max_instances)
     check(instances, config)
     code = code_identity()
     log.info("pipeline %s: %d steps, %d runs to make or reuse", config.file, len(specs), len(instances))
