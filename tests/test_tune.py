@@ -10,7 +10,7 @@ from medrobust import tracking
 from medrobust.attacks import craft
 from medrobust.config import DataConfig, TrainConfig, TuneConfig
 from medrobust.data import load_dataset, stratified_subset
-from medrobust.errors import ConfigError
+from medrobust.errors import ConfigError, StudyFailed
 from medrobust.models.training import predict_logits
 from medrobust.steps.train import run_train
 from medrobust.steps.tune import run_tune, train_defaults
@@ -92,6 +92,18 @@ def test_a_pruned_trial_is_pruned_in_optuna_and_in_mlflow(ham_dir, monkeypatch):
         "learning_rate": 2e-3, "use_weight_decay": False, "dropout": 0.3, "width": 1.0, "class_weight": "sqrt",
         "augment": True, "batch_size": 64}
     assert result.trials[1]["params"] != result.trials[0]["params"]
+
+
+def test_a_study_with_no_finished_trial_fails(ham_dir, monkeypatch):
+    """Every trial pruned: the study answers nothing, so it fails (exit 1) naming what became of
+    its trials, and its run is FAILED, not a success with 'best {} = None'."""
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
+    with pytest.raises(StudyFailed, match=r"no trial of study .* finished \(2 pruned\)") as failed:
+        run_tune(TuneConfig(objective="train", data=data, trial_epochs=1, n_trials=2, experiment="test"))
+    assert failed.value.exit_status == 1
+    study_run = next(r for r in tracking.search_runs("test") if r["parent"] is None)
+    assert study_run["status"] == "FAILED"
 
 
 @pytest.mark.parametrize("change, message", [

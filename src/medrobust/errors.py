@@ -27,6 +27,13 @@ class TrainingError(MedrobustError):
     """Training diverged: a non-finite loss, weights or outputs. Nothing is registered."""
 
 
+class StudyFailed(MedrobustError):
+    """A tune study ended with no finished trial: no answer to report. Its run is FAILED and
+    keeps every trial's run; exit status 1."""
+
+    exit_status = 1
+
+
 class GateFailed(MedrobustError):
     """A model version failed the promotion gate: not bad input, a verdict. Exit status 1.
     `result` holds the gate's PromoteResult (its run, criteria and aliases)."""

@@ -32,6 +32,7 @@ import logging
 import math
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from optuna.trial import TrialState
 from .. import attacks, plots, tracking
 from ..config import (AttackConfig, DefendConfig, EvaluateConfig, PoisonConfig, TrainConfig, TuneConfig, flatten)
 from ..defenses import parse_spec
-from ..errors import ConfigError, MedrobustError, Stopped
+from ..errors import ConfigError, MedrobustError, Stopped, StudyFailed
 from ..evaluation.records import ENSEMBLE
 from ..evaluation.report import rows
 from .attack import run_attack
@@ -382,6 +383,11 @@ def run_tune(config: TuneConfig) -> TuneResult:
                        and t.user_attrs.get("fnr_rise", -1) >= config.fnr_increase]
             summary["smallest_harmful_fraction"] = min((t.params["fraction"] for t in harmful), default=None)
         _log_study(study, trials, best_params, best_value, summary, config)
+        if best_value is None:  # inside the run: a study that answered nothing is a failed run
+            states = Counter(t["state"] for t in trials)
+            raise StudyFailed(f"tune {config.objective}: no trial of study {study.study_name} finished "
+                              f"({', '.join(f'{n} {s.lower()}' for s, n in sorted(states.items())) or 'none ran'}); "
+                              f"its trials' runs are in run {run_id}")
     log.info("tune %s: run %s, study %s, %d trials; best %s = %s%s", config.objective, run_id, study.study_name,
              len(trials), best_params, best_value, f"; {summary}" if summary else "")
     return TuneResult(run_id, study.study_name, url, best_params, best_value, trials, summary)
