@@ -83,9 +83,18 @@ def test_report_step_recaps_evaluate_runs_of_real_models(ham_dir, tmp_path):
     # One recap curve per attacked condition: the adaptive suite's fgsm, pgd and apgd (white-box), the ensemble.
     assert result.figures == [f"recap: {a} 2/255 (white-box)" for a in ("fgsm", "pgd", "apgd")] + [
         "recap: ensemble 2/255 (per-image worst over the suite)"]
-    # the paired difference to the parent on the same images (the adaptive suite attacks only the defended
-    # model, so the parent has no attacked row to pair with: the clean row's)
-    assert clean["delta_accuracy_ci_low"] <= clean["delta_accuracy"] <= clean["delta_accuracy_ci_high"]
+    # the paired difference to the parent's own evaluate run on the same images, clean and under the
+    # suite (the ensemble): the defended model's figure minus the parent's, with a paired interval
+    def row(model, condition):
+        return next(r for r in result.table if r["model"] == model and r["condition"] == condition)
+
+    ensemble = "ensemble 2/255 (per-image worst over the suite)"
+    for condition in ("no attack (clean)", ensemble):
+        ours, parents = row("squeeze+llt", condition), row("undefended", condition)
+        assert ours["delta_accuracy"] == pytest.approx(ours["accuracy"] - parents["accuracy"])
+        assert ours["delta_fnr"] == pytest.approx(ours["fnr"] - parents["fnr"]), (condition, ours, parents)
+        assert ours["delta_accuracy_ci_low"] <= ours["delta_accuracy"] <= ours["delta_accuracy_ci_high"]
+    assert "report/per_image.csv" in tracking.list_artifacts(plain.run_id)
     run = tracking.get_run(result.run_id)
     assert run["tags"]["medrobust.step"] == "report" and run["params"]["n_models"] == "2"
     assert tracking.load_json_artifact(result.run_id, "report/runs.json") == {"undefended": plain.run_id,

@@ -80,6 +80,28 @@ def stages(models, condition, *, metric):
     return labels, values, lows, highs
 
 
+def paired_to_parent(child, parent, malignant, *, n_resamples=1000, seed=0):
+    """delta_<figure> records of a defended model against its parent, each measured by its own
+    evaluate run under the same suite on the same images: child, parent are per-image frames
+    (image_id, label, one column `attack@threat@eps` of counted predictions per clean and
+    ensemble row). Each column both hold gives the child's figure minus the parent's with the
+    paired bootstrap interval (intervals.paired_difference). None when the images differ."""
+    from .intervals import paired_difference
+    from .records import record
+
+    if list(child["image_id"]) != list(parent["image_id"]) or list(child["label"]) != list(parent["label"]):
+        return None
+    out = []
+    for column in child.columns[2:]:
+        if column not in parent.columns:
+            continue
+        attack, threat, eps = column.split("@")
+        delta = paired_difference(child["label"].to_numpy(), child[column].to_numpy(), parent[column].to_numpy(),
+                                  malignant, n_resamples=n_resamples, seed=seed)
+        out += [record(MEASURED, attack, threat, float(eps), k, v) for k, v in delta.items()]
+    return out
+
+
 def _cell(row, metric):
     """A comparison cell: 'value [low, high]' (report.with_interval), '-' without a value."""
     if math.isnan(row[metric]):

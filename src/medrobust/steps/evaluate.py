@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 
 from .. import attacks, plots, tracking
 from ..config import EvaluateConfig, flatten
@@ -27,6 +28,7 @@ from ..models.training import set_seed
 log = logging.getLogger(__name__)
 
 MODEL, SURROGATE = "target", "surrogate"  # the names of the two models in the records
+PER_IMAGE = "report/per_image.csv"  # per image: the counted predictions a paired comparison needs
 
 
 @dataclass
@@ -127,6 +129,25 @@ def images(data, split, max_images, seed):
     return x, y
 
 
+def image_ids(data, split, max_images, seed):
+    """(N,) the image ids of images(data, split, max_images, seed), in its order."""
+    sides = ("train", "val", "test") if split == "all" else (split,)
+    ids = np.concatenate([data.table.image_id[data.table.split == s].to_numpy() for s in sides])
+    y = np.concatenate([data.y[s] for s in sides])
+    return ids[stratified_subset(y, max_images, seed=seed)] if max_images else ids
+
+
+def per_image_csv(ids, y, evaluation):
+    """CSV text: per image its id, true label, and the measured model's counted prediction on
+    the clean row and each ensemble row (columns `attack@threat@eps`): what a paired comparison
+    with another model's run on the same images needs (steps/report.py)."""
+    kept = [m for m in evaluation.measurements if m.model == MODEL and (m.threat == "clean" or m.attack == ENSEMBLE)]
+    frame = pd.DataFrame({"image_id": ids, "label": y})
+    for m in kept:
+        frame[f"{m.attack}@{m.threat}@{float(m.eps)!r}"] = m.counted  # repr: eps read back exactly
+    return frame.to_csv(index=False)
+
+
 def operating_threshold(config, model, data, malignant):
     """The malignancy threshold: given, or chosen on the validation split for the target sensitivity."""
     if config.threshold is not None:
@@ -142,7 +163,7 @@ def with_intervals_and_operating_point(evaluation, y, malignant, threshold, conf
     health figures at the operating threshold (on the per-image worst malignancy scores: op_fnr
     is the share of cancers the suite gets below the threshold, 1 - op_specificity the share of
     benign lesions it gets above it); and, where the surrogate is the measured model's parent,
-    the paired differences of the clean and ensemble rows (`paired_records`)."""
+    the paired differences of the clean row (`paired_records`)."""
     out = list(evaluation.records)
     is_malignant = malignant[y]
     for m in evaluation.measurements:
@@ -156,13 +177,14 @@ def with_intervals_and_operating_point(evaluation, y, malignant, threshold, conf
 
 
 def paired_records(evaluation, malignant, config):
-    """delta_<figure> records (with _ci_low, _ci_high) on the measured model's clean row and
-    each of its ensemble rows: its figure minus the surrogate's on the same row, with the paired
-    bootstrap interval (intervals.paired_difference). The surrogate faced only the attacks
-    crafted on it (the transfer conditions, white-box on it), the measured model those and its
-    own white-box ones, so a defense's gain is, if anything, understated. [] without a surrogate."""
+    """delta_<figure> records (with _ci_low, _ci_high) on the measured model's clean row: its
+    figure minus the surrogate's on the same images, with the paired bootstrap interval
+    (intervals.paired_difference). Not on the ensemble rows: here the surrogate faces only the
+    attacks crafted on it, not the suite, so its ensemble is no like-for-like comparison; the
+    `report` step pairs each defended model's ensemble with its parent's own evaluate run on the
+    same images (report/per_image.csv). [] without a surrogate."""
     out = []
-    ours = [m for m in evaluation.measurements if m.model == MODEL and (m.threat == "clean" or m.attack == ENSEMBLE)]
+    ours = [m for m in evaluation.measurements if m.model == MODEL and m.threat == "clean"]
     for m in ours:
         parent = next((p for p in evaluation.measurements if p.model == SURROGATE
                        and (p.attack, p.threat, p.eps) == (m.attack, m.threat, m.eps)), None)
@@ -259,7 +281,8 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
     config = replace(config, data=replace(config.data, image_size=int(model.input_shape[0])))
     tags = {"medrobust.step": "evaluate", "medrobust.suites": ",".join(config.suites),
             "medrobust.defense": model.info.get("spec", "none"), "medrobust.model_uri": config.model_uri,
-            "medrobust.model_version": tracking.pinned_uri(config.model_uri)}
+            "medrobust.model_version": tracking.pinned_uri(config.model_uri),
+            "medrobust.parent_model_uri": model.info.get("parent_model_uri") or "none"}
     name = config.run_name or f"evaluate-{'+'.join(config.suites)}"
     with tracking.run(config.experiment, run_name=name, tags=tags) as run_id:
         tracking.log_params(flatten(config))
@@ -309,6 +332,8 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
         page = render_html(title=f"medrobust evaluate: {config.model_uri}", summary=summary, records=records,
                            model=MODEL, figures=_figures(records, roc_curve, evaluation, worst, x))
         tracking.log_text(records_csv(records), "report/records.csv")
+        tracking.log_text(per_image_csv(image_ids(data, config.split, config.max_images, config.seed), y, evaluation),
+                          PER_IMAGE)
         tracking.log_text(page, "report/report.html")
         tracking.log_json({k: dict(v) for k, v in worst.items()}, "report/headline.json")
     for note in notes:

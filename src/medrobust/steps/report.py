@@ -9,13 +9,18 @@ import io
 import logging
 from dataclasses import dataclass, replace
 
+import pandas as pd
+
 from .. import plots, tracking
 from ..config import ReportConfig, flatten
 from ..defenses import DEFENSES, parse_spec
-from ..errors import ConfigError
-from ..evaluation.recap import UNDEFENDED, comparison, comparison_text, render_recap_html, shared_conditions, stages
+from ..data import malignant_mask
+from ..errors import ConfigError, ModelError
+from ..evaluation.recap import (UNDEFENDED, comparison, comparison_text, paired_to_parent, render_recap_html,
+                                shared_conditions, stages)
 from ..evaluation.records import read_records_csv
 from ..evaluation.report import condition_label
+from .evaluate import PER_IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,43 @@ def evaluate_runs(config):
     return chosen
 
 
+def _per_image(run_id):
+    return pd.read_csv(io.StringIO(tracking.load_text_artifact(run_id, PER_IMAGE)))
+
+
+def with_parent_deltas(models, chosen):
+    """models ({label: records}) where each defended model whose parent's evaluate run is among
+    `chosen` carries, on its clean and ensemble rows, the paired difference to that run on the
+    same images (evaluation.recap.paired_to_parent), in place of the in-run one: the parent
+    under the same suite, not only under the attacks crafted on it. Runs on other images, or
+    without per-image predictions (older runs), keep their records as they are, with a log line."""
+    runs = {label: tracking.get_run(run_id) for label, run_id in chosen.items()}
+    by_version = {r["tags"].get("medrobust.model_version"): label for label, r in runs.items()}
+    out = dict(models)
+    for label, run in runs.items():
+        parent = by_version.get(run["tags"].get("medrobust.parent_model_uri"))
+        if parent is None:
+            continue
+        try:
+            child_frame, parent_frame = _per_image(chosen[label]), _per_image(chosen[parent])
+        except ModelError:
+            log.warning("report: %s or its parent %s has no %s; its paired differences stay the run's own",
+                        label, parent, PER_IMAGE)
+            continue
+        params = run["params"]
+        deltas = paired_to_parent(child_frame, parent_frame, malignant_mask(params.get("data.health_map", "clinical")),
+                                  n_resamples=int(params.get("n_resamples", 1000)), seed=int(params.get("seed", 0)))
+        if deltas is None:
+            log.warning("report: %s and its parent %s were measured on other images: no paired difference", label,
+                        parent)
+            continue
+        paired = {(r["attack"], r["threat"], round(float(r["eps"]), 9)) for r in deltas}
+        kept = [r for r in models[label] if not (r["metric"].startswith("delta_") and
+                                                 (r["attack"], r["threat"], round(float(r["eps"]), 9)) in paired)]
+        out[label] = kept + deltas
+    return out
+
+
 def run_report(config: ReportConfig) -> ReportResult:
     """Gather the evaluate runs of config (see evaluate_runs), log the recap; see ReportResult."""
     chosen = evaluate_runs(config)
@@ -86,6 +128,7 @@ def run_report(config: ReportConfig) -> ReportResult:
             models[label] = read_records_csv(tracking.load_text_artifact(run_id, RECORDS))
         except ValueError as e:
             raise ConfigError(f"evaluate run {run_id}: {RECORDS} is not a records file ({e})") from e
+    models = with_parent_deltas(models, chosen)
     present = {r["metric"] for records in models.values() for r in records}
     if config.metrics == ReportConfig().metrics:  # the defaults: those no run holds (op_fnr, delta_*) drop out
         config = replace(config, metrics=tuple(m for m in config.metrics if m in present))
