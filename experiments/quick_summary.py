@@ -65,6 +65,44 @@ def recap_table(steps):
     return "\n\n".join(tables)
 
 
+def per_attack_table(steps):
+    """One table per network: per model, accuracy / FNR clean and under each attack of the
+    suites at 2/255, white-box and transferred from the parent (per image the worse of clean and
+    attacked, as every row is counted)."""
+    tables = []
+    for step in (s for s in steps if s["step"] == "report"):
+        recap = list(csv.DictReader(io.StringIO(tracking.load_text_artifact(step["run_id"], "report/recap.csv"))))
+        conditions = [c for c in dict.fromkeys(r["condition"] for r in recap) if c != ENSEMBLE]
+        lines = ["| model | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
+        for model in dict.fromkeys(r["model"] for r in recap):
+            rows = {r["condition"]: r for r in recap if r["model"] == model}
+            out = [f"{float(rows[c]['accuracy']):.3f} / {float(rows[c]['fnr']):.3f}" if c in rows else "-"
+                   for c in conditions]
+            lines.append(f"| {model} | " + " | ".join(out) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def step_times(steps):
+    """Minutes per kind of step, from each step run's own start and end (steps.json names them)."""
+    minutes = {}
+    for step in steps:
+        seconds = tracking.get_run(step["run_id"])["seconds"] or 0
+        minutes[step["step"]] = minutes.get(step["step"], 0) + seconds / 60
+    return ", ".join(f"{kind} {m:.1f} min" for kind, m in minutes.items())
+
+
+def network_table(steps):
+    """The trained networks on the whole test split (1,252 images): issue 19's targets."""
+    lines = ["| network | test accuracy | test macro recall | test FNR | epochs |", "|---|---|---|---|---|"]
+    for step in (s for s in steps if s["step"] == "train"):
+        run = tracking.get_run(step["run_id"])
+        m, p = run["metrics"], run["params"]
+        lines.append(f"| {p['arch']} | {m['clean_accuracy']:.3f} | {m['clean_macro_recall']:.3f} | "
+                     f"{m['clean_fnr']:.3f} | {p['epochs']} |")
+    return "\n".join(lines)
+
+
 def attack_table(steps):
     lines = ["| attack | accuracy clean -> attacked | FNR clean -> attacked | fooling rate |", "|---|---|---|---|"]
     for step in (s for s in steps if s["step"] == "attack"):
@@ -103,10 +141,14 @@ def main():
     parent = latest_pipeline(args.experiment)
     steps = tracking.load_json_artifact(parent["run_id"], "pipeline/steps.json")
     print(f"pipeline run {parent['run_id']} ({parent['name']})\n")
+    print(network_table(steps), "\n")
     print(recap_table(steps), "\n")
+    print("accuracy / FNR per attack:\n")
+    print(per_attack_table(steps), "\n")
     print(attack_table(steps), "\n")
     print(poison_table(steps, args.experiment), "\n")
-    print(gate_lines(steps))
+    print(gate_lines(steps), "\n")
+    print("step time:", step_times(steps))
 
 
 if __name__ == "__main__":
