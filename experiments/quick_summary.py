@@ -45,7 +45,8 @@ def recap_table(steps):
     at 2/255 (per image the worst over every attack, white-box and transferred), the health
     attack at the operating threshold, and a defense's paired difference to its parent."""
     header = ["model", "clean accuracy", "clean FNR", "robust accuracy", "FNR under attack", "op_fnr under attack",
-              "health attack op_fnr", "robust accuracy vs parent (paired)", "FNR under attack vs parent (paired)"]
+              "health attack op_fnr", "clean FNR vs parent (paired)", "robust accuracy vs parent (paired)",
+              "FNR under attack vs parent (paired)"]
     tables = []
     for step in (s for s in steps if s["step"] == "report"):
         recap = list(csv.DictReader(io.StringIO(tracking.load_text_artifact(step["run_id"], "report/recap.csv"))))
@@ -59,6 +60,7 @@ def recap_table(steps):
             out = [model, cell(clean, "accuracy"), cell(clean, "fnr"), cell(ensemble, "accuracy"),
                    cell(ensemble, "fnr"), cell(ensemble, "op_fnr") if defined(ensemble, "op_fnr") else "-",
                    cell(health, "op_fnr") if defined(health, "op_fnr") else "-"]
+            out.append(cell(clean, "delta_fnr") if defined(clean, "delta_fnr") else "-")
             out += [cell(ensemble, m) if defined(ensemble, m) else "-" for m in ("delta_accuracy", "delta_fnr")]
             lines.append("| " + " | ".join(out) + " |")
         tables.append("\n".join(lines))
