@@ -16,6 +16,18 @@ if os.environ.get("MEDROBUST_DATA"):
     os.environ["MEDROBUST_DATA"] = str(Path(os.environ["MEDROBUST_DATA"]).absolute())
 
 
+# Tests that start real services or whole processes (PostgreSQL, an mlflow server, Chromium, a
+# notebook kernel, killed runs): `pytest -m "not system"` leaves them out of the inner loop;
+# `make test` runs everything.
+SYSTEM_MODULES = ("test_faults", "test_scaleout", "test_browser", "test_notebook", "test_deploy")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SYSTEM_MODULES:
+            item.add_marker(pytest.mark.system)
+
+
 def ham10000_dir():
     return Path(os.environ.get("MEDROBUST_DATA") or REPO.parent / "shared" / "data" / "ham10000")
 
