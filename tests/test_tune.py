@@ -106,6 +106,25 @@ def test_a_study_with_no_finished_trial_fails(ham_dir, monkeypatch):
     assert study_run["status"] == "FAILED"
 
 
+def test_a_resumed_study_does_not_draw_the_first_workers_parameters_again():
+    """Every worker once seeded its sampler with the same seed, so a resumed study (or a second
+    worker) drew exactly the first one's parameters. Now a study holding trials seeds anew."""
+    from medrobust.steps.tune import sampler_for, sampler_seed
+
+    config = TuneConfig(objective="train")
+    assert sampler_seed(0, 0) == 0 and sampler_seed(0, 3) != sampler_seed(0, 4) != 0
+
+    def draw(study):
+        study.optimize(lambda t: t.suggest_float("learning_rate", 1e-5, 1e-1, log=True), n_trials=1)
+        return study.trials[-1].params
+
+    study = optuna.create_study(sampler=sampler_for(config), direction="maximize")
+    first = draw(study)
+    assert draw(optuna.create_study(sampler=sampler_for(config), direction="maximize")) == first  # by seed
+    study.sampler = sampler_for(config, n_existing=len(study.trials))  # what open_study does on resume
+    assert draw(study) != first
+
+
 @pytest.mark.parametrize("change, message", [
     ({"objective": "speed"}, "objective must be one of attack_eps, poison_fraction, defense, train, got 'speed'"),
     ({"eps_max": 1.5}, r"eps_max must be in \[0, 1\]"),

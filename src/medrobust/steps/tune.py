@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -124,6 +125,7 @@ def open_study(config, directions):
         differ = sorted(k for k in set(settings) | set(found or {}) if (found or {}).get(k) != settings.get(k))
         raise ConfigError(f"study {name} in {url} was made for other settings ({', '.join(differ) or 'directions'}); "
                           "give another --study-name")
+    study.sampler = sampler_for(config, n_existing=len(study.trials))
     return study, url
 
 
@@ -133,10 +135,18 @@ def study_settings(config):
     return {k: str(v) for k, v in flatten(config).items() if k not in own}
 
 
-def sampler_for(config):
+def sampler_seed(seed, n_existing):
+    """The sampler's seed for a worker that opens a study holding `n_existing` trials: `seed` for
+    a new study (deterministic by seed), else one drawn from (seed, n_existing), so that a resumed
+    study or a worker joining later does not draw the first worker's parameters again."""
+    return seed if n_existing == 0 else int(np.random.SeedSequence([seed, n_existing]).generate_state(1)[0])
+
+
+def sampler_for(config, n_existing=0):
+    seed = sampler_seed(config.seed, n_existing)
     if config.objective == "defense" and config.multi_objective:
-        return optuna.samplers.NSGAIISampler(seed=config.seed, constraints_func=_constraint)
-    return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=3,
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraint)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3,
                                       constraints_func=_constraint if config.objective == "defense" else None)
 
 
