@@ -11,7 +11,7 @@ import pytest
 
 from medrobust import tracking
 from medrobust.config import AttackConfig, DataConfig, DefendConfig, TrainConfig
-from medrobust.data import CLASSES, load_dataset
+from medrobust.data import CLASSES, load_dataset, stratified_subset
 from medrobust.defenses import parse_spec
 from medrobust.errors import ConfigError
 from medrobust.evaluation import by_condition, flat_metrics
@@ -160,8 +160,11 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     # The attack step takes the defended model by its URI and attacks it whole (LLT by BPDA).
     attacked = run_attack(AttackConfig(model_uri="models:/medrobust-small_cnn@candidate", data=data, method="fgsm",
                                        eps=EPS, max_images=16, experiment="test"))
+    # the same 16 images the step measured (its class-stratified sample, seed 0), not the first 16
+    keep = stratified_subset(test.y["test"], 16, seed=0)
+    sampled = predict_frame(loaded, test.x["test"][keep])
     assert attacked.metrics["clean_accuracy"] == pytest.approx(
-        float(np.mean(frame["predicted"].to_numpy() == np.asarray(CLASSES)[test.y["test"][:16]])))
+        float(np.mean(sampled["predicted"].to_numpy() == np.asarray(CLASSES)[test.y["test"][keep]])))
     registered = tracking.model_versions("medrobust-small_cnn")[-1]
     assert registered["tags"]["defense"] == "retrain+llt" and registered["tags"]["parent_model_uri"] == model.model_uri
 
