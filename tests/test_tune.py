@@ -10,7 +10,7 @@ from medrobust import tracking
 from medrobust.attacks import craft
 from medrobust.config import DataConfig, TrainConfig, TuneConfig
 from medrobust.data import load_dataset, stratified_subset
-from medrobust.errors import ConfigError, StudyFailed
+from medrobust.errors import ConfigError, StudyFailed, TrainingError
 from medrobust.models.training import predict_logits
 from medrobust.steps.train import run_train
 from medrobust.steps.tune import run_tune, train_defaults
@@ -104,6 +104,25 @@ def test_a_study_with_no_finished_trial_fails(ham_dir, monkeypatch):
     assert failed.value.exit_status == 1
     study_run = next(r for r in tracking.search_runs("test") if r["parent"] is None)
     assert study_run["status"] == "FAILED"
+
+
+@pytest.mark.parametrize("ending", [TrainingError("training diverged"), KeyboardInterrupt()])
+def test_a_trial_that_fails_or_is_stopped_keeps_its_parameters_and_state(ham_dir, monkeypatch, ending):
+    """A failed trial, and one stopped by Ctrl-C or SIGTERM (both end the process by an exception
+    through the trial), leave the parameters they drew and optuna.trial_state FAIL on their run."""
+    import medrobust.steps.tune as tune
+
+    def trial(t, config):
+        t.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        raise ending
+
+    monkeypatch.setattr(tune, "trial_train", trial)
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
+    with pytest.raises((StudyFailed, KeyboardInterrupt)):
+        run_tune(TuneConfig(objective="train", data=data, n_trials=1, experiment="test"))
+    trial_run = next(r for r in tracking.search_runs("test") if r["parent"] is not None)
+    run = tracking.get_run(trial_run["run_id"])
+    assert "learning_rate" in run["params"] and run["tags"]["optuna.trial_state"] == "FAIL"
 
 
 def test_a_resumed_study_does_not_draw_the_first_workers_parameters_again():

@@ -293,6 +293,16 @@ def trial_train(trial, config):
 
 # --- the study ---------------------------------------------------------------------------
 
+def _record_failed(trial):
+    """The parameters a trial drew and optuna.trial_state FAIL on its run, as it ends; a store
+    that cannot take them is logged, never allowed to hide what ended the trial."""
+    try:
+        tracking.log_params(trial.params)
+        tracking.set_tags({"optuna.trial_state": "FAIL"})
+    except Exception as e:  # noqa: BLE001 - the trial's own error is the one raised
+        log.warning("trial %d: could not record its parameters on its run (%s)", trial.number, e)
+
+
 def _trial_run(config, study, run_trial):
     """Optuna's objective: one nested MLflow run per trial, its state tagged as Optuna's."""
     def objective(trial):
@@ -305,6 +315,9 @@ def _trial_run(config, study, run_trial):
                     tracking.log_params(trial.params)
                     tracking.set_tags({"optuna.trial_state": "PRUNED"})
                     raise  # the trial's run ends KILLED, as its steps' did
+                except BaseException:  # a failed trial, SIGTERM, Ctrl-C: its run still says what it tried
+                    _record_failed(trial)
+                    raise
                 tracking.log_params(trial.params)
                 values = values if isinstance(values, tuple) else (values,)
                 tracking.log_metrics({f"value_{i}" if len(values) > 1 else "value": v for i, v in enumerate(values)}
