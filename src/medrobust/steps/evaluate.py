@@ -117,24 +117,28 @@ def check_request(config):
     return conditions, notes, model, surrogate
 
 
+def _sample(data, split, max_images, seed):
+    """(sides, indices or None): the splits read, in order, and the class-stratified sample of
+    max_images taken from their concatenation (None: every image)."""
+    sides = ("train", "val", "test") if split == "all" else (split,)
+    y = np.concatenate([data.y[s] for s in sides])
+    return sides, (stratified_subset(y, max_images, seed=seed) if max_images else None)
+
+
 def images(data, split, max_images, seed):
     """(x, y) of one split, or of every image for split 'all'; max_images: a class-stratified
     sample of that many."""
-    sides = ("train", "val", "test") if split == "all" else (split,)
+    sides, keep = _sample(data, split, max_images, seed)
     x = np.concatenate([data.x[s] for s in sides])
     y = np.concatenate([data.y[s] for s in sides])
-    if max_images:
-        keep = stratified_subset(y, max_images, seed=seed)
-        x, y = x[keep], y[keep]
-    return x, y
+    return (x, y) if keep is None else (x[keep], y[keep])
 
 
 def image_ids(data, split, max_images, seed):
     """(N,) the image ids of images(data, split, max_images, seed), in its order."""
-    sides = ("train", "val", "test") if split == "all" else (split,)
+    sides, keep = _sample(data, split, max_images, seed)
     ids = np.concatenate([data.table.image_id[data.table.split == s].to_numpy() for s in sides])
-    y = np.concatenate([data.y[s] for s in sides])
-    return ids[stratified_subset(y, max_images, seed=seed)] if max_images else ids
+    return ids if keep is None else ids[keep]
 
 
 def per_image_csv(ids, y, evaluation):
