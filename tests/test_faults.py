@@ -260,3 +260,22 @@ def test_sigterm_inside_a_finalizer_is_delivered_again_not_lost(monkeypatch):
     with pytest.raises(cli.Terminated):
         cli._terminate(signal.SIGTERM, sys._getframe())
     assert sent == [signal.SIGTERM]
+
+
+def test_sigterm_inside_a_database_call_is_delivered_again_after_it(monkeypatch, tmp_path):
+    """Raised inside SQLAlchemy's fetch, SIGTERM left a half-read cursor and a printed traceback
+    (seen in CI); inside the store's driver it is sent again, and raised once the call returned."""
+    import sqlalchemy
+
+    from medrobust import cli
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    frames = []
+    sqlalchemy.event.listen(engine, "before_cursor_execute", lambda *a: frames.append(sys._getframe()))
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("select 1")).fetchall()
+    sent = []
+    monkeypatch.setattr(cli, "_send_again", lambda signum: sent.append(signum))
+    assert cli._terminate(signal.SIGTERM, frames[0]) is None and sent == [signal.SIGTERM]
+    with pytest.raises(cli.Terminated):
+        cli._terminate(signal.SIGTERM, sys._getframe())

@@ -140,17 +140,31 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame):
-    if frame is not None and _in_finalizer(frame.f_code):
-        # Python prints and drops an exception raised in a finalizer (a weakref callback, a
-        # __del__ that garbage collection ran): the signal would be lost (seen in CI: a
-        # pipeline ran on after SIGTERM). Deliver it again once the finalizer has returned.
+    if frame is not None and _must_not_be_interrupted(frame):
+        # Raised inside a finalizer, Python prints and drops the exception (seen in CI: a
+        # pipeline ran on after SIGTERM); raised inside a database call, it leaves SQLAlchemy
+        # closing a half-read cursor and printing a traceback (seen in CI), or a half-written
+        # row. Deliver it again once that call has returned.
         _send_again(signum)
         return
     raise Terminated("SIGTERM")
 
 
-def _in_finalizer(code):
-    return code.co_name == "__del__" or code.co_filename.endswith(("weakref.py", "_weakrefset.py"))
+# Code that a signal must not interrupt: finalizers, and the tracking store's database driver.
+_UNINTERRUPTIBLE_FILES = ("weakref.py", "_weakrefset.py")
+_UNINTERRUPTIBLE_PACKAGES = ("/sqlalchemy/", "/sqlite3/", "/psycopg2/", "/alembic/")
+
+
+def _must_not_be_interrupted(frame):
+    """True when `frame` or any frame that called it is a finalizer or a database call."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.endswith(_UNINTERRUPTIBLE_FILES):
+            return True
+        if any(part in code.co_filename for part in _UNINTERRUPTIBLE_PACKAGES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _send_again(signum, delay=0.05):
