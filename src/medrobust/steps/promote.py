@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # and the image size, which follows the model, aside).
 # The version itself is matched by the run's medrobust.model_version tag (its model_uri may be an alias).
 REUSE_IGNORES = ("experiment", "run_name", "model_uri", "data.image_size", "data.cache_dir")
+# How long a promote waits for another promote of the same registered model (which holds the
+# lock through its whole gate) before it gives up with a line naming that run.
+LOCK_WAIT_S = 3600.0
 
 
 @dataclass
@@ -121,13 +124,16 @@ def run_promote(config: PromoteConfig) -> PromoteResult:
     PromoteResult. Raises GateFailed (exit status 1) after logging when the gate fails."""
     name, version = check_request(config)
     pinned = f"models:/{name}/{version}"
-    current = tracking.model_aliases(name).get(config.alias)
     # the gate's suites and their settings are SuiteConfig's, shared with evaluate: a pipeline's
     # evaluate run of this version with the same settings is reused
     evaluate = EvaluateConfig(**{f.name: getattr(config, f.name) for f in fields(SuiteConfig) if f.name != "run_name"}
                               | {"model_uri": pinned})
     tags = {"medrobust.step": "promote", "medrobust.model_version": pinned}
-    with tracking.run(config.experiment, run_name=config.run_name or f"promote {name} v{version}", tags=tags) as run_id:
+    with tracking.run(config.experiment, run_name=config.run_name or f"promote {name} v{version}", tags=tags) as run_id, \
+            tracking.promotion_lock(name, owner=run_id, wait_s=LOCK_WAIT_S) as move:
+        # Under the lock: a promote beside this one waits, so the version it compares against
+        # and moves to @previous is the one @robust holds now, not when this command started.
+        current = tracking.model_aliases(name).get(config.alias)
         tracking.log_params(flatten(config) | {"current_version": current or "none"})
         records, evaluate_run, reused = evaluation_of(evaluate, config.experiment, config.reuse)
         figures = gate_figures(records, config.eps)
@@ -148,10 +154,8 @@ def run_promote(config: PromoteConfig) -> PromoteResult:
                    **{f"gate_{c['criterion']}": f"{c['value']:.4f} (limit {c['limit']:g})" for c in criteria}}
         tracking.tag_model_version(pinned, verdict)
         tracking.set_tags({"medrobust.gate": verdict["gate_result"]})
-        if passed and current != version:
-            if current is not None:
-                tracking.set_alias(name, config.previous_alias, current)
-            tracking.set_alias(name, config.alias, version)
+        if passed:
+            move(version, config.alias, config.previous_alias)
     aliases = tracking.model_aliases(name)
     for c in criteria:
         log.info("promote: %s %s", "pass" if c["passed"] else "FAIL", describe(c))

@@ -1,0 +1,253 @@
+"""The model registry: versions registered all or nothing, aliases, and the promotion lock."""
+
+import contextlib
+import io
+import json
+import logging
+import time
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from ..errors import ConfigError
+from .process import HOST_TAG, PID_TAG, gone, this_process
+from .store import configure
+
+log = logging.getLogger(__name__)
+
+
+def register_model(model_uri, name, tags=None, alias=None):
+    """Register `model_uri` as a new version of `name`, tagged with `tags` and, if given,
+    pointed to by `alias` (e.g. candidate); returns the version."""
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints "Created version ..." itself
+        version = mlflow.register_model(model_uri, name)
+    log.debug(said.getvalue().strip())
+    client = MlflowClient()
+    try:
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(name, version.version, key, str(value))
+        if alias:
+            client.set_registered_model_alias(name, alias, version.version)
+    except BaseException:
+        # Interrupted half-way (a signal, a lost server): no version without its tags and alias.
+        client.delete_model_version(name, version.version)
+        raise
+    return int(version.version)
+
+
+def model_versions(name):
+    """[{'version', 'run_id', 'tags'}] of a registered model, oldest first; [] if it does not exist."""
+    configure()
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    return sorted(
+        ({"version": int(v.version), "run_id": v.run_id, "tags": dict(v.tags)} for v in versions),
+        key=lambda v: v["version"],
+    )
+
+
+def registered_version(model_uri):
+    """(name, version) of a models:/<name>/<version> or models:/<name>@<alias> URI; None for
+    any other URI (runs:/..., a path) or one that names no version."""
+    if not str(model_uri).startswith("models:/"):
+        return None
+    configure()
+    client = MlflowClient()
+    rest = str(model_uri)[len("models:/"):]
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return name, int(client.get_model_version_by_alias(name, alias).version)
+        name, _, version = rest.partition("/")
+        return (name, int(version)) if version.isdigit() else None
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def pinned_uri(model_uri):
+    """models:/<name>/<version> for a models:/<name>@<alias> URI (an alias moves; a record of
+    where a model came from must not); any other URI as it is."""
+    found = registered_version(model_uri) if "@" in str(model_uri) else None
+    return f"models:/{found[0]}/{found[1]}" if found else model_uri
+
+
+def tag_model_version(model_uri, tags):
+    """Set tags on the registered version a models:/ URI points to; returns (name, version) or
+    None when the URI names no registered version (nothing is tagged then)."""
+    found = registered_version(model_uri)
+    if found:
+        for key, value in tags.items():
+            MlflowClient().set_model_version_tag(found[0], str(found[1]), key, str(value))
+    return found
+
+
+def model_version_tags(model_uri):
+    """{tag: value} of the registered version a models:/ URI points to; {} for any other URI."""
+    found = registered_version(model_uri)
+    if not found:
+        return {}
+    return dict(MlflowClient().get_model_version(found[0], str(found[1])).tags)
+
+
+def set_alias(name, alias, version):
+    """Point `alias` of registered model `name` at `version` (moving it from any other)."""
+    configure()
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def model_aliases(name):
+    """{alias: version} of a registered model; {} if it does not exist."""
+    configure()
+    try:
+        model = MlflowClient().get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        return {}
+    return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def delete_versions_of_runs(run_ids, *, reason):
+    """Delete every registered version logged by one of `run_ids` (a run that failed or was
+    killed registers nothing), one log line each; returns [(name, version)]."""
+    run_ids = sorted(set(run_ids))
+    if not run_ids:
+        return []
+    client = MlflowClient()
+    listed = ", ".join(f"'{r}'" for r in run_ids)
+    deleted = []
+    for v in client.search_model_versions(f"run_id IN ({listed})"):
+        client.delete_model_version(v.name, v.version)
+        log.warning("%s v%s deleted: %s", v.name, v.version, reason)
+        deleted.append((v.name, int(v.version)))
+    return deleted
+
+
+def delete_unfinished_versions():
+    """Delete the versions whose run ended FAILED or KILLED: a process killed (kill -9) after
+    registering and before its run finished leaves such a version READY, and only a version of
+    a finished run may be used. Returns [(name, version)]."""
+    client = MlflowClient()
+    runs = sorted({v.run_id for v in client.search_model_versions("", max_results=10000) if v.run_id})
+    if not runs:
+        return []
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    stopped = []
+    for chunk in range(0, len(runs), 100):  # a bounded IN list per query
+        listed = ", ".join(f"'{r}'" for r in runs[chunk:chunk + 100])
+        for status in ("FAILED", "KILLED"):  # MLflow's filter compares a status with one value
+            stopped += [r.info.run_id for r in client.search_runs(
+                experiments, f"attributes.run_id IN ({listed}) and attributes.status = '{status}'", max_results=1000)]
+    return delete_versions_of_runs(stopped, reason="its run did not finish (failed or killed)")
+
+
+# The promotion lock on registered model <name> is a registered model of its own, <name> + LOCK:
+# creating a registered model is atomic and refused when it exists, on SQLite, on PostgreSQL
+# and through `mlflow server` alike, which no tag write is. Its tags name the holder and, once
+# the gate passed, the move it is making (INTENT_TAG), so a later command can undo a move cut
+# half-way by a kill.
+LOCK = ".promote-lock"
+INTENT_TAG = "medrobust.promote_intent"
+# A holder on another host cannot be checked for life: its lock is taken over after this long.
+LOCK_TTL_S = 6 * 3600
+
+
+@contextlib.contextmanager
+def promotion_lock(name, *, owner, wait_s=900.0, poll_s=0.5):
+    """Hold the promotion lock of registered model `name` for the run `owner`: a second
+    promote waits for it (up to `wait_s` seconds, then ConfigError naming the holder). A lock
+    whose holder was killed is recovered first (recover_promotion). Yields a move(version,
+    alias, previous_alias) function: the checked alias transaction."""
+    configure()
+    client = MlflowClient()
+    lock = name + LOCK
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            client.create_registered_model(lock, tags=this_process() | {"medrobust.owner_run": owner},
+                                           description=f"promote run {owner} is moving the aliases of {name}")
+            break
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        holder = _holder(client, lock)
+        if holder is None or recover_promotion(client, name, holder):
+            continue
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{name} is being promoted by run {holder.get('medrobust.owner_run')} (process "
+                              f"{holder.get(PID_TAG)} on {holder.get(HOST_TAG)}); waited {wait_s:.0f} s for its lock "
+                              f"({lock}); try again when it has finished")
+        if not said:
+            log.info("promote: waiting for run %s, which is promoting a version of %s", holder.get("medrobust.owner_run"), name)
+            said = True
+        time.sleep(poll_s)
+    try:
+        yield lambda version, alias, previous_alias: _move(client, name, version, alias, previous_alias)
+    except BaseException:
+        # Interrupted (a signal, a lost server) with a move recorded: undo it now; if that is
+        # cut too, the lock and its intent stay for the next command to undo.
+        holder = _holder(client, lock)
+        if holder is not None and INTENT_TAG in holder:
+            _undo(client, name, json.loads(holder[INTENT_TAG]))
+        client.delete_registered_model(lock)
+        raise
+    client.delete_registered_model(lock)
+
+
+def _holder(client, lock):
+    """The lock's tags; None when it vanished (released between our attempt and this read)."""
+    try:
+        return dict(client.get_registered_model(lock).tags)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def _move(client, name, version, alias, previous_alias):
+    """Point @alias at `version` and @previous_alias at the version @alias held, re-read under
+    the lock; the intent is recorded on the lock first. Returns the version @alias held."""
+    aliases = model_aliases(name)
+    current = aliases.get(alias)
+    if current == version:
+        return current
+    intent = {"version": version, "before": {alias: current, previous_alias: aliases.get(previous_alias)}}
+    client.set_registered_model_tag(name + LOCK, INTENT_TAG, json.dumps(intent))
+    client.set_registered_model_alias(name, alias, str(version))
+    if current is not None:
+        client.set_registered_model_alias(name, previous_alias, str(current))
+    client.delete_registered_model_tag(name + LOCK, INTENT_TAG)
+    return current
+
+
+def _undo(client, name, intent):
+    """Put the aliases back as they were before a move that was cut half-way."""
+    for alias, version in intent["before"].items():
+        if version is None:
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                client.delete_registered_model_alias(name, alias)
+        else:
+            client.set_registered_model_alias(name, alias, str(version))
+    client.set_model_version_tag(name, str(intent["version"]), "gate_result", "interrupted")
+    log.warning("%s: a promotion of v%s was cut between its alias moves; undone (%s)", name, intent["version"],
+                ", ".join(f"@{a} = v{v}" if v is not None else f"no @{a}" for a, v in intent["before"].items()))
+
+
+def recover_promotion(client, name, holder):
+    """If the holder of `name`'s promotion lock is gone (killed), undo its recorded move and
+    remove the lock; returns whether it did."""
+    if not gone(holder, ttl_s=LOCK_TTL_S):
+        return False
+    if INTENT_TAG in holder:
+        _undo(client, name, json.loads(holder[INTENT_TAG]))
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # another command recovered it first
+        client.delete_registered_model(name + LOCK)
+    log.warning("%s: removed the promotion lock of run %s, whose process %s on %s is gone", name,
+                holder.get("medrobust.owner_run"), holder.get(PID_TAG), holder.get(HOST_TAG))
+    return True
+
+
+def recover_promotions():
+    """recover_promotion for every promotion lock in the store."""
+    client = MlflowClient()
+    for model in client.search_registered_models(f"name LIKE '%{LOCK}'"):
+        recover_promotion(client, model.name[:-len(LOCK)], dict(model.tags))
