@@ -19,7 +19,7 @@ if os.environ.get("MEDROBUST_DATA"):
 # Tests that start real services or whole processes (PostgreSQL, an mlflow server, Chromium, a
 # notebook kernel, killed runs): `pytest -m "not system"` leaves them out of the inner loop;
 # `make test` runs everything.
-SYSTEM_MODULES = ("test_faults", "test_scaleout", "test_browser", "test_notebook", "test_deploy")
+SYSTEM_MODULES = ("test_faults", "test_registry", "test_scaleout", "test_browser", "test_notebook", "test_deploy")
 
 
 def pytest_collection_modifyitems(config, items):
