@@ -2,6 +2,7 @@
 point, intervals, the report, an external test set."""
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from medrobust import tracking
 from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, TrainConfig
 from medrobust.data import CLASSES, load_dataset, malignant_mask
 from medrobust.data.labels import ISIC2018_COLUMNS
-from medrobust.errors import ConfigError
+from medrobust.errors import ConfigError, DataError
 from medrobust.evaluation.operating_point import health_at_threshold, malignancy_score
 from medrobust.evaluation import Condition, measure
 from medrobust.evaluation.suite import softmax
@@ -133,26 +134,51 @@ def test_llt_white_box_bpda_hurts_at_least_as_much_as_transfer(trained):
         assert white <= evaluation.get("target", attack, "transfer").values["accuracy"], attack
 
 
-def test_an_isic2018_folder_is_evaluated_whole(trained, ham_dir, ham_metadata, tmp_path):
-    _, model = trained
-    folder = tmp_path / "isic2018_test"
+def _isic2018_folder(folder, picked, ham_dir):
     folder.mkdir()
-    picked = ham_metadata[ham_metadata.dx != "df"].groupby("dx").head(6)  # an external set may lack a class
     onehot = pd.DataFrame({"image": picked.image_id})
     for column in ISIC2018_COLUMNS:
         onehot[column] = (picked.dx.str.upper() == column).astype(float).to_numpy()
     onehot.to_csv(folder / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
     for image_id in picked.image_id:
         shutil.copy(ham_dir / "images" / f"{image_id}.jpg", folder)
-    result = run_evaluate(EvaluateConfig(model_uri=model.model_uri, data=DataConfig(path=str(folder)), split="all",
-                                         suites=("health",), threshold=0.5, n_resamples=50, pgd_steps=3,
-                                         experiment="test"))
+    return folder
+
+
+def test_an_isic2018_folder_is_evaluated_whole(trained, ham_dir, ham_metadata, tmp_path):
+    from medrobust.steps.lineage import seen_images
+
+    _, model = trained
+    seen = seen_images(model.model_uri)
+    assert 200 <= len(seen) <= 250  # train and val of about 40 images a class
+    # An external set that holds images the model trained on is refused, with their count.
+    leaky = _isic2018_folder(tmp_path / "leaky", ham_metadata[ham_metadata.image_id.isin(seen)].head(3), ham_dir)
+    config = EvaluateConfig(model_uri=model.model_uri, data=DataConfig(path=str(leaky)), split="all",
+                            suites=("health",), threshold=0.5, n_resamples=50, pgd_steps=3, experiment="test")
+    with pytest.raises(DataError, match="3 of the 3 images of its all split were used to train or validate"):
+        run_evaluate(config)
+    unseen = ham_metadata[~ham_metadata.image_id.isin(seen) & (ham_metadata.dx != "df")]
+    folder = _isic2018_folder(tmp_path / "isic2018_test", unseen.groupby("dx").head(6), ham_dir)  # may lack a class
+    result = run_evaluate(replace(config, data=DataConfig(path=str(folder))))
     clean = _by_condition(result.records)[("none", "clean", 0.0)]
     assert clean["op_fnr_ci_low"] <= clean["op_fnr"] <= clean["op_fnr_ci_high"]
     page = open(tracking.download_artifact(result.run_id, "report/report.html", tmp_path / "page")).read()
     assert "isic2018" in page and f"{CLASSES[0]} 6" in page and "df 0" in page
     run = tracking.get_run(result.run_id)
     assert run["params"]["data.image_size"] == "32" and run["params"]["split"] == "all"
+
+
+def test_a_test_split_that_holds_training_images_is_refused(trained):
+    """A model trained with another split seed sees another test split: evaluating it there is
+    refused with the count of images it trained or validated on (issue 20, 9)."""
+    data, model = trained
+    other = replace(data, split_seed=1)
+    with pytest.raises(DataError, match=r"\d+ of the \d+ images of its test split were used to train or validate"):
+        run_evaluate(EvaluateConfig(model_uri=model.model_uri, data=other, suites=("health",), n_resamples=50,
+                                    experiment="test"))
+    # A larger subset of the same split: its test images are the full data's, none of them seen.
+    run_evaluate(EvaluateConfig(model_uri=model.model_uri, data=replace(data, per_class_limit=80), suites=("health",),
+                                max_images=20, apgd_steps=2, n_resamples=50, experiment="test"))
 
 
 @pytest.mark.parametrize("change, message", [

@@ -70,3 +70,19 @@ def test_stratified_subset_keeps_each_class_share(labels_groups):
     # HAM10000's metadata lists images by class: the first 500 would hold two classes only.
     assert len(set(labels[:500])) < 3 < len(set(labels[keep]))
     assert np.array_equal(stratified_subset(labels[:10], 50), np.arange(10))
+
+
+def test_a_subsets_split_is_the_full_datas_split(ham_dir, ham_metadata):
+    """--per-class-limit takes its images from each side of the full data's split (issue 20, 9):
+    a model trained on a subset finds none of its training lesions in the full test split."""
+    from medrobust.config import DataConfig
+    from medrobust.data import load_dataset
+    from medrobust.data.split import SPLITS
+
+    full = grouped_stratified_split(ham_metadata["dx"].to_numpy(), ham_metadata["lesion_id"].to_numpy(), seed=0)
+    side_of = dict(zip(ham_metadata["image_id"], np.asarray(SPLITS)[full]))
+    subset = load_dataset(DataConfig(path=str(ham_dir), image_size=16, per_class_limit=15), progress=False).table
+    assert (subset["split"] == subset["image_id"].map(side_of)).all()
+    per_class = subset.groupby("dx").size()
+    assert per_class.min() >= 10 and per_class.max() <= 30, per_class  # about 15 each
+    assert set(subset.loc[subset.split == "test", "dx"]) == set(ham_metadata.dx)  # every class is tested

@@ -15,7 +15,7 @@ from . import download
 from .images import default_cache_dir, load_images
 from .labels import CLASSES, HEALTH_MAPS, N_CLASSES, class_index, malignant_mask
 from .sources import DataError, Source, check_all_classes, fingerprint, open_source
-from .split import SPLITS, check_fractions, grouped_stratified_split, stratified_subset, subset_by_class
+from .split import SPLITS, check_fractions, grouped_stratified_split, stratified_subset, subset_within_splits
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,15 @@ def load_dataset(config, progress=True, *, whole=False):
     records = source.records
     if not whole:
         check_all_classes(records, source.csv or source.path)
-    if config.per_class_limit:
-        keep = subset_by_class(records["label"], records["lesion_id"], config.per_class_limit, config.split_seed)
-        records = records.iloc[keep].reset_index(drop=True)
-        source = replace(source, records=records)
     if "split" not in records and not whole:  # MedMNIST keeps its official split
         sides = grouped_stratified_split(records["label"], records["lesion_id"], fractions, config.split_seed)
         records = records.assign(split=np.asarray(SPLITS)[sides])
-        source = replace(source, records=records)
+    if config.per_class_limit:
+        # Split first, then subset each side: a subset's split is the full data's, so a model
+        # trained on a subset never finds its training lesions in the full data's test split.
+        keep = subset_within_splits(records, config.per_class_limit, config.split_seed)
+        records = records.iloc[keep].reset_index(drop=True)
+    source = replace(source, records=records)
     for side in () if whole else SPLITS:
         if not (records["split"] == side).any():
             raise DataError(f"{source.path}: the {side} split is empty; use more images or other fractions")

@@ -87,6 +87,22 @@ def subset_by_class(labels, groups, per_class, seed=0):
     return np.sort(np.concatenate(keep))
 
 
+def subset_within_splits(records, per_class, seed=0):
+    """Sorted indices of about `per_class` images of each class, taken as whole lesions
+    (subset_by_class) from each split in proportion to its share of the images: the subset's
+    split is the one the whole data has. records: a table with label, lesion_id and, where the
+    data is split, split; without a split column it is one subset_by_class."""
+    if "split" not in records:
+        return subset_by_class(records["label"], records["lesion_id"], per_class, seed)
+    keep = []
+    for side in records["split"].unique():
+        members = np.flatnonzero((records["split"] == side).to_numpy())
+        quota = max(1, round(per_class * len(members) / len(records)))
+        picked = subset_by_class(records["label"].to_numpy()[members], records["lesion_id"].to_numpy()[members], quota, seed)
+        keep.append(members[picked])
+    return np.sort(np.concatenate(keep))
+
+
 def stratified_subset(labels, n, seed=0):
     """Sorted indices of `n` images drawn so that each class keeps its share (largest
     remainders round the quotas; seeded). Taking the first n instead would follow the

@@ -184,6 +184,7 @@ def run_defend(config: DefendConfig) -> DefendResult:
         set_seed(config.seed)
         data = load_dataset(config.data)
         tracking.log_dataset(data, context="test")
+        tracking.log_text(data.table.to_csv(index=False), "data/split.csv")  # what retraining saw (lineage.py)
         defended = build_defense(names, parent, data, config, TrackingHooks(), retrained=retrained)
         x, y = data.x["test"], data.y["test"]
         if config.max_images:

@@ -24,6 +24,7 @@ from ..evaluation.operating_point import malignancy_score, operating_summary, ro
 from ..evaluation.report import condition_label, format_eps, headline, headline_text, render_html, rows, security_curves
 from ..evaluation.suite import add_measurement, ensembles, softmax
 from ..models.training import set_seed
+from .lineage import check_unseen
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
         tracking.log_params(flatten(config))
         set_seed(config.seed)
         data = load_dataset(config.data, whole=config.split == "all")
+        check_unseen(config.model_uri, data, config.split)  # no image the model trained on is measured
         tracking.log_dataset(data, context=config.split)
         malignant = malignant_mask(config.data.health_map)
         threshold = operating_threshold(config, model, data, malignant)

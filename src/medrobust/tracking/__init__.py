@@ -8,7 +8,7 @@
 """
 
 from .models import (DefendedPyfunc, load_classifier, load_keras_model, log_defended_model, log_keras_model,
-                     model_run_params, pyfunc_predict)
+                     model_run_id, model_run_params, pyfunc_predict)
 from .queries import (download_artifact, experiment_name, finished_runs, get_run, list_artifacts, load_json_artifact,
                       load_text_artifact, metric_history, run_inputs, search_runs)
 from .registry import (model_aliases, model_version_tags, model_versions, pinned_uri, promotion_lock, register_model,

@@ -156,12 +156,16 @@ def _unresolved(model_uri, error):
     return ModelError(f"model URI {model_uri} does not resolve: {first}")
 
 
-def model_run_params(model_uri):
-    """The parameters logged by the run that logged the model at `model_uri` (any model URI)."""
+def model_run_id(model_uri):
+    """The id of the run that logged the model at `model_uri` (any model URI)."""
     configure()
     _check_uri(model_uri)
     try:
-        run_id = mlflow.models.get_model_info(model_uri).run_id
+        return mlflow.models.get_model_info(model_uri).run_id
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:
         raise _unresolved(model_uri, e) from e
-    return get_run(run_id)["params"]
+
+
+def model_run_params(model_uri):
+    """The parameters logged by the run that logged the model at `model_uri` (any model URI)."""
+    return get_run(model_run_id(model_uri))["params"]

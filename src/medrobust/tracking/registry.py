@@ -195,6 +195,12 @@ def promotion_lock(name, *, owner, wait_s=900.0, poll_s=0.5):
     client.delete_registered_model(lock)
 
 
+def lock_holder(name):
+    """The tags of the process holding `name`'s promotion lock; None when nobody holds it."""
+    configure()
+    return _holder(MlflowClient(), name + LOCK)
+
+
 def _holder(client, lock):
     """The lock's tags; None when it vanished (released between our attempt and this read)."""
     try:
