@@ -27,7 +27,9 @@ run: install
 baseline: install
 	$(PY) -m medrobust baseline
 
+# The system tests' servers (PostgreSQL, Chromium) are installed first where absent.
 test: install
+	tests/install_services.sh
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 bench: install

@@ -18,7 +18,7 @@ EXPAND = """() => {
 def chromium():
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        raise RuntimeError("Chromium is not installed (Debian: apt-get install chromium; .ci/run does)")
+        raise RuntimeError("Chromium is not installed (Debian: apt-get install chromium; `make test` does)")
     return found
 
 

@@ -27,7 +27,7 @@ def postgres_bin(name):
     """A PostgreSQL server program: on PATH, else in Debian's /usr/lib/postgresql/<version>/bin."""
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if found is None:
-        raise RuntimeError(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql; .ci/run does)")
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql; `make test` does)")
     return found
 
 
