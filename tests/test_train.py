@@ -85,14 +85,16 @@ def test_bad_weights_path_is_refused_before_any_run():
 
 def test_mirrored_training_on_one_cpu_replica_learns_what_one_device_learns(ham_dir, caplog):
     """--distribute mirrored: MirroredStrategy over the visible devices (here the CPU, one
-    replica); on one replica it must train the same network to the same figures."""
+    replica); on one replica it must train the same network on the same batches. Replicas
+    reduce in another order, so the weights drift apart: the first epoch's loss agrees closely.
+    The test figures are not compared: two epochs on 280 images leave a network that predicts
+    one class, and which one flips with that drift (0.18 against 0.13 accuracy, seen)."""
     plain = run_train(replace(tiny_config(ham_dir, register=False), epochs=2))
     with caplog.at_level("INFO", logger="medrobust"):
         mirrored = run_train(replace(tiny_config(ham_dir, register=False, distribute="mirrored"), epochs=2))
     assert "training on 1 replica(s) with MirroredStrategy" in caplog.text
     assert tracking.get_run(mirrored.run_id)["params"]["distribute"] == "mirrored"
-    for key in ("clean_accuracy", "clean_macro_recall", "clean_fnr"):
-        assert mirrored.metrics[key] == pytest.approx(plain.metrics[key], abs=0.05), key
-    # replicas reduce in another order, so the losses agree only roughly; each must fall
     loss = tracking.metric_history(mirrored.run_id, "train_loss")
+    plain_loss = tracking.metric_history(plain.run_id, "train_loss")
+    assert loss[0] == pytest.approx(plain_loss[0], rel=0.05)  # 1.892 against 1.864, seen
     assert len(loss) == 2 and loss[1] < loss[0]
