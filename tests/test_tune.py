@@ -110,13 +110,15 @@ def test_a_study_with_no_finished_trial_fails(ham_dir, monkeypatch):
 def test_a_trial_that_fails_or_is_stopped_keeps_its_parameters_and_state(ham_dir, monkeypatch, ending):
     """A failed trial, and one stopped by Ctrl-C or SIGTERM (both end the process by an exception
     through the trial), leave the parameters they drew and optuna.trial_state FAIL on their run."""
-    import medrobust.steps.tune as tune
+    from dataclasses import replace
 
-    def trial(t, config):
+    from medrobust.steps.tune import OBJECTIVES
+
+    def trial(t, config, context):
         t.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
         raise ending
 
-    monkeypatch.setattr(tune, "trial_train", trial)
+    monkeypatch.setitem(OBJECTIVES, "train", replace(OBJECTIVES["train"], trial=trial))
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
     with pytest.raises((StudyFailed, KeyboardInterrupt)):
         run_tune(TuneConfig(objective="train", data=data, n_trials=1, experiment="test"))

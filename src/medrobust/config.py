@@ -107,7 +107,7 @@ def coerce(value, kind, name):
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(coerce(v, args[0], name) for v in items)
         if len(items) != len(args):
-            raise ConfigError(f"{name} takes {len(args)} comma-separated values, got {value!r}")
+            raise ConfigError(f"{name} takes {len(args)} comma-separated values, got {value!r}", [name])
         return tuple(coerce(v, a, name) for v, a in zip(items, args))
     try:
         if kind is bool:
@@ -132,7 +132,7 @@ def coerce(value, kind, name):
                 raise ValueError
             return str(value)
     except (ValueError, TypeError, ZeroDivisionError):
-        raise ConfigError(f"{name} must be {_type_name(kind)}, got {value!r}") from None
+        raise ConfigError(f"{name} must be {_type_name(kind)}, got {value!r}", [name]) from None
     raise TypeError(f"no coercion to {kind} for setting {name}")  # a field type we do not handle: a bug
 
 
@@ -157,11 +157,11 @@ class Settings:
             if choices is not None:
                 for v in value if isinstance(value, tuple) else (value,):
                     if v not in choices:
-                        raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {v!r}")
+                        raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {v!r}", [f.name])
             check = f.metadata.get("check")
             problem = check(value) if check else None
             if problem:
-                raise ConfigError(f"{f.name} {problem}, got {value!r}")
+                raise ConfigError(f"{f.name} {problem}, got {value!r}", [f.name])
         self.validate()
 
     def validate(self):
@@ -182,7 +182,7 @@ class Settings:
         unknown = sorted((set(own) | set(nested)) - set(by_name))
         if unknown:
             raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
-                              f"{cls.__name__}; expected {', '.join(by_name)}")
+                              f"{cls.__name__}; expected {', '.join(by_name)}", unknown)
         kwargs = {}
         for name, f in by_name.items():
             if is_dataclass(f.type):
@@ -190,9 +190,12 @@ class Settings:
                 if isinstance(part, f.type):
                     part = part.to_dict()
                 if not isinstance(part, dict):
-                    raise ConfigError(f"{name} takes a mapping of {f.type.__name__} settings, got {part!r}")
+                    raise ConfigError(f"{name} takes a mapping of {f.type.__name__} settings, got {part!r}", [name])
                 if part or name in nested:
-                    kwargs[name] = f.type.from_dict(part | nested.get(name, {}))
+                    try:
+                        kwargs[name] = f.type.from_dict(part | nested.get(name, {}))
+                    except ConfigError as e:  # the settings at fault, dotted as the caller spells them
+                        raise ConfigError(str(e), [f"{name}.{s}" for s in e.settings]) from None
             elif name in own:
                 kwargs[name] = coerce(own[name], f.type, name)
         return cls(**kwargs)

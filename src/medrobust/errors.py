@@ -12,7 +12,13 @@ class MedrobustError(ValueError):
 
 
 class ConfigError(MedrobustError):
-    """A setting out of range, of the wrong type, unknown, or not accepted by what it configures."""
+    """A setting out of range, of the wrong type, unknown, or not accepted by what it configures.
+    `settings` names the settings at fault (dotted, as a config or a pipeline file spells them),
+    so a caller can point at them (a pipeline file's line) without reading the message."""
+
+    def __init__(self, message, settings=()):
+        super().__init__(message)
+        self.settings = tuple(settings)
 
 
 class DataError(MedrobustError):

@@ -108,7 +108,7 @@ def _refuse_params(spec, names):
     hints = [f"{n!r} -> {close[0]!r}" for n in unknown if (close := difflib.get_close_matches(n, spec.params, 1))]
     hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
     raise ConfigError(f"attack {spec.name} takes no {noun} {', '.join(map(repr, unknown))}; "
-                      f"it accepts {accepted}{hint}")
+                      f"it accepts {accepted}{hint}", unknown)
 
 
 def check_attack(method, eps, norm, target=None, params=()):
@@ -118,20 +118,20 @@ def check_attack(method, eps, norm, target=None, params=()):
     for an attack with no targeted mode, or any name in `params` the attack does not accept.
     """
     if method not in ATTACKS:
-        raise ConfigError(f"unknown attack method {method!r}; expected one of {', '.join(ATTACKS)}")
+        raise ConfigError(f"unknown attack method {method!r}; expected one of {', '.join(ATTACKS)}", ["method"])
     spec = ATTACKS[method]
     try:
         value = float(eps)
     except (TypeError, ValueError):
-        raise ConfigError(f"eps must be a number, got {eps!r}") from None
+        raise ConfigError(f"eps must be a number, got {eps!r}", ["eps"]) from None
     problem = eps_range(value)
     if problem:
-        raise ConfigError(f"eps {problem}, got {eps}")
+        raise ConfigError(f"eps {problem}, got {eps}", ["eps"])
     norm = check_norm(norm)
     if norm not in spec.norms:
-        raise ConfigError(f"attack {method} has no {norm} norm; it supports {', '.join(spec.norms)}")
+        raise ConfigError(f"attack {method} has no {norm} norm; it supports {', '.join(spec.norms)}", ["norm"])
     if target is not None and not spec.targeted:
-        raise ConfigError(f"attack {method} has no targeted mode")
+        raise ConfigError(f"attack {method} has no targeted mode", ["target"])
     _refuse_params(spec, params)
     return norm
 

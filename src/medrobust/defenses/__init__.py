@@ -95,7 +95,7 @@ def check_settings(names, config, also_read=()):
         else:
             who = f"a setting of {', '.join(owners[:-1])} and {owners[-1]}, none of which the defense '{spec}' includes"
         raise ConfigError(f"{setting} is {who}; it was given as {getattr(config, setting)!r} "
-                          f"(default {defaults[setting]!r})")
+                          f"(default {defaults[setting]!r})", [setting])
 
 
 def applicable(names, values, also_read=()):

@@ -61,7 +61,7 @@ def method_params(config):
     if unused:
         own = [n for n in names if n in spec.params]
         raise ConfigError(f"attack {config.method} takes no {', '.join(unused)}; its own settings are "
-                          f"{', '.join(own) if own else 'none'}")
+                          f"{', '.join(own) if own else 'none'}", unused)
     out = {n: getattr(config, n) for n in names if n in spec.params}
     if "health_map" in spec.params:  # the health attack reads which classes are malignant from the data's map
         out["health_map"] = config.data.health_map
@@ -129,3 +129,26 @@ def run_attack(config: AttackConfig) -> AttackResult:
              config.method, f"{config.eps * 255:g}", threat, run_id, values["clean_accuracy"], values["adv_accuracy"],
              values["clean_fnr"], values["adv_fnr"], values["fooling_rate"])
     return AttackResult(run_id, values, perturbation)
+
+
+def route(grid, values):
+    """A pipeline instance's settings (`values`; `grid`: the settings its step varies). Where the
+    grid varies the method, a method's own setting given once (`max_steps: 60` beside `method:
+    [fgsm, uap_fast]`) goes to the methods that take it; one that no method of the grid takes is
+    an error. With one method, a setting it does not take stays an error (method_params)."""
+    if "method" not in grid:
+        return values
+    methods = [m for m in grid["method"] if m in attacks.ATTACKS]  # an unknown one: check_attack names it
+    taken = set().union(*(attacks.ATTACKS[m].params for m in methods))
+    stray = [k for k in values if k in method_settings() and k not in taken]
+    if stray and methods:
+        raise ConfigError(f"{stray[0]} is taken by none of the attack methods {', '.join(methods)}", stray[:1])
+    takes = attacks.ATTACKS[values["method"]].params if values.get("method") in attacks.ATTACKS else ()
+    return {k: v for k, v in values.items() if k in takes or k not in method_settings()}
+
+
+def check_request(config):
+    """What an AttackConfig cannot check itself, before any run: the method, budget and norm
+    against the attack registry, and the settings the method takes."""
+    attacks.check_attack(config.method, config.eps, config.norm)
+    method_params(config)

@@ -10,7 +10,7 @@ import keras
 from .. import attacks, plots, tracking
 from ..config import DefendConfig, flatten
 from ..data import CLASSES, N_CLASSES, load_dataset, malignant_mask, stratified_subset
-from ..defenses import DEFENSES, DefendedClassifier, Hooks, check_settings, parse_spec
+from ..defenses import DEFENSES, DefendedClassifier, Hooks, applicable, check_settings, parse_spec
 from ..defenses.retrain import ON_THE_FLY_METHODS
 from ..errors import ConfigError, ModelError
 from ..evaluation import flat_metrics, measure, records_csv, suite, wide_table
@@ -37,6 +37,11 @@ class DefendResult:
     metrics: dict  # the flat metrics logged: parent_clean_*, clean_*, parent_<m>_*, adv_<m>_<threat>_*
     table: dict  # {column title: {metric: value}}, the before/after table
     records: list = field(default_factory=list)  # long format: {model, attack, threat, eps, metric, value}
+
+    @property
+    def output(self):
+        """What a pipeline hands the next step: the registered version, else the logged model."""
+        return f"models:/{self.registered_name}/{self.version}" if self.version else self.model_uri
 
 
 def eval_params(config):
@@ -212,3 +217,18 @@ def run_defend(config: DefendConfig) -> DefendResult:
             version = tracking.register_model(logged_uri, name, tags=version_tags, alias=config.alias)
     log.info(_headline(spec, run_id, values, config, name, version))
     return DefendResult(run_id, model_uri, name, version, values, table, records)
+
+
+def route(grid, values):
+    """A pipeline instance's settings (`values`; `grid`: the settings its step varies). Where
+    the grid varies the defense, a setting given once (`rounds: 2`) goes to the instances whose
+    defense reads it (retrain, not llt); with one defense, a setting it does not read stays an
+    error, as on the command line."""
+    names = parse_spec(values.get("defense", DefendConfig().defense))
+    eval_attacks = values.get("eval_attacks", DefendConfig().eval_attacks)
+    also = ("uap_max_steps",) if "uap_fast" in (eval_attacks.split(",") if isinstance(eval_attacks, str)
+                                                else eval_attacks) else ()
+    if "defense" in grid:
+        values = applicable(names, values, also_read=also)
+    check_settings(names, DefendConfig.from_dict(values), also_read=also)  # before any run, not hours in
+    return values

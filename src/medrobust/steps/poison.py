@@ -39,6 +39,11 @@ class PoisonResult:
     run_id: str  # the sweep's parent run, or the single run
     runs: dict  # fraction -> TrainResult
 
+    @property
+    def output(self):
+        """One fraction: its model; a sweep: its parent run (no one model stands for it)."""
+        return next(iter(self.runs.values())).output if len(self.runs) == 1 else self.run_id
+
 
 def _one(config, data, source, target, fraction, on_epoch=None):
     poisoned, flipped = poison_labels(data.y["train"], source, target, fraction, config.seed)
@@ -84,3 +89,12 @@ def run_poison(config: PoisonConfig, *, on_epoch=None) -> PoisonResult:
         tracking.log_figure(fig, "poison/sweep.png")
         plots.close(fig)
     return PoisonResult(parent, runs)
+
+
+def referred(settings):
+    """Why a pipeline step may not take this poison step's output as a model (its `with`
+    settings): a sweep's output is its parent run. None when it may."""
+    fractions = settings.get("poison_fractions")
+    if isinstance(fractions, list) and len(fractions) != 1 or isinstance(fractions, str) and "," in fractions:
+        return "a poison sweep, not one model: give it one fraction per instance (grid: {poison_fractions: [[0.1], [0.3]]})"
+    return None

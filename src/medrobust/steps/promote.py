@@ -168,4 +168,13 @@ def run_promote(config: PromoteConfig) -> PromoteResult:
     return result
 
 
-__all__ = ["PromoteResult", "run_promote"]
+def moving_inputs(config):
+    """What a promote reads that its settings do not fix (a pipeline keys its runs on it): the
+    version its gate compares against, @alias now. Once the gate has promoted its own version,
+    a re-run is the same gate (and is reused), not a new one."""
+    found = tracking.registered_version(config.model_uri)
+    current = tracking.model_aliases(found[0]).get(config.alias) if found else None
+    return {"current": None if found and current == found[1] else current}
+
+
+__all__ = ["PromoteResult", "moving_inputs", "run_promote"]

@@ -28,6 +28,11 @@ class TrainResult:
     metrics: dict
     alias: str | None = None  # the registry alias pointing at the version (baseline)
 
+    @property
+    def output(self):
+        """What a pipeline hands the next step: the registered version, else the logged model."""
+        return f"models:/{self.registered_name}/{self.version}" if self.version else self.model_uri
+
 
 def registered_name(arch):
     return f"medrobust-{arch}"
