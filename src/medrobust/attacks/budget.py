@@ -2,9 +2,8 @@
 
 import numpy as np
 
+from ..config import NORMS  # noqa: F401 - defined once, with the settings that take a norm
 from ..errors import ConfigError
-
-NORMS = ("inf", "2")
 
 
 def check_norm(norm):
