@@ -28,7 +28,6 @@ from .gradient import (apgd, apgd_art, apgd_t, autoattack, autoattack_art, cw_pg
                        pgd_art, square, square_art)
 from .minimal import cw, deepfool
 from .universal import uap, uap_fast
-from .adaptive import eot_note, joint_pgd
 
 log = logging.getLogger(__name__)
 
@@ -170,5 +169,5 @@ def craft(method, model, x, eps, norm="inf", target=None, *, y=None, seed=0, bat
     return apply_budget(x, x_adv, eps, norm), perturbation
 
 
-__all__ = ["ATTACKS", "NORMS", "AttackSpec", "apply_budget", "check_attack", "craft", "eot_note", "joint_pgd",
+__all__ = ["ATTACKS", "NORMS", "AttackSpec", "apply_budget", "check_attack", "craft",
            "perturbation_sizes", "project"]

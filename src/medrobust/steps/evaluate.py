@@ -16,7 +16,7 @@ from .. import attacks, plots, tracking
 from ..config import EvaluateConfig, flatten
 from ..data import CLASSES, N_CLASSES, load_dataset, malignant_mask, stratified_subset
 from ..errors import ModelError
-from ..attacks.adaptive import eot_note, joint_pgd
+from ..evaluation.adaptive import eot_note, joint_pgd
 from ..evaluation import Condition, interval_summary, measure, record, records_csv
 from ..evaluation.intervals import paired_difference
 from ..evaluation.records import ENSEMBLE

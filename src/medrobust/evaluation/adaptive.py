@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from ..defenses.transforms import TRANSFORMS
 from ..errors import ConfigError
-from .budget import apply_budget, check_norm
+from ..attacks.budget import apply_budget, check_norm
 
 # The transformations of defenses.transforms.TRANSFORMS that draw random numbers: none of
 # ours does (llt, jpeg, smooth and squeeze are deterministic; tests/test_adaptive.py checks
