@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
-import pandas as pd
 
 from .. import attacks, plots, tracking
 from ..config import EvaluateConfig, flatten
@@ -19,7 +18,7 @@ from ..errors import ModelError
 from ..evaluation.adaptive import eot_note, joint_pgd
 from ..evaluation import Condition, interval_summary, measure, record, records_csv
 from ..evaluation.intervals import paired_difference
-from ..evaluation.records import ENSEMBLE
+from ..evaluation.records import per_image_csv
 from ..evaluation.operating_point import malignancy_score, operating_summary, roc, threshold_for_sensitivity
 from ..evaluation.report import condition_label, format_eps, headline, headline_text, render_html, rows, security_curves
 from ..evaluation.suite import add_measurement, ensembles, softmax
@@ -140,17 +139,6 @@ def image_ids(data, split, max_images, seed):
     sides, keep = _sample(data, split, max_images, seed)
     ids = np.concatenate([data.table.image_id[data.table.split == s].to_numpy() for s in sides])
     return ids if keep is None else ids[keep]
-
-
-def per_image_csv(ids, y, evaluation):
-    """CSV text: per image its id, true label, and the measured model's counted prediction on
-    the clean row and each ensemble row (columns `attack@threat@eps`): what a paired comparison
-    with another model's run on the same images needs (steps/report.py)."""
-    kept = [m for m in evaluation.measurements if m.model == MODEL and (m.threat == "clean" or m.attack == ENSEMBLE)]
-    frame = pd.DataFrame({"image_id": ids, "label": y})
-    for m in kept:
-        frame[f"{m.attack}@{m.threat}@{float(m.eps)!r}"] = m.counted  # repr: eps read back exactly
-    return frame.to_csv(index=False)
 
 
 def operating_threshold(config, model, data, malignant):
@@ -338,7 +326,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
         page = render_html(title=f"medrobust evaluate: {config.model_uri}", summary=summary, records=records,
                            model=MODEL, figures=_figures(records, roc_curve, evaluation, worst, x))
         tracking.log_text(records_csv(records), "report/records.csv")
-        tracking.log_text(per_image_csv(image_ids(data, config.split, config.max_images, config.seed), y, evaluation),
+        tracking.log_text(per_image_csv(image_ids(data, config.split, config.max_images, config.seed), y, evaluation, MODEL),
                           PER_IMAGE)
         tracking.log_text(page, "report/report.html")
         tracking.log_json({k: dict(v) for k, v in worst.items()}, "report/headline.json")
