@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from ... import attacks, tracking
 from ...config import AttackConfig, DefendConfig, EvaluateConfig, PoisonConfig, TrainConfig
 from ...defenses import parse_spec
-from ...errors import ConfigError, MedrobustError
+from ...errors import ConfigError, MedrobustError, Stopped
 from ...evaluation.records import ENSEMBLE
 from ...evaluation.report import rows
 from ..attack import run_attack
@@ -31,9 +31,8 @@ def tpe(config, seed, constrained=False):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3, constraints_func=constraint if constrained else None)
 
 
-def _pruned():
-    from .study import Pruned  # study.py imports this table
-    return Pruned
+class Pruned(Stopped):
+    """Raised inside a trial's steps when Optuna's pruner stops it: the runs end KILLED."""
 
 
 def reporter(trial, key="val_macro_recall"):
@@ -42,7 +41,7 @@ def reporter(trial, key="val_macro_recall"):
         if key in logs:
             trial.report(float(logs[key]), epoch)
             if trial.should_prune():
-                raise _pruned()(f"pruned at epoch {epoch + 1}: {key} {float(logs[key]):.4f}")
+                raise Pruned(f"pruned at epoch {epoch + 1}: {key} {float(logs[key]):.4f}")
     return on_epoch
 
 

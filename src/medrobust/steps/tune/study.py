@@ -11,14 +11,10 @@ from optuna.trial import TrialState
 
 from ... import plots, tracking
 from ...config import flatten
-from ...errors import ConfigError, Stopped
-from .objectives import OBJECTIVES, constraint
+from ...errors import ConfigError
+from .objectives import OBJECTIVES, Pruned, constraint
 
 log = logging.getLogger(__name__)
-
-
-class Pruned(Stopped):
-    """Raised inside a trial's steps when Optuna's pruner stops it: the runs end KILLED."""
 
 
 def default_storage():
