@@ -9,8 +9,8 @@ import pytest
 
 import medrobust.attacks.gradient as gradient
 from medrobust.attacks import ATTACKS, check_attack, craft
+from medrobust.evaluation import adaptive
 from medrobust.evaluation.adaptive import eot_note, joint_pgd
-from medrobust.attacks import adaptive
 from medrobust.defenses.defended import DefendedClassifier, adversarial_probability
 from medrobust.defenses.transforms import TRANSFORMS, apply_chain
 from medrobust.errors import ConfigError

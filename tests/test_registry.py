@@ -57,9 +57,9 @@ def _model_with_versions(data_dir, count):
 
 def test_a_version_of_a_killed_training_is_deleted_by_the_next_command(small_ham, child_env, caplog):
     train = ["train", "--data", str(small_ham), "--image-size", "16", "--epochs", "1", "--experiment", "faults"]
-    _killed_at("set_model_version_tag", 1, train, child_env())  # registered, not yet tagged
+    _killed_at("set_registered_model_alias", 1, train, child_env())  # registered, @baseline not yet moved
     [version] = tracking.model_versions(NAME)
-    assert version["tags"] == {}  # the defect: a READY version of a run that never finished
+    assert tracking.model_aliases(NAME) == {}  # the defect: a READY version of a run that never finished
     with caplog.at_level(logging.WARNING):
         _next_command()
     assert tracking.model_versions(NAME) == []
@@ -68,19 +68,24 @@ def test_a_version_of_a_killed_training_is_deleted_by_the_next_command(small_ham
     assert f"{NAME} v1 deleted: its run did not finish" in caplog.text
 
 
-def test_a_version_registered_before_its_run_failed_is_deleted():
+def test_a_version_registered_before_its_run_failed_is_deleted_and_its_alias_given_back():
     import numpy as np
 
     from medrobust.models import create_model
 
+    network = create_model("small_cnn", (16, 16, 3), 7)
+    with tracking.run("test"):
+        _, logged = tracking.log_keras_model(network, np.zeros((2, 16, 16, 3), np.float32))
+        assert tracking.register_model(logged, NAME, alias="candidate") == 1
     with pytest.raises(RuntimeError, match="after registration"):
         with tracking.run("test"):
-            _, logged = tracking.log_keras_model(create_model("small_cnn", (16, 16, 3), 7), np.zeros((2, 16, 16, 3), np.float32))
-            assert tracking.register_model(logged, NAME, alias="candidate") == 1
+            _, logged = tracking.log_keras_model(network, np.zeros((2, 16, 16, 3), np.float32))
+            assert tracking.register_model(logged, NAME, alias="candidate") == 2
+            assert tracking.model_aliases(NAME) == {"candidate": 2}
             raise RuntimeError("after registration")
-    assert tracking.model_versions(NAME) == []
-    [run] = tracking.search_runs("test")
-    assert run["status"] == "FAILED"
+    assert [v["version"] for v in tracking.model_versions(NAME)] == [1]
+    assert tracking.model_aliases(NAME) == {"candidate": 1}  # given back to the version it held before
+    assert [r["status"] for r in tracking.search_runs("test")] == ["FINISHED", "FAILED"]
 
 
 GATE = ["--suites", "health", "--max-images", "8", "--apgd-steps", "2", "--n-resamples", "10",

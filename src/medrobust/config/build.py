@@ -70,7 +70,8 @@ class TrainConfig(StepConfig):
 
     def validate(self):
         if self.weights not in ("none", "imagenet") and not Path(self.weights).is_file():
-            raise ConfigError(f"weights file {self.weights} does not exist (give 'none' or a local weights file)")
+            raise ConfigError(f"weights file {self.weights} does not exist (give 'none' or a local weights file)",
+                              ["weights"])
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class PoisonConfig(TrainConfig):
     def validate(self):
         super().validate()
         if self.source == self.target:
-            raise ConfigError(f"poison source and target are the same class ({self.source})")
+            raise ConfigError(f"poison source and target are the same class ({self.source})", ["source", "target"])
 
 
 @dataclass(frozen=True)

@@ -107,9 +107,10 @@ class TuneConfig(ModelStepConfig):
 
     def validate(self):
         if self.fraction_max < 0.05:
-            raise ConfigError(f"fraction_max must be at least 0.05 (the search step), got {self.fraction_max!r}")
+            raise ConfigError(f"fraction_max must be at least 0.05 (the search step), got {self.fraction_max!r}",
+                              ["fraction_max"])
         if self.eps_step > self.eps_max:
-            raise ConfigError(f"eps_step {self.eps_step:g} is larger than eps_max {self.eps_max:g}")
+            raise ConfigError(f"eps_step {self.eps_step:g} is larger than eps_max {self.eps_max:g}", ["eps_step"])
 
 
 @dataclass(frozen=True)

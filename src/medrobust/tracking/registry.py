@@ -4,35 +4,62 @@ import contextlib
 import io
 import json
 import logging
+import threading
 import time
+import uuid
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from ..errors import ConfigError
-from .process import HOST_TAG, PID_TAG, gone, this_process
+from .process import HOST_TAG, PID_TAG, SINCE_TAG, gone, this_process
 from .store import configure
 
 log = logging.getLogger(__name__)
 
 
 def register_model(model_uri, name, tags=None, alias=None):
-    """Register `model_uri` as a new version of `name`, tagged with `tags` and, if given,
-    pointed to by `alias` (e.g. candidate); returns the version."""
-    with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints "Created version ..." itself
-        version = mlflow.register_model(model_uri, name)
-    log.debug(said.getvalue().strip())
+    """Register `model_uri` as a new version of `name` with its `tags` (one request) and, if
+    given, point `alias` (e.g. candidate) at it; returns the version. The version @alias held
+    before is recorded on the new one (REPLACED_TAG), so that deleting the new version, should
+    its run fail, gives the alias back."""
     client = MlflowClient()
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    if alias:
+        before = model_aliases(name).get(alias)
+        tags[REPLACED_TAG] = f"{alias}={before if before is not None else 'none'}"
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints "Created version ..." itself
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    log.debug(said.getvalue().strip())
     try:
-        for key, value in (tags or {}).items():
-            client.set_model_version_tag(name, version.version, key, str(value))
         if alias:
             client.set_registered_model_alias(name, alias, version.version)
     except BaseException:
-        # Interrupted half-way (a signal, a lost server): no version without its tags and alias.
-        client.delete_model_version(name, version.version)
+        # Interrupted half-way (a signal, a lost server): no version without its alias.
+        _delete_version(client, name, version.version, "its registration was cut short")
         raise
     return int(version.version)
+
+
+REPLACED_TAG = "medrobust.replaced_alias"  # "<alias>=<version it held before, or none>"
+
+
+def _delete_version(client, name, version, reason):
+    """Delete a version, giving back the alias it took from another (REPLACED_TAG); a failure
+    is logged, never raised over the exception that called for it."""
+    try:
+        replaced = client.get_model_version(name, str(version)).tags.get(REPLACED_TAG, "")
+        alias, _, before = replaced.partition("=")
+        client.delete_model_version(name, str(version))
+        if alias and before not in ("", "none") and alias not in model_aliases(name):
+            with contextlib.suppress(mlflow.exceptions.MlflowException):  # that version is gone too
+                client.set_registered_model_alias(name, alias, before)
+        log.warning("%s v%s deleted: %s%s", name, version, reason,
+                    f"; @{alias} is v{before} again" if alias and before not in ("", "none") else "")
+        return True
+    except Exception as e:  # noqa: BLE001
+        log.warning("%s v%s could not be deleted (%s); the next command tries again", name, version, e)
+        return False
 
 
 def model_versions(name):
@@ -116,12 +143,8 @@ def delete_versions_of_runs(run_ids, *, reason):
         return []
     client = MlflowClient()
     listed = ", ".join(f"'{r}'" for r in run_ids)
-    deleted = []
-    for v in client.search_model_versions(f"run_id IN ({listed})"):
-        client.delete_model_version(v.name, v.version)
-        log.warning("%s v%s deleted: %s", v.name, v.version, reason)
-        deleted.append((v.name, int(v.version)))
-    return deleted
+    return [(v.name, int(v.version)) for v in client.search_model_versions(f"run_id IN ({listed})")
+            if _delete_version(client, v.name, v.version, reason)]
 
 
 def delete_unfinished_versions():
@@ -144,13 +167,17 @@ def delete_unfinished_versions():
 
 # The promotion lock on registered model <name> is a registered model of its own, <name> + LOCK:
 # creating a registered model is atomic and refused when it exists, on SQLite, on PostgreSQL
-# and through `mlflow server` alike, which no tag write is. Its tags name the holder and, once
-# the gate passed, the move it is making (INTENT_TAG), so a later command can undo a move cut
-# half-way by a kill.
+# and through `mlflow server` alike, which no tag write is. Its tags name the holder (with a
+# token of its own, so that nobody but the holder, or whoever recovers it from a dead holder,
+# removes it), a heartbeat, and, while it moves aliases, the move (INTENT_TAG), so a later
+# command can undo a move cut half-way by a kill.
 LOCK = ".promote-lock"
-INTENT_TAG = "medrobust.promote_intent"
-# A holder on another host cannot be checked for life: its lock is taken over after this long.
-LOCK_TTL_S = 6 * 3600
+INTENT_TAG, TOKEN_TAG, OWNER_TAG = "medrobust.promote_intent", "medrobust.lock_token", "medrobust.owner_run"
+# A holder on another host cannot be checked for life: its lock is taken over once its
+# heartbeat (every HEARTBEAT_S) has been silent this long.
+LOCK_TTL_S, HEARTBEAT_S = 600.0, 30.0
+# What a refused create or a vanished lock reports while another command takes or frees it.
+_CONTENDED = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "TEMPORARILY_UNAVAILABLE")
 
 
 @contextlib.contextmanager
@@ -162,37 +189,63 @@ def promotion_lock(name, *, owner, wait_s=900.0, poll_s=0.5):
     configure()
     client = MlflowClient()
     lock = name + LOCK
+    mine = this_process() | {OWNER_TAG: owner, TOKEN_TAG: uuid.uuid4().hex}
     deadline, said = time.monotonic() + wait_s, False
     while True:
         try:
-            client.create_registered_model(lock, tags=this_process() | {"medrobust.owner_run": owner},
-                                           description=f"promote run {owner} is moving the aliases of {name}")
+            client.create_registered_model(lock, tags=mine, description=f"promote run {owner} is moving the "
+                                                                          f"aliases of {name}")
             break
         except mlflow.exceptions.MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            if e.error_code not in _CONTENDED:
                 raise
         holder = _holder(client, lock)
-        if holder is None or recover_promotion(client, name, holder):
+        if holder is not None and recover_promotion(client, name, holder):
             continue
         if time.monotonic() > deadline:
-            raise ConfigError(f"{name} is being promoted by run {holder.get('medrobust.owner_run')} (process "
+            holder = holder or {}
+            raise ConfigError(f"{name} is being promoted by run {holder.get(OWNER_TAG)} (process "
                               f"{holder.get(PID_TAG)} on {holder.get(HOST_TAG)}); waited {wait_s:.0f} s for its lock "
                               f"({lock}); try again when it has finished")
-        if not said:
-            log.info("promote: waiting for run %s, which is promoting a version of %s", holder.get("medrobust.owner_run"), name)
+        if holder is not None and not said:
+            log.info("promote: waiting for run %s, which is promoting a version of %s", holder.get(OWNER_TAG), name)
             said = True
         time.sleep(poll_s)
+    beating = threading.Event()
+    threading.Thread(target=_heartbeat, args=(lock, beating), daemon=True).start()
     try:
         yield lambda version, alias, previous_alias: _move(client, name, version, alias, previous_alias)
     except BaseException:
         # Interrupted (a signal, a lost server) with a move recorded: undo it now; if that is
-        # cut too, the lock and its intent stay for the next command to undo.
-        holder = _holder(client, lock)
-        if holder is not None and INTENT_TAG in holder:
-            _undo(client, name, json.loads(holder[INTENT_TAG]))
-        client.delete_registered_model(lock)
+        # cut too, the lock and its intent stay for the next command to undo. A failure here
+        # is logged: the exception that stopped the promote is the one raised.
+        beating.set()
+        try:
+            holder = _holder(client, lock)
+            if holder is not None and holder.get(TOKEN_TAG) == mine[TOKEN_TAG]:
+                if INTENT_TAG in holder:
+                    _undo(client, name, json.loads(holder[INTENT_TAG]))
+                client.delete_registered_model(lock)
+        except Exception as e:  # noqa: BLE001
+            log.warning("%s: could not undo or release the promotion lock (%s); the next command will", name, e)
         raise
-    client.delete_registered_model(lock)
+    beating.set()
+    holder = _holder(client, lock)
+    if holder is not None and holder.get(TOKEN_TAG) == mine[TOKEN_TAG]:
+        client.delete_registered_model(lock)
+    else:
+        log.warning("%s: the promotion lock was taken over while this promote held it", name)
+
+
+def _heartbeat(lock, stop):
+    """Refresh the lock's time every HEARTBEAT_S until `stop`: a holder on another host is
+    taken for dead only when this stops (a gate may evaluate for hours)."""
+    client = MlflowClient()
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            client.set_registered_model_tag(lock, SINCE_TAG, f"{time.time():.3f}")
+        except Exception as e:  # noqa: BLE001 - a busy store: the next beat tries again
+            log.debug("promotion lock heartbeat: %s", e)
 
 
 def lock_holder(name):
@@ -226,34 +279,57 @@ def _move(client, name, version, alias, previous_alias):
 
 
 def _undo(client, name, intent):
-    """Put the aliases back as they were before a move that was cut half-way."""
+    """Put the aliases back as they were before a move that was cut half-way (a version deleted
+    since is left out)."""
     for alias, version in intent["before"].items():
-        if version is None:
-            with contextlib.suppress(mlflow.exceptions.MlflowException):
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            if version is None:
                 client.delete_registered_model_alias(name, alias)
-        else:
-            client.set_registered_model_alias(name, alias, str(version))
-    client.set_model_version_tag(name, str(intent["version"]), "gate_result", "interrupted")
+            else:
+                client.set_registered_model_alias(name, alias, str(version))
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        client.set_model_version_tag(name, str(intent["version"]), "gate_result", "interrupted")
     log.warning("%s: a promotion of v%s was cut between its alias moves; undone (%s)", name, intent["version"],
                 ", ".join(f"@{a} = v{v}" if v is not None else f"no @{a}" for a, v in intent["before"].items()))
 
 
 def recover_promotion(client, name, holder):
     """If the holder of `name`'s promotion lock is gone (killed), undo its recorded move and
-    remove the lock; returns whether it did."""
+    remove the lock; returns whether it did. Two commands recovering at once: the lock is
+    first renamed to one named by the dead holder's token, which only one of them can do, so
+    only that one undoes and deletes, and a live holder's new lock is never touched."""
     if not gone(holder, ttl_s=LOCK_TTL_S):
         return False
-    if INTENT_TAG in holder:
-        _undo(client, name, json.loads(holder[INTENT_TAG]))
-    with contextlib.suppress(mlflow.exceptions.MlflowException):  # another command recovered it first
-        client.delete_registered_model(name + LOCK)
+    claimed = f"{name}{LOCK}.recovering-{holder.get(TOKEN_TAG, 'none')}"
+    try:
+        client.rename_registered_model(name + LOCK, claimed)
+    except mlflow.exceptions.MlflowException:
+        return True  # another command claimed it (or it is gone): look again
+    found = _holder(client, claimed)
+    if found is None or found.get(TOKEN_TAG) != holder.get(TOKEN_TAG):  # not the lock we judged dead
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.rename_registered_model(claimed, name + LOCK)
+        return True
+    if INTENT_TAG in found:
+        _undo(client, name, json.loads(found[INTENT_TAG]))
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        client.delete_registered_model(claimed)
     log.warning("%s: removed the promotion lock of run %s, whose process %s on %s is gone", name,
-                holder.get("medrobust.owner_run"), holder.get(PID_TAG), holder.get(HOST_TAG))
+                found.get(OWNER_TAG), found.get(PID_TAG), found.get(HOST_TAG))
     return True
 
 
 def recover_promotions():
-    """recover_promotion for every promotion lock in the store."""
+    """recover_promotion for every promotion lock in the store (a lock left mid-recovery by a
+    command killed then is finished too)."""
     client = MlflowClient()
-    for model in client.search_registered_models(f"name LIKE '%{LOCK}'"):
-        recover_promotion(client, model.name[:-len(LOCK)], dict(model.tags))
+    for model in client.search_registered_models(f"name LIKE '%{LOCK}%'"):
+        name, _, rest = model.name.partition(LOCK)
+        tags = dict(model.tags)
+        if not rest:
+            recover_promotion(client, name, tags)
+        elif gone(tags, ttl_s=LOCK_TTL_S):  # claimed by a recovery that was itself killed
+            if INTENT_TAG in tags:
+                _undo(client, name, json.loads(tags[INTENT_TAG]))
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                client.delete_registered_model(model.name)

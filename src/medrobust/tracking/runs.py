@@ -54,7 +54,11 @@ def run(experiment, run_name=None, tags=None):
         except BaseException as e:
             # The reason stays on the FAILED (or KILLED) run: the UI shows why it stopped.
             mlflow.set_tag("medrobust.error", f"{type(e).__name__}: {e}"[:5000])
-            registry.delete_versions_of_runs([active.info.run_id], reason=f"its run {active.info.run_id} stopped")
+            try:  # a version it registered goes with it; a failure here never hides `e`
+                registry.delete_versions_of_runs([active.info.run_id], reason=f"its run {active.info.run_id} stopped")
+            except Exception as cleanup:  # noqa: BLE001 - the next command deletes it (recover_store)
+                log.warning("run %s: its versions are left for the next command to delete (%s)",
+                            active.info.run_id, cleanup)
             if isinstance(e, (KeyboardInterrupt, Stopped)):
                 mlflow.end_run("KILLED")
             raise
@@ -75,9 +79,11 @@ def recover_store():
     """Undo what killed processes left half-done, before a command starts its own run: runs
     left RUNNING (fail_orphaned_runs), versions registered by runs that did not finish, and a
     promotion cut between its alias moves (registry.recover_promotions)."""
-    fail_orphaned_runs()
-    registry.delete_unfinished_versions()
-    registry.recover_promotions()
+    for recover in (fail_orphaned_runs, registry.delete_unfinished_versions, registry.recover_promotions):
+        try:
+            recover()
+        except Exception as e:  # noqa: BLE001 - what cannot be recovered now is tried by the next command
+            log.warning("could not %s: %s", recover.__name__.replace("_", " "), e)
 
 
 def fail_orphaned_runs():
