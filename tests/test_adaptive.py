@@ -53,11 +53,13 @@ def trained():
 
 @pytest.fixture(scope="module")
 def detector(trained):
-    """A detector trained on the training images (clean, label 0) and their PGD twins (label 1)."""
+    """A detector trained on the training images (clean, label 0) and their PGD twins (label 1),
+    for 25 epochs: after 10 it flagged 0.03 of clean images with oneDNN's default kernels and
+    0.31 with oneDNN limited to AVX2, a detector still at the edge of what it learns."""
     model, x, _, _, _ = trained
     x_adv, _ = craft("pgd", model, x, EPS, steps=10, seed=0)
     det = tiny_net(2, 3e-3, 1)
-    det.fit(np.concatenate([x, x_adv]), np.r_[np.zeros(len(x)), np.ones(len(x))], epochs=10, batch_size=32,
+    det.fit(np.concatenate([x, x_adv]), np.r_[np.zeros(len(x)), np.ones(len(x))], epochs=25, batch_size=32,
             verbose=0, shuffle=True)
     return det
 
