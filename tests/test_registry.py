@@ -68,19 +68,22 @@ def test_a_version_of_a_killed_training_is_deleted_by_the_next_command(small_ham
     assert f"{NAME} v1 deleted: its run did not finish" in caplog.text
 
 
-def test_a_version_registered_before_its_run_failed_is_deleted_and_its_alias_given_back():
+def _log_network():
+    """Inside an active run: log an untrained 16-pixel network; returns its models:/ URI."""
     import numpy as np
 
     from medrobust.models import create_model
 
-    network = create_model("small_cnn", (16, 16, 3), 7)
+    return tracking.log_keras_model(create_model("small_cnn", (16, 16, 3), 7), np.zeros((2, 16, 16, 3), np.float32))[1]
+
+
+def test_a_version_registered_before_its_run_failed_is_deleted_and_its_alias_given_back():
     with tracking.run("test"):
-        _, logged = tracking.log_keras_model(network, np.zeros((2, 16, 16, 3), np.float32))
+        logged = _log_network()
         assert tracking.register_model(logged, NAME, alias="candidate") == 1
     with pytest.raises(RuntimeError, match="after registration"):
         with tracking.run("test"):
-            _, logged = tracking.log_keras_model(network, np.zeros((2, 16, 16, 3), np.float32))
-            assert tracking.register_model(logged, NAME, alias="candidate") == 2
+            assert tracking.register_model(_log_network(), NAME, alias="candidate") == 2
             assert tracking.model_aliases(NAME) == {"candidate": 2}
             raise RuntimeError("after registration")
     assert [v["version"] for v in tracking.model_versions(NAME)] == [1]
@@ -169,13 +172,10 @@ def test_a_promote_waits_for_a_live_lock_and_then_names_its_holder(small_ham, mo
 def test_an_interrupt_between_the_alias_moves_is_undone_at_once(monkeypatch):
     """SIGTERM (a KeyboardInterrupt here) between @robust and @previous: the move is put back
     before the command stops, and the lock is released."""
-    import numpy as np
     from mlflow.tracking import MlflowClient
 
-    from medrobust.models import create_model
-
     with tracking.run("test"):
-        _, logged = tracking.log_keras_model(create_model("small_cnn", (16, 16, 3), 7), np.zeros((2, 16, 16, 3), np.float32))
+        logged = _log_network()
         for _ in range(2):
             tracking.register_model(logged, NAME)
     tracking.set_alias(NAME, "robust", 1)

@@ -46,9 +46,9 @@ def seen_images(model_uri, splits=("train", "val")):
 def check_unseen(model_uri, data, split="test"):
     """DataError when `data`'s `split` (every image for "all") holds images the model at
     `model_uri` trained or validated on, with their count and a few ids."""
-    table = data.table if split == "all" else data.table[data.table["split"] == split]
     if split not in SEEN_SPLITS:  # the train split itself: seen by definition, measured on purpose
         return
+    table = data.table if split == "all" else data.table[data.table["split"] == split]
     seen = seen_images(model_uri, SEEN_SPLITS[split])
     leaked = sorted(set(table["image_id"].astype(str)) & seen)
     if leaked:

@@ -107,8 +107,5 @@ def _summary(i):
             "reused": i.reused, "key": i.key, "note": i.note}
 
 
-__all__ = ["PipelineResult", "expand", "parse", "run_pipeline"]
-
-
 __all__ = ["KEY_TAG", "PipelineResult", "build_config", "check", "expand", "moving_inputs", "parse", "run_pipeline",
            "split_overrides"]
