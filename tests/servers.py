@@ -1,6 +1,6 @@
-"""Real servers for tests, on 127.0.0.1 and free ports, stopped and removed afterwards:
-a PostgreSQL cluster of our own (Debian's `postgresql` package; `.ci/run` installs it) and an
-`mlflow server` over any backend store."""
+"""Real servers for tests and benchmarks, on 127.0.0.1 and free ports, stopped and removed
+afterwards: a PostgreSQL cluster of our own (Debian's `postgresql` package; `.ci/run` installs
+it), an `mlflow server` over any backend store, and `mlflow models serve` of a model."""
 
 import contextlib
 import glob
@@ -75,22 +75,40 @@ def mlflow_server(backend_uri, artifacts, env):
     """`mlflow server` on 127.0.0.1:<free port> over backend_uri, serving artifacts from the
     folder `artifacts`; yields its URL once it answers /health. Stopped (its whole process group) afterwards."""
     port = free_port()
-    log = open(Path(artifacts).parent / f"mlflow-server-{port}.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
-         "--port", str(port), "--artifacts-destination", str(artifacts), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with listening([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
+                    "--port", str(port), "--artifacts-destination", str(artifacts), "--workers", "1"],
+                   port, "/health", Path(artifacts).parent / f"mlflow-server-{port}.log", env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def model_server(model_uri, env, log_path, workers=1):
+    """`mlflow models serve -m model_uri` (local environment: this venv) on 127.0.0.1:<free
+    port); yields its URL once it answers /ping. Stopped (its whole process group) afterwards."""
+    port = free_port()
+    with listening([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "-h", "127.0.0.1",
+                    "-p", str(port), "--env-manager", "local", "-w", str(workers)],
+                   port, "/ping", log_path, env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def listening(command, port, ready_path, log_path, env, timeout=240):
+    """Run `command` (a server on 127.0.0.1:port) in a process group of its own, logging to
+    log_path; yield its URL once GET ready_path answers 200; stop the whole group afterwards."""
+    log = open(log_path, "a")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + timeout
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"mlflow server exited {server.returncode}: {Path(log.name).read_text()[-3000:]}")
+                raise RuntimeError(f"{command[3]} exited {server.returncode}: {Path(log.name).read_text()[-3000:]}")
             with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                if urllib.request.urlopen(f"{url}{ready_path}", timeout=2).status == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not answer in 180 s: {Path(log.name).read_text()[-3000:]}")
+                raise RuntimeError(f"{command[3]} did not answer in {timeout} s: {Path(log.name).read_text()[-3000:]}")
             time.sleep(0.5)
         yield url
     finally:

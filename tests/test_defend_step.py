@@ -12,10 +12,10 @@ import pytest
 from medrobust import tracking
 from medrobust.config import AttackConfig, DataConfig, DefendConfig, TrainConfig
 from medrobust.data import CLASSES, load_dataset, stratified_subset
-from medrobust.defenses import parse_spec
+from medrobust.defenses import DefendedClassifier, parse_spec
 from medrobust.errors import ConfigError
 from medrobust.evaluation import by_condition, flat_metrics
-from medrobust.predict import predict_frame
+from medrobust.predict import RESPONSE_COLUMNS, predict_frame
 from medrobust.steps.attack import run_attack
 from medrobust.steps.defend import run_defend
 from medrobust.steps.train import run_train
@@ -140,7 +140,7 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     files = sorted((ham_dir / "images").glob("*.jpg"))[:3]
     monkeypatch.setenv("MEDROBUST_IMAGE_ROOT", str(ham_dir))  # a served model reads only below it
     pyfunc = tracking.pyfunc_predict("models:/medrobust-small_cnn@candidate", pd.DataFrame({"path": map(str, files)}))
-    assert list(pyfunc["path"]) == [str(f) for f in files]
+    assert tuple(pyfunc.columns) == RESPONSE_COLUMNS and len(pyfunc) == len(files)
     assert np.allclose(pyfunc.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
     # The operating point travels inside the model: the same health call as the version's tag.
     threshold = loaded.info["operating_threshold"]
@@ -184,8 +184,10 @@ def test_predict_cli_on_real_images(trained, ham_dir, tmp_path, child_env):
     assert len(frame) == 4 and list(frame["path"]) == [str(folder / f.name) for f in files]
     assert set(frame["predicted"]) <= {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
     assert np.allclose(frame.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
-    malignant = frame["predicted"].isin(["akiec", "bcc", "mel"])
-    assert (frame["malignant"] == malignant).all() and not frame["rejected"].any()
+    assert tuple(frame.columns) == ("path", *RESPONSE_COLUMNS) and not frame["rejected"].any()
+    # The trained version carries its own operating point, chosen on its validation split.
+    threshold = tracking.load_classifier(model.model_uri).info["operating_threshold"]
+    assert (frame["malignant_at_threshold"] == (frame["malignancy_score"] >= threshold)).all()
 
     (folder / "broken.jpg").write_bytes(b"not a picture")
     done = subprocess.run([sys.executable, "-m", "medrobust", "predict", "--model-uri", model.model_uri, str(folder)],
@@ -220,7 +222,7 @@ def test_a_model_that_is_not_a_lesion_classifier_is_refused(ham_dir):
     from medrobust.models.zoo import small_cnn
 
     with tracking.run("test", run_name="binary"):
-        uri, _ = tracking.log_keras_model(small_cnn((32, 32, 3), 2, widths=(8,)), np.zeros((2, 32, 32, 3), np.float32))
+        uri, _ = tracking.log_classifier(DefendedClassifier(small_cnn((32, 32, 3), 2, widths=(8,))))
     with pytest.raises(ValueError, match="is not a skin-lesion classifier"):
         run_defend(DefendConfig(model_uri=uri, data=DataConfig(path=str(ham_dir)), defense="llt", experiment="test"))
 

@@ -13,6 +13,7 @@ import pytest
 
 from medrobust import tracking
 from medrobust.config import DataConfig, TrainConfig
+from medrobust.defenses import DefendedClassifier
 from medrobust.steps.train import run_train
 
 NAME = "medrobust-small_cnn"
@@ -74,7 +75,7 @@ def _log_network():
 
     from medrobust.models import create_model
 
-    return tracking.log_keras_model(create_model("small_cnn", (16, 16, 3), 7), np.zeros((2, 16, 16, 3), np.float32))[1]
+    return tracking.log_classifier(DefendedClassifier(create_model("small_cnn", (16, 16, 3), 7)))[1]
 
 
 def test_a_version_registered_before_its_run_failed_is_deleted_and_its_alias_given_back():

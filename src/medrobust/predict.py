@@ -1,5 +1,8 @@
-"""`medrobust predict`: images in, one row per image out, with the model's defense applied."""
+"""Images in, one row per image out, with the model's defense applied: `medrobust predict`, and
+the contract every registered version serves (read_request, predict_frame, RESPONSE_COLUMNS)."""
 
+import base64
+import binascii
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +10,7 @@ import pandas as pd
 import tensorflow as tf
 
 from .data import CLASSES, malignant_mask
-from .data.images import decode_files, decode_image
+from .data.images import decode_bytes, decode_files, decode_image
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -41,6 +44,10 @@ def load_for(classifier, files, progress=False):
 
 IMAGE_ROOT_ENV = "MEDROBUST_IMAGE_ROOT"
 ANYWHERE = object()  # image_root for a local user (the CLI): any path this user can read
+# The largest encoded image a request may carry in its `image` column (its base64 text is 4/3 of it).
+MAX_IMAGE_BYTES = 8 * 2**20
+# What every registered version answers, one row per image, whatever its defense (docs/serving.md).
+RESPONSE_COLUMNS = (*(f"p_{c}" for c in CLASSES), "predicted", "malignancy_score", "malignant_at_threshold", "rejected")
 
 
 def load_confined(classifier, paths, image_root):
@@ -49,7 +56,7 @@ def load_confined(classifier, paths, image_root):
     so a caller cannot probe which files exist. image_root None refuses every path."""
     if image_root is None:
         raise DataError(f"this model reads image files only below an allowed folder; set {IMAGE_ROOT_ENV} where it "
-                        "is served (or pass images as an array)")
+                        "is served (or send the images themselves, base64, in an 'image' column)")
     root = Path(image_root).resolve()
     size = int(classifier.input_shape[0])
     out = np.empty((len(paths), size, size, 3), dtype=np.float32)
@@ -64,41 +71,79 @@ def load_confined(classifier, paths, image_root):
     return out
 
 
-def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWHERE, threshold=None):
-    """One row per image: p_<class> probabilities, predicted class, malignant (the health call
-    of the predicted class), rejected (the detector's verdict; False without a detector).
+def decode_base64_images(classifier, texts):
+    """(N, S, S, 3) float32 in [0, 1] from base64 text of encoded images (JPEG, PNG, ...; a
+    `data:image/...;base64,` prefix allowed), each resized to the model's input as training
+    images were. Raises DataError naming the first bad row: not text, over MAX_IMAGE_BYTES,
+    not base64, or not a whole image (a truncated JPEG too)."""
+    size = int(classifier.input_shape[0])
+    out = np.empty((len(texts), size, size, 3), dtype=np.float32)
+    limit = MAX_IMAGE_BYTES * 4 // 3 + 4
+    for row, text in enumerate(texts):
+        if not isinstance(text, str) or not text:
+            raise DataError(f"row {row}: 'image' must be the image file's bytes as base64 text, got {type(text).__name__}")
+        if len(text) > limit:
+            raise DataError(f"row {row}: 'image' holds {len(text) / 2**20:.1f} MiB of base64; an image may be at most "
+                            f"{MAX_IMAGE_BYTES // 2**20} MiB")
+        if text.startswith("data:") and "," in text[:100]:
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise DataError(f"row {row}: 'image' is not base64 text") from None
+        try:
+            out[row] = decode_bytes(data, size, where=f"row {row}").astype(np.float32) / 255.0
+        except DataError as e:
+            raise DataError(f"{e} (the 'image' column must hold a whole JPEG or PNG file)") from None
+    return out
 
-    images: an (N, H, W, 3) array in [0, 1], or a DataFrame with a `path` column of image
-    files (what `mlflow models predict` passes from a CSV); paths become a `path` column.
-    image_root: where paths may point (see load_confined); the default, ANYWHERE, is the
-    local user's own CLI. threshold: the operating point on the malignancy score (the sum of
-    the malignant classes' probabilities); with it, a `malignant_at_threshold` column.
+
+def read_request(classifier, frame, image_root=ANYWHERE):
+    """The images of a request: a DataFrame with a `path` column (image files; see
+    load_confined for image_root) or an `image` column (base64 bytes of image files), one per
+    row. Returns (N, S, S, 3) float32 in [0, 1] at the model's input size."""
+    given = [c for c in ("path", "image") if c in frame.columns]
+    if len(given) != 1:
+        raise DataError("expected a DataFrame with one of the columns 'path' (image files) or 'image' (base64 JPEG or "
+                        f"PNG bytes), got columns {list(frame.columns)}")
+    if given == ["image"]:
+        return decode_base64_images(classifier, list(frame["image"]))
+    paths = []
+    for row, path in enumerate(frame["path"]):
+        if not isinstance(path, str) or not path:
+            raise DataError(f"row {row}: 'path' must be a file path, got {type(path).__name__}")
+        paths.append(path)
+    return load_for(classifier, paths) if image_root is ANYWHERE else load_confined(classifier, paths, image_root)
+
+
+def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWHERE, threshold=None):
+    """One row per image: p_<class> probabilities, the predicted class, the malignancy score
+    (the sum of the malignant classes' probabilities), malignant_at_threshold (the score at or
+    above `threshold`, the operating point; the column only with a threshold) and rejected (the
+    detector's verdict; False without a detector): RESPONSE_COLUMNS.
+
+    images: an (N, H, W, 3) array in [0, 1] at the model's input size, or a request DataFrame
+    (read_request: a `path` or an `image` column, any image size).
     """
-    paths = None
     if isinstance(images, pd.DataFrame):
-        if "path" not in images.columns:
-            raise DataError(f"expected a DataFrame with a 'path' column of image files, got columns {list(images.columns)}")
-        paths = [str(p) for p in images["path"]]
-        images = load_for(classifier, paths) if image_root is ANYWHERE else load_confined(classifier, paths, image_root)
+        images = read_request(classifier, images, image_root)
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(classifier.input_shape):
         raise DataError(f"expected images of shape (N, {', '.join(map(str, classifier.input_shape))}), got {images.shape}")
     probabilities = np.asarray(tf.nn.softmax(classifier.logits(images), axis=-1))
-    predicted = probabilities.argmax(axis=1)
-    frame = pd.DataFrame(probabilities, columns=[f"p_{c}" for c in CLASSES])
-    frame.insert(0, "predicted", np.asarray(CLASSES)[predicted])
-    frame.insert(1, "malignant", malignant_mask(health_map)[predicted])
-    frame.insert(2, "rejected", classifier.rejected(images))
     mask = malignant_mask(health_map)
-    frame.insert(3, "malignancy_score", probabilities[:, mask].sum(axis=1))
+    frame = pd.DataFrame(probabilities, columns=[f"p_{c}" for c in CLASSES])
+    frame["predicted"] = np.asarray(CLASSES)[probabilities.argmax(axis=1)]
+    frame["malignancy_score"] = probabilities[:, mask].sum(axis=1)
     if threshold is not None:
-        frame.insert(4, "malignant_at_threshold", frame["malignancy_score"].to_numpy() >= threshold)
-    if paths is not None:
-        frame.insert(0, "path", paths)
+        frame["malignant_at_threshold"] = frame["malignancy_score"].to_numpy() >= threshold
+    frame["rejected"] = classifier.rejected(images)
     return frame
 
 
 def predict_files(classifier, inputs, health_map="clinical", threshold=None):
     """predict_frame for image files and folders (see image_files)."""
-    return predict_frame(classifier, pd.DataFrame({"path": [str(f) for f in image_files(inputs)]}), health_map,
-                         threshold=threshold)
+    paths = [str(f) for f in image_files(inputs)]
+    frame = predict_frame(classifier, pd.DataFrame({"path": paths}), health_map, threshold=threshold)
+    frame.insert(0, "path", paths)
+    return frame

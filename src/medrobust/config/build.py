@@ -65,6 +65,9 @@ class TrainConfig(StepConfig):
                                check=at_least(0))
     fine_tune_lr_factor: float = setting(0.1, "with ImageNet weights: fine-tuning learning rate over learning_rate",
                                          check=positive)
+    target_sensitivity: float = setting(0.95, "operating point stored with the version: the malignancy threshold "
+                                              "that catches this share of the validation split's cancers",
+                                        check=between(0, 1, low_open=True, high_open=True))
     register: bool = setting(True, "register the model version in the MLflow registry")
     alias: str | None = setting("baseline", "registry alias set on the registered version; none: no alias")
 

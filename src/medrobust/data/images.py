@@ -51,8 +51,18 @@ def decode_image(path, size):
     """One image file as uint8 (size, size, 3): RGB, resized with antialiasing, aspect not kept."""
     try:
         data = Path(path).read_bytes()
-        if Path(path).suffix.lower() in JPEG_SUFFIXES:
-            check_jpeg(data, path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from e
+    return decode_bytes(data, size, where=path, jpeg=Path(path).suffix.lower() in JPEG_SUFFIXES)
+
+
+def decode_bytes(data, size, *, where, jpeg=None):
+    """An encoded image (JPEG, PNG, ... bytes) as uint8 (size, size, 3), exactly as decode_image
+    decodes a file. jpeg: check it strictly as JPEG (None: when it starts as one). where: what
+    the errors name."""
+    try:
+        if jpeg or (jpeg is None and data[:3] == b"\xff\xd8\xff"):
+            check_jpeg(data, where)
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
             if im.size != (size, size):
@@ -60,8 +70,8 @@ def decode_image(path, size):
             return np.asarray(im, dtype=np.uint8)
     except DataError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot decode image ({e})") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: cannot decode image ({e})") from e
 
 
 def resize_array(images, size):

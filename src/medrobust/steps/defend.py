@@ -14,10 +14,8 @@ from ..defenses import DEFENSES, DefendedClassifier, Hooks, applicable, check_se
 from ..defenses.retrain import ON_THE_FLY_METHODS
 from ..errors import ConfigError, ModelError
 from ..evaluation import flat_metrics, measure, records_csv, suite, wide_table
-from ..evaluation.operating_point import malignancy_score, threshold_for_sensitivity
-from ..evaluation.suite import softmax
 from ..models.training import set_seed
-from .logbook import format_table, log_confusion
+from .logbook import format_table, log_confusion, operating_point
 
 log = logging.getLogger(__name__)
 
@@ -137,17 +135,6 @@ def retrained_network(config):
     return donor.network
 
 
-def operating_point(defended, data, config):
-    """The defended model's operating point, stored with it (pyfunc and version tags) so that
-    predict and `mlflow models predict` make the health call a clinic would: the malignancy
-    threshold catching config.target_sensitivity of the validation split's cancers."""
-    malignant = malignant_mask(config.data.health_map)
-    scores = malignancy_score(softmax(defended.logits(data.x["val"])), malignant)
-    threshold = threshold_for_sensitivity(scores, malignant[data.y["val"]], target=config.target_sensitivity)
-    return {"operating_threshold": float(threshold), "operating_target_sensitivity": config.target_sensitivity,
-            "operating_health_map": config.data.health_map}
-
-
 def _log_evaluation(evaluation, x):
     """Metrics, confusion matrices and the white-box example grids of an Evaluation."""
     tracking.log_metrics(evaluation.metrics())
@@ -204,9 +191,9 @@ def run_defend(config: DefendConfig) -> DefendResult:
         tracking.log_text(format_table(table), "report/before_after.txt")
         tracking.log_json(table, "report/before_after.json")
         tracking.log_text(records_csv(records), "report/records.csv")
-        defended.info |= operating_point(defended, data, config)
-        tracking.log_metrics({"operating_threshold": defended.info["operating_threshold"]})
-        model_uri, logged_uri = tracking.log_defended_model(defended)
+        defended.info |= operating_point(defended, data, target_sensitivity=config.target_sensitivity,
+                                         health_map=config.data.health_map)
+        model_uri, logged_uri = tracking.log_classifier(defended)
         name = version = None
         if config.register:  # last, so a failure anywhere above registers nothing
             name = f"medrobust-{parent.name}"

@@ -2,10 +2,25 @@
 and the before/after table as text. The figures come from medrobust.evaluation."""
 
 from .. import plots, tracking
-from ..data import CLASSES
+from ..data import CLASSES, malignant_mask
 from ..evaluation import evaluate
+from ..evaluation.operating_point import malignancy_score, threshold_for_sensitivity
+from ..evaluation.suite import softmax
 
-__all__ = ["TABLE_ROWS", "evaluate", "format_table", "log_confusion", "log_evaluation"]
+__all__ = ["TABLE_ROWS", "evaluate", "format_table", "log_confusion", "log_evaluation", "operating_point"]
+
+
+def operating_point(classifier, data, *, target_sensitivity, health_map):
+    """The operating point a version carries (its pyfunc and version tags), so that predict and
+    a served model make the health call a clinic would: the malignancy threshold catching
+    `target_sensitivity` of the validation split's cancers. Logged as the run's
+    `operating_threshold` metric; returns the `operating_*` entries of the classifier's info."""
+    malignant = malignant_mask(health_map)
+    scores = malignancy_score(softmax(classifier.logits(data.x["val"])), malignant)
+    threshold = float(threshold_for_sensitivity(scores, malignant[data.y["val"]], target=target_sensitivity))
+    tracking.log_metrics({"operating_threshold": threshold})
+    return {"operating_threshold": threshold, "operating_target_sensitivity": target_sensitivity,
+            "operating_health_map": health_map}
 
 
 def log_evaluation(y_true, y_pred, health_map="clinical", condition="clean"):

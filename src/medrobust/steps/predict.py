@@ -36,6 +36,7 @@ def run_predict(config: PredictConfig) -> PredictResult:
     frame = predict_files(classifier, config.inputs, config.health_map, threshold)
     frame.to_csv(sys.stdout if config.output == "-" else config.output, index=False)
     if config.output != "-":
-        log.info("predict: %d images, %d called malignant, written to %s", len(frame), int(frame["malignant"].sum()),
-                 config.output)
+        called = (f"{int(frame['malignant_at_threshold'].sum())} malignant at the threshold"
+                  if "malignant_at_threshold" in frame else "no operating threshold")
+        log.info("predict: %d images, %s, written to %s", len(frame), called, config.output)
     return PredictResult(frame, config.output)

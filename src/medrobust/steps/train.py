@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from .. import plots, tracking
 from ..config import TrainConfig, flatten
 from ..data import N_CLASSES, load_dataset
+from ..defenses import DefendedClassifier
 from ..models.training import distribution_scope, fit, predict_logits, set_seed
 from ..models.zoo import create_model
-from .logbook import log_evaluation
+from .logbook import log_evaluation, operating_point
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,14 @@ def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_t
     log.info("evaluating on the test split (%d images)", len(data.y["test"]))
     predictions = predict_logits(model, data.x["test"]).argmax(axis=1)
     values = log_evaluation(data.y["test"], predictions, config.data.health_map, condition="clean")
-    model_uri, logged_uri = tracking.log_keras_model(model, data.x["test"][:4])
+    classifier = DefendedClassifier(model)  # no defense: served and loaded like every other version
+    classifier.info |= operating_point(classifier, data, target_sensitivity=config.target_sensitivity,
+                                       health_map=config.data.health_map)
+    model_uri, logged_uri = tracking.log_classifier(classifier)
     name = version = None
     if config.register:  # last, so a failure anywhere above registers nothing
         name = registered_as or registered_name(config.arch)
         tags = {k: f"{values[k]:.4f}" for k in VERSION_TAGS} | {"data_fingerprint": data.fingerprint}
+        tags |= {k: str(v) for k, v in classifier.info.items()} | {"operating_point_run": run_id}
         version = tracking.register_model(logged_uri, name, tags=tags | (extra_tags or {}), alias=config.alias)
     return TrainResult(run_id, model_uri, name, version, values, config.alias if version else None)

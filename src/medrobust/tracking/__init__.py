@@ -3,12 +3,12 @@
 - store: where tracking goes ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here);
 - runs: a run's lifecycle and what it logs;
 - registry: versions registered all or nothing, aliases, the promotion lock;
-- models: logging and loading networks and defended classifiers;
+- models: every version logged as one pyfunc contract, and loaded back;
 - queries: read-only questions about runs and artifacts.
 """
 
-from .models import (DefendedPyfunc, load_classifier, load_keras_model, log_defended_model, log_keras_model,
-                     model_run_id, model_run_params, pyfunc_predict)
+from .models import (ClassifierPyfunc, load_classifier, load_keras_model, log_classifier, model_run_id,
+                     model_run_params, pyfunc_predict, serving_signature)
 from .queries import (download_artifact, experiment_name, finished_runs, get_run, list_artifacts, load_json_artifact,
                       load_text_artifact, metric_history, run_inputs, search_runs)
 from .registry import (model_aliases, model_version_tags, model_versions, pinned_uri, promotion_lock, register_model,

@@ -1,5 +1,5 @@
-"""Models: logging a Keras network or a defended classifier, and loading either back from any
-model URI with an error that says which command makes a missing one."""
+"""Models: every version logged as one pyfunc contract (a network with its defense, if any),
+and loaded back from any model URI with an error that says which command makes a missing one."""
 
 import os
 import tempfile
@@ -7,25 +7,16 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
-import numpy as np
-from mlflow.models import infer_signature
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, DataType, Schema
 
 from ..errors import ModelError
 from .queries import get_run
 from .registry import model_aliases, model_versions
 from .store import configure, tracking_uri
-
-
-def log_keras_model(model, example, name="model"):
-    """Log a Keras model in MLflow's Keras flavour with an inferred signature.
-
-    Returns (runs:/<run_id>/<name>, the logged model's models:/m-<id> URI). Both load the same
-    model; steps hand on the first (our convention) and register the second, which MLflow 3
-    resolves directly.
-    """
-    signature = infer_signature(example, np.asarray(model(example[:2], training=False)))
-    info = mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=_model_requirements())
-    return f"runs:/{mlflow.active_run().info.run_id}/{name}", info.model_uri
 
 
 def _model_requirements():
@@ -40,35 +31,69 @@ def _model_requirements():
     return out
 
 
-class DefendedPyfunc(mlflow.pyfunc.PythonModel):
-    """A defended classifier as an MLflow pyfunc model: predict takes images (an (N, H, W, 3)
-    array in [0, 1]) or a DataFrame with a `path` column of image files, applies the defense
-    and returns one row per image (medrobust.predict.predict_frame), with the health call at
-    the operating point the defend step stored in it (malignant_at_threshold). A served model reads
-    files only below $MEDROBUST_IMAGE_ROOT (or the `image_root` predict parameter); with
-    neither, paths are refused."""
+def serving_signature():
+    """The one signature of every version: a `path` or an `image` column in, RESPONSE_COLUMNS out."""
+    from ..predict import RESPONSE_COLUMNS
+
+    inputs = Schema([ColSpec(DataType.string, "path", required=False),
+                     ColSpec(DataType.string, "image", required=False)])
+    kinds = {"predicted": DataType.string, "malignant_at_threshold": DataType.boolean, "rejected": DataType.boolean}
+    outputs = Schema([ColSpec(kinds.get(c, DataType.double), c) for c in RESPONSE_COLUMNS])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
+    """Every registered version (trained, poisoned, defended, distilled, with or without a
+    detector) as one MLflow pyfunc model with one contract (docs/serving.md): a DataFrame with
+    a `path` column of image files or an `image` column of base64 image bytes in, any image
+    size; one row per image out (medrobust.predict.RESPONSE_COLUMNS), the health call at the
+    version's own operating threshold. A served model reads files only below
+    $MEDROBUST_IMAGE_ROOT (never a folder the request names); with none set, paths are refused.
+    A bad request raises MlflowException(INVALID_PARAMETER_VALUE): an HTTP 400 naming the row."""
 
     def load_context(self, context):
         from ..defenses import load_defended
+        from ..predict import RESPONSE_COLUMNS
 
         self.classifier = load_defended(context.artifacts["defended"])
+        # model_config {"output": <column>}: that column alone, for a client that takes one
+        # (mlflow.models.evaluate's classifier evaluator: model_config={"output": "predicted"}).
+        self.output = (context.model_config or {}).get("output", "table")
+        if self.output not in ("table", *RESPONSE_COLUMNS):
+            raise MlflowException(f"model_config output must be 'table' or one of the columns "
+                                  f"{', '.join(RESPONSE_COLUMNS)}, got {self.output!r}", error_code=INVALID_PARAMETER_VALUE)
 
     def predict(self, context, model_input, params=None):
+        from ..errors import DataError
         from ..predict import IMAGE_ROOT_ENV, predict_frame
 
-        root = (params or {}).get("image_root") or os.environ.get(IMAGE_ROOT_ENV) or None
         info = self.classifier.info
-        return predict_frame(self.classifier, model_input, info.get("operating_health_map", "clinical"),
-                             image_root=root, threshold=info.get("operating_threshold"))
+        if not isinstance(model_input, pd.DataFrame):
+            raise MlflowException("send a table with a 'path' or an 'image' column (dataframe_split or "
+                                  f"dataframe_records), got {type(model_input).__name__}",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        try:
+            frame = predict_frame(self.classifier, model_input, info.get("operating_health_map", "clinical"),
+                                  image_root=os.environ.get(IMAGE_ROOT_ENV) or None,
+                                  threshold=info.get("operating_threshold"))
+        except DataError as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        return frame if self.output == "table" else frame[self.output]
 
 
-def log_defended_model(classifier, name="model"):
-    """Log a DefendedClassifier (network, input transformations, detector) as one pyfunc model.
-    Returns (runs:/<run_id>/<name>, the logged model's models:/m-<id> URI)."""
+DefendedPyfunc = ClassifierPyfunc  # the name defended versions logged before every version was one were pickled with
+
+
+def log_classifier(classifier, name="model"):
+    """Log a DefendedClassifier (network, input transformations, detector, operating point in
+    its info; a trained network is one with no transformations) as the one pyfunc model every
+    version is, with its signature. The Keras network travels inside it, for attacks and
+    transfer (load_classifier). Returns (runs:/<run_id>/<name>, the logged model's models:/m-<id> URI)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = classifier.save(Path(tmp) / "defended")
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=DefendedPyfunc(), artifacts={"defended": str(folder)},
+            name=name, python_model=ClassifierPyfunc(), artifacts={"defended": str(folder)},
+            signature=serving_signature(), model_config={"output": "table"},
             pip_requirements=_model_requirements() + _own_requirements(),
             # Our package travels with the model, so the pyfunc loads wherever MLflow does.
             code_paths=[str(Path(__file__).resolve().parents[1])],
@@ -88,24 +113,24 @@ def _own_requirements():
 
 
 def load_classifier(model_uri):
-    """A DefendedClassifier from any model URI: a plain Keras network (no defense) or a model
-    the defend step logged. Raises ModelError naming a URI that does not resolve or holds
-    something else."""
-    from ..defenses import DefendedClassifier
+    """A DefendedClassifier from any model URI: a version logged by log_classifier (its saved
+    parts, read without running the pyfunc), or a plain Keras network an earlier version of
+    medrobust logged. Raises ModelError naming a URI that does not resolve or holds something else."""
+    from ..defenses import DefendedClassifier, load_defended
 
     configure()
     _check_uri(model_uri)
     try:
         flavors = mlflow.models.get_model_info(model_uri).flavors
+        if "keras" in flavors:
+            return DefendedClassifier(mlflow.keras.load_model(model_uri))
+        parts = flavors.get("python_function", {}).get("artifacts", {}).get("defended", {}).get("path")
+        if parts:
+            with tempfile.TemporaryDirectory() as tmp:  # every part is read into memory before it goes
+                local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+                return load_defended(Path(local) / parts)
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:  # ValueError: an http:// URI MLflow cannot split
         raise _unresolved(model_uri, e) from e
-    if "keras" in flavors:
-        return DefendedClassifier(load_keras_model(model_uri))
-    python_model = flavors.get("python_function", {}).get("python_model")
-    if python_model:
-        loaded = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-        if isinstance(loaded, DefendedPyfunc):
-            return loaded.classifier
     raise ModelError(f"model URI {model_uri} is not a medrobust classifier (flavours: {', '.join(flavors)})")
 
 
@@ -116,16 +141,9 @@ def pyfunc_predict(model_uri, model_input):
 
 
 def load_keras_model(model_uri):
-    """Load a Keras model from `runs:/<id>/model`, `models:/<name>/<version>` or `models:/<name>@<alias>`.
-
-    A URI that does not resolve raises ModelError naming it.
-    """
-    configure()
-    _check_uri(model_uri)
-    try:
-        return mlflow.keras.load_model(model_uri)
-    except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:
-        raise _unresolved(model_uri, e) from e
+    """The Keras network of the model at `model_uri` (without its input transformations), for
+    attacks, transfer and benchmarks. A URI that does not resolve raises ModelError naming it."""
+    return load_classifier(model_uri).network
 
 
 def _check_uri(model_uri):

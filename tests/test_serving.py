@@ -1,0 +1,203 @@
+"""One serving contract for every version: a `path` or an `image` (base64) column in, the same
+columns out, whether the version is a trained network or a defended one; over real HTTP from
+`mlflow models serve`, across a promotion that moves @robust from one kind to the other; and
+through `mlflow.models.evaluate`'s default classifier evaluator."""
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medrobust import tracking
+from medrobust.config import DataConfig, DefendConfig, PromoteConfig, TrainConfig
+from medrobust.data import CLASSES
+from medrobust.data.images import decode_image
+from medrobust.defenses import DefendedClassifier
+from medrobust.errors import DataError
+from medrobust.models import create_model
+from medrobust.predict import MAX_IMAGE_BYTES, RESPONSE_COLUMNS, predict_frame, read_request
+from medrobust.steps.defend import run_defend
+from medrobust.steps.promote import run_promote
+from medrobust.steps.train import run_train
+from servers import model_server
+
+NAME = "medrobust-small_cnn"
+LENIENT = dict(min_robust_macro_recall=0.0, max_attacked_fnr=1.0, max_accuracy_loss=1.0)
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def encoded(image, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+# --- the request, on synthetic and real images -------------------------------------------------
+
+def test_an_image_sent_as_base64_reads_as_the_same_file_would(ham_dir, tmp_path):
+    classifier = DefendedClassifier(create_model("small_cnn", (32, 32, 3), 7))
+    files = sorted((ham_dir / "images").glob("*.jpg"))[:2]
+    by_path = read_request(classifier, pd.DataFrame({"path": [str(f) for f in files]}))
+    by_bytes = read_request(classifier, pd.DataFrame({"image": [b64(f.read_bytes()) for f in files]}))
+    np.testing.assert_array_equal(by_bytes, by_path)  # the JPEG bytes decode and resize as the file does
+    # Any size and PNG too, with or without a data: URL prefix; resized inside, as training images were.
+    big = np.asarray(Image.open(files[0]).convert("RGB").resize((450, 300)))
+    png = encoded(big, "PNG")
+    (tmp_path / "big.png").write_bytes(png)
+    out = read_request(classifier, pd.DataFrame({"image": [b64(png), "data:image/png;base64," + b64(png)]}))
+    assert out.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(out[0], decode_image(tmp_path / "big.png", 32) / np.float32(255))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("frame, message", [
+    (pd.DataFrame({"file": ["a.jpg"]}), "one of the columns 'path' .* or 'image' .* got columns \\['file'\\]"),
+    (pd.DataFrame({"path": ["a.jpg"], "image": ["eA=="]}), "one of the columns"),
+    (pd.DataFrame({"image": [b64(b"plain text, not a picture")]}), "row 0: cannot decode image"),
+    (pd.DataFrame({"image": ["this is not base64!"]}), "row 0: 'image' is not base64 text"),
+    (pd.DataFrame({"image": [3.5]}), "row 0: 'image' must be the image file's bytes as base64 text, got float"),
+    (pd.DataFrame({"path": [None]}), "row 0: 'path' must be a file path, got NoneType"),
+])
+def test_a_bad_request_names_what_is_wrong(frame, message):
+    classifier = DefendedClassifier(create_model("small_cnn", (16, 16, 3), 7))
+    with pytest.raises(DataError, match=message):
+        read_request(classifier, frame, image_root=None)
+
+
+def test_a_truncated_jpeg_or_an_oversized_image_is_refused_by_row(ham_dir):
+    classifier = DefendedClassifier(create_model("small_cnn", (16, 16, 3), 7))
+    whole = sorted((ham_dir / "images").glob("*.jpg"))[0].read_bytes()
+    frame = pd.DataFrame({"image": [b64(whole), b64(whole[: len(whole) // 2])]})
+    with pytest.raises(DataError, match="row 1: .*(corrupt|truncated|cannot decode)"):
+        read_request(classifier, frame)
+    huge = "A" * (MAX_IMAGE_BYTES * 4 // 3 + 8)
+    with pytest.raises(DataError, match=f"row 0: 'image' holds .* MiB of base64; an image may be at most "
+                                        f"{MAX_IMAGE_BYTES // 2**20} MiB"):
+        read_request(classifier, pd.DataFrame({"image": [huge]}))
+
+
+def test_the_response_has_the_same_columns_with_and_without_a_defense(ham_dir):
+    network = create_model("small_cnn", (16, 16, 3), 7)
+    x = np.random.default_rng(0).random((3, 16, 16, 3), dtype=np.float32)
+    for classifier in (DefendedClassifier(network), DefendedClassifier(network, (("llt", {"quality": 75}),))):
+        frame = predict_frame(classifier, x, threshold=0.3)
+        assert tuple(frame.columns) == RESPONSE_COLUMNS and len(frame) == 3
+        assert frame["rejected"].dtype == bool and not frame["rejected"].any()
+        assert (frame["malignant_at_threshold"] == (frame["malignancy_score"] >= 0.3)).all()
+
+
+# --- over HTTP, from `mlflow models serve` ---------------------------------------------------
+
+def invoke(url, frame=None, body=None):
+    """(HTTP status, parsed JSON body) of one POST to /invocations."""
+    if body is None:
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)})
+    request = urllib.request.Request(f"{url}/invocations", data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def answered(payload):
+    return pd.DataFrame(payload["predictions"])
+
+
+@pytest.mark.system
+def test_served_robust_version_keeps_its_contract_across_a_promotion(ham_dir, tmp_path, child_env, monkeypatch):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
+    trained = run_train(TrainConfig(data=data, epochs=2, batch_size=32, experiment="test"))
+    defended = run_defend(DefendConfig(model_uri=trained.model_uri, data=data, defense="llt", eval_attacks=("fgsm",),
+                                       max_images=8, experiment="test"))
+    gate = dict(data=data, suites=("adaptive",), max_images=16, apgd_steps=5, experiment="test", **LENIENT)
+    run_promote(PromoteConfig(**gate))
+    assert tracking.model_aliases(NAME)["robust"] == defended.version == 2
+
+    # Every version carries the same signature, trained or defended.
+    for version in (1, 2):
+        signature = mlflow.models.get_model_info(f"models:/{NAME}/{version}").signature
+        assert [c.name for c in signature.inputs.inputs] == ["path", "image"]
+        assert tuple(c.name for c in signature.outputs.inputs) == RESPONSE_COLUMNS
+
+    files = sorted((ham_dir / "images").glob("*.jpg"))[:3]
+    by_path = pd.DataFrame({"path": [str(f) for f in files]})
+    by_bytes = pd.DataFrame({"image": [b64(f.read_bytes()) for f in files]})
+    env = child_env() | {"MEDROBUST_IMAGE_ROOT": str(ham_dir)}
+
+    def expected(version):
+        classifier = tracking.load_classifier(f"models:/{NAME}/{version}")
+        return predict_frame(classifier, by_path, threshold=classifier.info["operating_threshold"])
+
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(files[0].read_bytes())
+    whole = files[0].read_bytes()
+    bad = {
+        "not an image": pd.DataFrame({"image": [b64(whole), b64(b"%PDF-1.4 not a picture")]}),
+        "a truncated JPEG": pd.DataFrame({"image": [b64(whole), b64(whole), b64(whole[:2000])]}),
+        "a path outside the root": pd.DataFrame({"path": [str(files[0]), str(outside)]}),
+        "a 20 MB string": pd.DataFrame({"image": ["Q" * 20_000_000]}),
+        "a wrong column": pd.DataFrame({"file": [str(files[0])]}),
+    }
+    rows = {"not an image": "row 1", "a truncated JPEG": "row 2", "a path outside the root": "row 1",
+            "a 20 MB string": "row 0", "a wrong column": "'path' (image files) or 'image'"}
+
+    with model_server(f"models:/{NAME}@robust", env, tmp_path / "serve-1.log") as url:
+        status, first = invoke(url, by_path)
+        assert status == 200, first
+        first = answered(first)
+        assert tuple(first.columns) == RESPONSE_COLUMNS and len(first) == 3
+        np.testing.assert_allclose(first.filter(like="p_").to_numpy(), expected(2).filter(like="p_").to_numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        status, same = invoke(url, by_bytes)  # the bytes themselves: the same answer
+        assert status == 200
+        pd.testing.assert_frame_equal(answered(same), first)
+        for what, frame in bad.items():
+            status, error = invoke(url, frame)
+            assert 400 <= status < 500, (what, status, error)
+            assert rows[what] in error.get("message", ""), (what, error)
+        assert invoke(url, body="{not json")[0] // 100 == 4
+        status, again = invoke(url, by_path)  # it kept serving
+        assert status == 200
+        pd.testing.assert_frame_equal(answered(again), first)
+
+    # The trained version (no defense) becomes @robust; the service restarts and is asked the same.
+    run_promote(PromoteConfig(model_uri=f"models:/{NAME}/1", **gate))
+    assert tracking.model_aliases(NAME)["robust"] == 1
+    with model_server(f"models:/{NAME}@robust", env, tmp_path / "serve-2.log") as url:
+        status, second = invoke(url, by_path)
+    assert status == 200, second
+    second = answered(second)
+    assert tuple(second.columns) == tuple(first.columns)
+    np.testing.assert_allclose(second.filter(like="p_").to_numpy(), expected(1).filter(like="p_").to_numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(second.filter(like="p_").to_numpy(), first.filter(like="p_").to_numpy())
+    assert list(second["malignant_at_threshold"]) == list(expected(1)["malignant_at_threshold"])
+
+
+def test_mlflow_evaluate_runs_on_a_version_through_the_contract(ham_dir, monkeypatch):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
+    trained = run_train(TrainConfig(data=data, epochs=1, batch_size=32, experiment="test"))
+    table = pd.read_csv(ham_dir / "HAM10000_metadata.csv").groupby("dx").head(4)
+    frame = pd.DataFrame({"path": [str(ham_dir / "images" / f"{i}.jpg") for i in table.image_id],
+                          "label": table.dx.to_list()})
+    monkeypatch.setenv("MEDROBUST_IMAGE_ROOT", str(ham_dir))
+    with mlflow.start_run(experiment_id=mlflow.set_experiment("evaluate").experiment_id):
+        result = mlflow.models.evaluate(f"models:/{NAME}/{trained.version}", frame, targets="label",
+                                        model_type="classifier", model_config={"output": "predicted"},
+                                        evaluator_config={"log_model_explainability": False})
+    ours = predict_frame(tracking.load_classifier(trained.model_uri), frame[["path"]])
+    assert set(frame["label"]) == set(CLASSES)
+    assert result.metrics["accuracy_score"] == pytest.approx(float(np.mean(ours["predicted"] == frame["label"])))
+    assert result.metrics["example_count"] == len(frame)
