@@ -71,6 +71,24 @@ def load(url, bodies, clients, seconds):
     return np.asarray(latencies), failures, time.monotonic() - started
 
 
+def in_process(uri, files, repeats=20):
+    """ms per one-image call of the model's network through model.predict and called directly
+    (what a served request of up to DIRECT_CALL_IMAGES images does), side by side."""
+    from medrobust import tracking
+    from medrobust.predict import read_request
+
+    classifier = tracking.load_classifier(uri)
+    x = read_request(classifier, pd.DataFrame({"path": [str(files[0])]}))
+    out = {}
+    for direct in (False, True):
+        classifier.logits(x, direct=direct)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            classifier.logits(x, direct=direct)
+        out[direct] = (time.perf_counter() - start) / repeats * 1000
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-uri", action="append", required=True)
@@ -98,6 +116,10 @@ def main():
                   f"{p50:.0f} | {p95:.0f} |")
             if failures:
                 print(f"  failures: {failures[:5]}")
+    print("\n| model | one image through model.predict, ms | called directly, ms | ratio |\n|---|---|---|---|")
+    for uri in args.model_uri:
+        ms = in_process(uri, files)
+        print(f"| {uri} | {ms[False]:.1f} | {ms[True]:.1f} | {ms[False] / ms[True]:.1f}x |")
 
 
 if __name__ == "__main__":

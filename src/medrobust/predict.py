@@ -46,6 +46,9 @@ IMAGE_ROOT_ENV = "MEDROBUST_IMAGE_ROOT"
 ANYWHERE = object()  # image_root for a local user (the CLI): any path this user can read
 # The largest encoded image a request may carry in its `image` column (its base64 text is 4/3 of it).
 MAX_IMAGE_BYTES = 8 * 2**20
+# Up to this many images (a served request), the network is called at once, not through
+# model.predict, whose set-up per call is 4 times a 32-px image's work (benchmarks/README.md).
+DIRECT_CALL_IMAGES = 64
 # What every registered version answers, one row per image, whatever its defense (docs/serving.md).
 RESPONSE_COLUMNS = (*(f"p_{c}" for c in CLASSES), "predicted", "malignancy_score", "malignant_at_threshold", "rejected")
 
@@ -105,7 +108,7 @@ def read_request(classifier, frame, image_root=ANYWHERE):
     given = [c for c in ("path", "image") if c in frame.columns]
     if len(given) != 1:
         raise DataError("expected a DataFrame with one of the columns 'path' (image files) or 'image' (base64 JPEG or "
-                        f"PNG bytes), got columns {list(frame.columns)}")
+                        f"PNG bytes), got {'columns ' + str(list(frame.columns)) if len(frame.columns) else 'neither'}")
     if given == ["image"]:
         return decode_base64_images(classifier, list(frame["image"]))
     paths = []
@@ -130,14 +133,15 @@ def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWH
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(classifier.input_shape):
         raise DataError(f"expected images of shape (N, {', '.join(map(str, classifier.input_shape))}), got {images.shape}")
-    probabilities = np.asarray(tf.nn.softmax(classifier.logits(images), axis=-1))
+    direct = len(images) <= DIRECT_CALL_IMAGES
+    probabilities = np.asarray(tf.nn.softmax(classifier.logits(images, direct=direct), axis=-1))
     mask = malignant_mask(health_map)
     frame = pd.DataFrame(probabilities, columns=[f"p_{c}" for c in CLASSES])
     frame["predicted"] = np.asarray(CLASSES)[probabilities.argmax(axis=1)]
     frame["malignancy_score"] = probabilities[:, mask].sum(axis=1)
     if threshold is not None:
         frame["malignant_at_threshold"] = frame["malignancy_score"].to_numpy() >= threshold
-    frame["rejected"] = classifier.rejected(images)
+    frame["rejected"] = classifier.rejected(images, direct=direct)
     return frame
 
 

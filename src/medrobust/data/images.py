@@ -70,6 +70,8 @@ def decode_bytes(data, size, *, where, jpeg=None):
             return np.asarray(im, dtype=np.uint8)
     except DataError:
         raise
+    except PIL.UnidentifiedImageError:
+        raise DataError(f"{where}: cannot decode image (no image format Pillow reads)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{where}: cannot decode image ({e})") from e
 

@@ -40,15 +40,15 @@ class DefendedClassifier:
     def transform(self, x):
         return apply_chain(x, self.chain) if self.chain else np.asarray(x, dtype=np.float32)
 
-    def logits(self, x, batch_size=256):
-        """(N, K) logits of the network on the transformed images."""
-        return predict_logits(self.network, self.transform(x), batch_size)
+    def logits(self, x, batch_size=256, *, direct=False):
+        """(N, K) logits of the network on the transformed images (direct: see predict_logits)."""
+        return predict_logits(self.network, self.transform(x), batch_size, direct=direct)
 
-    def rejected(self, x, batch_size=256):
+    def rejected(self, x, batch_size=256, *, direct=False):
         """(N,) bool: the detector calls the raw input adversarial (all False without one)."""
         if self.detector is None:
             return np.zeros(len(x), dtype=bool)
-        return adversarial_probability(self.detector, x, batch_size) >= self.threshold
+        return adversarial_probability(self.detector, x, batch_size, direct=direct) >= self.threshold
 
     def as_keras(self):
         """A Keras model for attacks: forward exactly as `logits`, gradients through the
@@ -82,8 +82,8 @@ def load_defended(folder):
     return DefendedClassifier(network, chain, detector, float(spec["threshold"]), spec.get("info", {}))
 
 
-def adversarial_probability(detector, x, batch_size=256):
-    logits = predict_logits(detector, np.asarray(x, dtype=np.float32), batch_size)
+def adversarial_probability(detector, x, batch_size=256, *, direct=False):
+    logits = predict_logits(detector, np.asarray(x, dtype=np.float32), batch_size, direct=direct)
     return np.asarray(tf.nn.softmax(logits, axis=-1))[:, 1]
 
 

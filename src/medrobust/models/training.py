@@ -67,10 +67,15 @@ def training_dataset(x, y, batch_size, seed, augment=True):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def predict_logits(model, x, batch_size=256):
+def predict_logits(model, x, batch_size=256, *, direct=False):
     """Logits of shape (N, K) for images x of shape (N, H, W, 3). A network whose output is not
-    finite (diverged weights) raises TrainingError rather than answer argmax 0 for every image."""
-    logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    finite (diverged weights) raises TrainingError rather than answer argmax 0 for every image.
+    direct: one call of the network on all of x, for a served request's few images, where
+    model.predict's set-up per call costs more than the images (benchmarks/README.md)."""
+    if direct:
+        logits = np.asarray(model(np.asarray(x, dtype=np.float32), training=False))
+    else:
+        logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
     if not np.isfinite(logits).all():
         raise TrainingError(f"network {model.name} outputs non-finite logits for {int((~np.isfinite(logits)).any(axis=1).sum())} "
                             f"of {len(logits)} images: its weights diverged")
