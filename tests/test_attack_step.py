@@ -87,7 +87,7 @@ def test_surrogate_of_another_shape_is_refused(trained):
 
     with tracking.run("test", run_name="other-shape"):
         other = create_model("small_cnn", (16, 16, 3), 7)
-        other_uri, _ = tracking.log_classifier(DefendedClassifier(other))
+        other_uri, _ = tracking.log_classifier(DefendedClassifier(other, info={"operating_threshold": 0.5}))
     with pytest.raises(ValueError, match=r"surrogate .* takes \(16, 16, 3\) .* target .* takes \(32, 32, 3\)"):
         run_attack(AttackConfig(model_uri=model.model_uri, attack_model_uri=other_uri, data=data))
     assert len(tracking.search_runs("test")) == 2  # the training run and the logged model, no attack run

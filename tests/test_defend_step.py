@@ -222,7 +222,8 @@ def test_a_model_that_is_not_a_lesion_classifier_is_refused(ham_dir):
     from medrobust.models.zoo import small_cnn
 
     with tracking.run("test", run_name="binary"):
-        uri, _ = tracking.log_classifier(DefendedClassifier(small_cnn((32, 32, 3), 2, widths=(8,))))
+        uri, _ = tracking.log_classifier(DefendedClassifier(small_cnn((32, 32, 3), 2, widths=(8,)),
+                                                          info={"operating_threshold": 0.5}))
     with pytest.raises(ValueError, match="is not a skin-lesion classifier"):
         run_defend(DefendConfig(model_uri=uri, data=DataConfig(path=str(ham_dir)), defense="llt", experiment="test"))
 

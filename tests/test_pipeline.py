@@ -452,4 +452,6 @@ def test_after_a_pipeline_that_trains_with_alias_baseline_the_attack_entry_point
     done = mlflow_project("attack", {"method": "uap", "data": ham_dir, "max_images": 14, "uap_max_iter": 1})
     assert done.returncode == 0, done.stderr[-3000:]
     attack = next(r for r in tracking.search_runs("e2e") if r["step"] == "attack")
-    assert tracking.get_run(attack["run_id"])["params"]["method"] == "uap"
+    params = tracking.get_run(attack["run_id"])["params"]
+    assert params["method"] == "uap" and params["model_uri"] == baseline
+    assert params["data.image_size"] == "32"  # the model's input size, read from the model

@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medrobust import tracking
 from medrobust.cli import build_parser, leaves, option
 from medrobust.config import (AttackConfig, BaselineConfig, DataConfig, DefendConfig, EvaluateConfig, PipelineConfig, PoisonConfig,
                               PredictConfig, PromoteConfig, ReportConfig, TrainConfig, TuneConfig)
 from medrobust.errors import ConfigError
 from medrobust.steps import STEPS
 from medrobust.steps.attack import method_params
-from medrobust.steps.train import run_train
 
 REPO = Path(__file__).resolve().parents[1]
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
@@ -152,20 +150,3 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, child_env):
         assert done.returncode == 2, done.stderr
         assert message in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # no start-up noise, no traceback
-
-
-def test_mlflow_run_attack_defaults_to_the_baseline(small_ham, mlflow_project):
-    empty = mlflow_project("attack", {"method": "uap", "data": small_ham})
-    assert empty.returncode != 0
-    assert "no model registered as medrobust-small_cnn" in empty.stderr and "run train first" in empty.stderr
-    assert "Traceback" not in empty.stderr.split("medrobust attack: error")[-1]
-    trained = run_train(TrainConfig(data=DataConfig(path=str(small_ham), image_size=32), epochs=1, batch_size=16,
-                                    experiment="test"))
-    done = mlflow_project("attack", {"method": "uap", "data": small_ham, "uap_max_iter": 1})
-    assert done.returncode == 0, done.stderr[-3000:]
-    attack = [r for r in tracking.search_runs("e2e") if r["status"] == "FINISHED"]
-    assert len(attack) == 1 and attack[0]["step"] == "attack"
-    run = tracking.get_run(attack[0]["run_id"])
-    assert run["params"]["model_uri"] == "models:/medrobust-small_cnn@baseline"
-    assert run["metrics"]["clean_accuracy"] == pytest.approx(trained.metrics["clean_accuracy"])
-    assert run["params"]["data.image_size"] == "32"  # the model's input size

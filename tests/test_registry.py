@@ -75,7 +75,8 @@ def _log_network():
 
     from medrobust.models import create_model
 
-    return tracking.log_classifier(DefendedClassifier(create_model("small_cnn", (16, 16, 3), 7)))[1]
+    return tracking.log_classifier(DefendedClassifier(create_model("small_cnn", (16, 16, 3), 7),
+                                                       info={"operating_threshold": 0.5}))[1]
 
 
 def test_a_version_registered_before_its_run_failed_is_deleted_and_its_alias_given_back():

@@ -10,7 +10,7 @@ import pandas as pd
 import tensorflow as tf
 
 from .data import CLASSES, malignant_mask
-from .data.images import decode_bytes, decode_files, decode_image
+from .data.images import decode_bytes, decode_files
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -44,8 +44,15 @@ def load_for(classifier, files, progress=False):
 
 IMAGE_ROOT_ENV = "MEDROBUST_IMAGE_ROOT"
 ANYWHERE = object()  # image_root for a local user (the CLI): any path this user can read
-# The largest encoded image a request may carry in its `image` column (its base64 text is 4/3 of it).
+# What a request may make a served model hold, so that none can exhaust its memory: it is read
+# and answered CHUNK_IMAGES rows at a time; an encoded image in the `image` column has at most
+# MAX_IMAGE_BYTES (its base64 text is 4/3 of that) and any image at most MAX_IMAGE_PIXELS (read
+# from its header, before it is decoded), in one of the formats named.
+CHUNK_IMAGES = 256
 MAX_IMAGE_BYTES = 8 * 2**20
+MAX_IMAGE_PIXELS = 40_000_000
+REQUEST_FORMATS = ("JPEG", "PNG")
+SERVED_FILE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 # Up to this many images (a served request), the network is called at once, not through
 # model.predict, whose set-up per call is 4 times a 32-px image's work (benchmarks/README.md).
 DIRECT_CALL_IMAGES = 64
@@ -53,36 +60,44 @@ DIRECT_CALL_IMAGES = 64
 RESPONSE_COLUMNS = (*(f"p_{c}" for c in CLASSES), "predicted", "malignancy_score", "malignant_at_threshold", "rejected")
 
 
-def load_confined(classifier, paths, image_root):
-    """load_for, for a served model: each path must resolve (symbolic links followed) inside
-    `image_root`, and a path that is missing, unreadable or not an image gets the same error,
-    so a caller cannot probe which files exist. image_root None refuses every path."""
+def load_confined(classifier, paths, image_root, first_row=0):
+    """load_for, for a served model: each path (relative: to the root) must resolve, symbolic
+    links followed, inside `image_root`, and a path that is missing, unreadable or not an image
+    gets the same error, so a caller cannot probe which files exist. image_root None refuses
+    every path. Errors name the row, counted from first_row."""
     if image_root is None:
         raise DataError(f"this model reads image files only below an allowed folder; set {IMAGE_ROOT_ENV} where it "
                         "is served (or send the images themselves, base64, in an 'image' column)")
     root = Path(image_root).resolve()
     size = int(classifier.input_shape[0])
     out = np.empty((len(paths), size, size, 3), dtype=np.float32)
-    for row, path in enumerate(paths):
-        resolved = Path(path).resolve()
+    for i, path in enumerate(paths):
+        row = first_row + i
+        try:
+            resolved = (root / path).resolve()
+        except (OSError, ValueError):  # a NUL byte, a loop of links
+            raise DataError(f"row {row}: no readable image at this path") from None
         if not resolved.is_relative_to(root):
             raise DataError(f"row {row}: the path is outside the allowed folder {root}")
         try:
-            out[row] = decode_image(resolved, size).astype(np.float32) / 255.0
+            image = decode_bytes(resolved.read_bytes(), size, where=f"row {row}", formats=SERVED_FILE_FORMATS,
+                                 max_pixels=MAX_IMAGE_PIXELS)
         except (DataError, OSError):
             raise DataError(f"row {row}: no readable image at this path") from None
+        out[i] = image.astype(np.float32) / 255.0
     return out
 
 
-def decode_base64_images(classifier, texts):
-    """(N, S, S, 3) float32 in [0, 1] from base64 text of encoded images (JPEG, PNG, ...; a
-    `data:image/...;base64,` prefix allowed), each resized to the model's input as training
-    images were. Raises DataError naming the first bad row: not text, over MAX_IMAGE_BYTES,
-    not base64, or not a whole image (a truncated JPEG too)."""
+def decode_base64_images(classifier, texts, first_row=0):
+    """(N, S, S, 3) float32 in [0, 1] from base64 text (no line breaks; a `data:image/...;base64,`
+    prefix allowed) of JPEG or PNG files, each resized to the model's input as training images
+    were. Raises DataError naming the first bad row (counted from first_row): not text, over
+    MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS, not base64, or not a whole image (a truncated JPEG too)."""
     size = int(classifier.input_shape[0])
     out = np.empty((len(texts), size, size, 3), dtype=np.float32)
     limit = MAX_IMAGE_BYTES * 4 // 3 + 4
-    for row, text in enumerate(texts):
+    for i, text in enumerate(texts):
+        row = first_row + i
         if not isinstance(text, str) or not text:
             raise DataError(f"row {row}: 'image' must be the image file's bytes as base64 text, got {type(text).__name__}")
         if len(text) > limit:
@@ -93,30 +108,34 @@ def decode_base64_images(classifier, texts):
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise DataError(f"row {row}: 'image' is not base64 text") from None
+            raise DataError(f"row {row}: 'image' is not base64 text (one line, no breaks)") from None
         try:
-            out[row] = decode_bytes(data, size, where=f"row {row}").astype(np.float32) / 255.0
+            image = decode_bytes(data, size, where=f"row {row}", formats=REQUEST_FORMATS, max_pixels=MAX_IMAGE_PIXELS)
         except DataError as e:
             raise DataError(f"{e} (the 'image' column must hold a whole JPEG or PNG file)") from None
+        out[i] = image.astype(np.float32) / 255.0
     return out
 
 
-def read_request(classifier, frame, image_root=ANYWHERE):
+def read_request(classifier, frame, image_root=ANYWHERE, first_row=0):
     """The images of a request: a DataFrame with a `path` column (image files; see
     load_confined for image_root) or an `image` column (base64 bytes of image files), one per
-    row. Returns (N, S, S, 3) float32 in [0, 1] at the model's input size."""
+    row. Returns (N, S, S, 3) float32 in [0, 1] at the model's input size. Errors name the
+    row, counted from first_row (the frame's first row in the whole request)."""
     given = [c for c in ("path", "image") if c in frame.columns]
     if len(given) != 1:
         raise DataError("expected a DataFrame with one of the columns 'path' (image files) or 'image' (base64 JPEG or "
                         f"PNG bytes), got {'columns ' + str(list(frame.columns)) if len(frame.columns) else 'neither'}")
     if given == ["image"]:
-        return decode_base64_images(classifier, list(frame["image"]))
+        return decode_base64_images(classifier, list(frame["image"]), first_row)
     paths = []
-    for row, path in enumerate(frame["path"]):
+    for i, path in enumerate(frame["path"]):
         if not isinstance(path, str) or not path:
-            raise DataError(f"row {row}: 'path' must be a file path, got {type(path).__name__}")
+            raise DataError(f"row {first_row + i}: 'path' must be a file path, got {type(path).__name__}")
         paths.append(path)
-    return load_for(classifier, paths) if image_root is ANYWHERE else load_confined(classifier, paths, image_root)
+    if image_root is ANYWHERE:
+        return load_for(classifier, paths)
+    return load_confined(classifier, paths, image_root, first_row)
 
 
 def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWHERE, threshold=None):
@@ -126,10 +145,18 @@ def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWH
     detector's verdict; False without a detector): RESPONSE_COLUMNS.
 
     images: an (N, H, W, 3) array in [0, 1] at the model's input size, or a request DataFrame
-    (read_request: a `path` or an `image` column, any image size).
+    (read_request: a `path` or an `image` column, any image size), read and answered
+    CHUNK_IMAGES rows at a time.
     """
-    if isinstance(images, pd.DataFrame):
-        images = read_request(classifier, images, image_root)
+    if not isinstance(images, pd.DataFrame):
+        return _answer(classifier, images, health_map, threshold)
+    parts = [_answer(classifier, read_request(classifier, images.iloc[start:start + CHUNK_IMAGES], image_root, start),
+                     health_map, threshold)
+             for start in range(0, max(len(images), 1), CHUNK_IMAGES)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _answer(classifier, images, health_map, threshold):
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(classifier.input_shape):
         raise DataError(f"expected images of shape (N, {', '.join(map(str, classifier.input_shape))}), got {images.shape}")

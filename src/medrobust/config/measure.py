@@ -193,4 +193,4 @@ class PredictConfig(Settings):
     output: str = setting("-", "CSV file to write; -: standard output")
     health_map: str = setting("clinical", "which classes count as malignant", choices=tuple(HEALTH_MAPS))
     threshold: float | None = setting(None, "operating point on the malignancy score; none: the model version's "
-                                            "operating_threshold tag (set by evaluate), if any", check=between(0, 1))
+                                            "operating_threshold tag (set by train, defend or evaluate), else the one it carries", check=between(0, 1))

@@ -56,14 +56,17 @@ def decode_image(path, size):
     return decode_bytes(data, size, where=path, jpeg=Path(path).suffix.lower() in JPEG_SUFFIXES)
 
 
-def decode_bytes(data, size, *, where, jpeg=None):
+def decode_bytes(data, size, *, where, jpeg=None, formats=None, max_pixels=None):
     """An encoded image (JPEG, PNG, ... bytes) as uint8 (size, size, 3), exactly as decode_image
     decodes a file. jpeg: check it strictly as JPEG (None: when it starts as one). where: what
-    the errors name."""
+    the errors name. For bytes from a request: formats, the Pillow formats accepted (None: any);
+    max_pixels, the largest image accepted, read from the header before anything is decoded."""
     try:
-        if jpeg or (jpeg is None and data[:3] == b"\xff\xd8\xff"):
-            check_jpeg(data, where)
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=formats) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise DataError(f"{where}: the image is {im.width} x {im.height} pixels; at most {max_pixels:,} are read")
+            if jpeg or (jpeg is None and data[:3] == b"\xff\xd8\xff"):
+                check_jpeg(data, where)
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
@@ -71,9 +74,11 @@ def decode_bytes(data, size, *, where, jpeg=None):
     except DataError:
         raise
     except PIL.UnidentifiedImageError:
-        raise DataError(f"{where}: cannot decode image (no image format Pillow reads)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{where}: cannot decode image ({e})") from e
+        kinds = f" ({', '.join(formats)} only)" if formats else ""
+        raise DataError(f"{where}: cannot decode image (no image format Pillow reads{kinds})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, OverflowError, NotImplementedError,
+            Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
 
 
 def resize_array(images, size):

@@ -1,6 +1,8 @@
 """What every step logs about one set of predictions: metrics and the 7x7 and 2x2 matrices;
 and the before/after table as text. The figures come from medrobust.evaluation."""
 
+import logging
+
 from .. import plots, tracking
 from ..data import CLASSES, malignant_mask
 from ..evaluation import evaluate
@@ -9,18 +11,27 @@ from ..evaluation.suite import softmax
 
 __all__ = ["TABLE_ROWS", "evaluate", "format_table", "log_confusion", "log_evaluation", "operating_point"]
 
+log = logging.getLogger(__name__)
+
 
 def operating_point(classifier, data, *, target_sensitivity, health_map):
     """The operating point a version carries (its pyfunc and version tags), so that predict and
     a served model make the health call a clinic would: the malignancy threshold catching
     `target_sensitivity` of the validation split's cancers. Logged as the run's
-    `operating_threshold` metric; returns the `operating_*` entries of the classifier's info."""
+    `operating_threshold` metric; returns the `operating_*` entries of the classifier's info.
+    A validation split without a cancer (a tiny subset) gives 0.5, said in the log and the info."""
     malignant = malignant_mask(health_map)
-    scores = malignancy_score(softmax(classifier.logits(data.x["val"])), malignant)
-    threshold = float(threshold_for_sensitivity(scores, malignant[data.y["val"]], target=target_sensitivity))
-    tracking.log_metrics({"operating_threshold": threshold})
-    return {"operating_threshold": threshold, "operating_target_sensitivity": target_sensitivity,
-            "operating_health_map": health_map}
+    is_malignant = malignant[data.y["val"]]
+    point = {"operating_target_sensitivity": target_sensitivity, "operating_health_map": health_map}
+    if not is_malignant.any():
+        log.warning("the validation split holds no malignant image: the operating threshold is 0.5, not one chosen "
+                    "for sensitivity %g", target_sensitivity)
+        point |= {"operating_threshold": 0.5, "operating_target_sensitivity": "none: no malignant validation image"}
+    else:
+        scores = malignancy_score(softmax(classifier.logits(data.x["val"])), malignant)
+        point["operating_threshold"] = float(threshold_for_sensitivity(scores, is_malignant, target=target_sensitivity))
+    tracking.log_metrics({"operating_threshold": point["operating_threshold"]})
+    return point
 
 
 def log_evaluation(y_true, y_pred, health_map="clinical", condition="clean"):

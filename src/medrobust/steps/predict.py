@@ -24,8 +24,8 @@ def run_predict(config: PredictConfig) -> PredictResult:
     classifier = tracking.load_classifier(config.model_uri)
     threshold = config.threshold
     if threshold is None:
-        # The version's tag (the latest evaluate or defend run that chose one on this model's own
-        # data), else what the defended model carries; only for the same health map.
+        # The version's tag (the latest train, defend or evaluate run that chose one on this model's
+        # own data), else what the version carries; only for the same health map.
         tags = tracking.model_version_tags(config.model_uri)
         for found in (tags, classifier.info):
             if "operating_threshold" in found and found.get("operating_health_map", config.health_map) == config.health_map:

@@ -54,6 +54,11 @@ def check_request(config):
     if found is None:
         raise ConfigError(f"{config.model_uri} names no registered model version (promote takes "
                           "models:/<name>@<alias> or models:/<name>/<version>; a defended model is registered by defend)")
+    if not tracking.serves_contract(f"models:/{found[0]}/{found[1]}"):
+        # @robust is what a service loads: a version that answers otherwise would break its clients
+        raise ConfigError(f"{config.model_uri} (version {found[1]}) was logged before every version served one contract "
+                          "(docs/serving.md); train or defend it again with this medrobust and promote that version",
+                          ["model_uri"])
     return found
 
 

@@ -8,7 +8,8 @@
 """
 
 from .models import (ClassifierPyfunc, load_classifier, load_keras_model, log_classifier, model_run_id,
-                     model_run_params, pyfunc_predict, serving_signature)
+                     model_run_params, pyfunc_predict, serves_contract, serving_signature)
+from .models import DefendedPyfunc  # noqa: F401  (defended versions logged when tracking was one module name it)
 from .queries import (download_artifact, experiment_name, finished_runs, get_run, list_artifacts, load_json_artifact,
                       load_text_artifact, metric_history, run_inputs, search_runs)
 from .registry import (model_aliases, model_version_tags, model_versions, pinned_uri, promotion_lock, register_model,

@@ -1,6 +1,7 @@
 """Models: every version logged as one pyfunc contract (a network with its defense, if any),
 and loaded back from any model URI with an error that says which command makes a missing one."""
 
+import logging
 import os
 import tempfile
 from importlib import metadata
@@ -10,13 +11,15 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, Schema
 
 from ..errors import ModelError
 from .queries import get_run
 from .registry import model_aliases, model_versions
 from .store import configure, tracking_uri
+
+log = logging.getLogger(__name__)
 
 
 def _model_requirements():
@@ -76,8 +79,12 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
             frame = predict_frame(self.classifier, model_input, info.get("operating_health_map", "clinical"),
                                   image_root=os.environ.get(IMAGE_ROOT_ENV) or None,
                                   threshold=info.get("operating_threshold"))
-        except DataError as e:
+        except DataError as e:  # the request's fault: 400, naming the row
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception as e:  # ours: 500, the traceback in the server's log and not in the answer
+            log.exception("prediction failed")
+            raise MlflowException(f"the model failed on this request ({type(e).__name__}); see the server's log",
+                                  error_code=INTERNAL_ERROR) from None
         return frame if self.output == "table" else frame[self.output]
 
 
@@ -88,7 +95,11 @@ def log_classifier(classifier, name="model"):
     """Log a DefendedClassifier (network, input transformations, detector, operating point in
     its info; a trained network is one with no transformations) as the one pyfunc model every
     version is, with its signature. The Keras network travels inside it, for attacks and
-    transfer (load_classifier). Returns (runs:/<run_id>/<name>, the logged model's models:/m-<id> URI)."""
+    transfer (load_classifier). Returns (runs:/<run_id>/<name>, the logged model's models:/m-<id> URI).
+    A classifier without an operating threshold is refused: the contract's call needs one."""
+    if "operating_threshold" not in classifier.info:
+        raise ModelError("a version must carry its operating threshold (info['operating_threshold']) to serve the "
+                         "contract's malignant_at_threshold; train and defend choose it on the validation split")
     with tempfile.TemporaryDirectory() as tmp:
         folder = classifier.save(Path(tmp) / "defended")
         info = mlflow.pyfunc.log_model(
@@ -129,9 +140,23 @@ def load_classifier(model_uri):
             with tempfile.TemporaryDirectory() as tmp:  # every part is read into memory before it goes
                 local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
                 return load_defended(Path(local) / parts)
+    except ModelError:
+        raise
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:  # ValueError: an http:// URI MLflow cannot split
         raise _unresolved(model_uri, e) from e
     raise ModelError(f"model URI {model_uri} is not a medrobust classifier (flavours: {', '.join(flavors)})")
+
+
+def serves_contract(model_uri):
+    """Whether the model at model_uri serves the one contract (its signature is
+    serving_signature()): every version log_classifier logged, none logged before it."""
+    configure()
+    _check_uri(model_uri)
+    try:
+        signature = mlflow.models.get_model_info(model_uri).signature
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:
+        raise _unresolved(model_uri, e) from e
+    return signature is not None and signature.to_dict() == serving_signature().to_dict()
 
 
 def pyfunc_predict(model_uri, model_input):
