@@ -1,5 +1,5 @@
 """The README's screenshots of the MLflow UI (docs/mlflow-runs.png, docs/mlflow-report.png),
-taken by the code tests/test_browser.py checks (tests/browser.py, tests/servers.py).
+taken by the code tests/system/test_browser.py checks (tests/browser.py, tests/servers.py).
 
     python experiments/ui_screenshot.py --experiment medrobust --out docs    # after `make run`
 

@@ -1,5 +1,5 @@
 """The MLflow UI in a real browser: Debian's headless Chromium driven by Playwright. Used by
-tests/test_browser.py and by experiments/ui_screenshot.py (the README's screenshots), so the
+tests/system/test_browser.py and by experiments/ui_screenshot.py (the README's screenshots), so the
 pictures come from the code the test checks."""
 
 import shutil

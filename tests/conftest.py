@@ -16,15 +16,13 @@ if os.environ.get("MEDROBUST_DATA"):
     os.environ["MEDROBUST_DATA"] = str(Path(os.environ["MEDROBUST_DATA"]).absolute())
 
 
-# Tests that start real services or whole processes (PostgreSQL, an mlflow server, Chromium, a
-# notebook kernel, killed runs): `pytest -m "not system"` leaves them out of the inner loop;
-# `make test` runs everything.
-SYSTEM_MODULES = ("test_faults", "test_registry", "test_scaleout", "test_browser", "test_notebook", "test_deploy")
-
-
+# tests/unit/: one module at a time, on synthetic arrays or a few real images; tests/steps/: each
+# step end to end on real HAM10000 subsets; tests/system/: real services and whole processes
+# (PostgreSQL, `mlflow server` and `mlflow models serve`, Chromium, a notebook kernel, killed
+# runs), marked `system`, so `pytest -m "not system"` leaves them out; `make test` runs everything.
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SYSTEM_MODULES:
+        if item.path.parent.name == "system":
             item.add_marker(pytest.mark.system)
 
 

@@ -4,8 +4,8 @@ ART's ProjectedGradientDescent and AutoProjectedGradientDescent call the network
 do their bookkeeping in numpy, so on CPU they run at about a third of the network's
 forward+backward rate (benchmarks/README.md). Here one tf.function does a whole iteration
 (forward, backward, step, projection, best-point bookkeeping); Python only counts iterations
-and, for APGD, halves step sizes at its checkpoints. tests/test_compiled_attacks.py checks both against
-ART's on the same images.
+and, for APGD, halves step sizes at its checkpoints. tests/steps/test_counting.py checks the
+ensemble against ART's APGD on the same images; benchmarks/bench_attacks.py compares each with ART's.
 
 Every loss is per image, (logits (N, K), labels (N,), targets (N,)) -> (N,), and is raised:
     ce             cross-entropy of the true label (untargeted)

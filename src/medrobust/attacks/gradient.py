@@ -8,7 +8,7 @@ already got wrong away from its wrong class, often into the right one, and count
 
 ART's FastGradientMethod runs at about a third of the model's forward+backward rate on CPU
 (benchmarks/README.md): it predicts in a separate forward pass and takes the gradient eagerly.
-`fgsm` does the same arithmetic in one compiled forward+backward per batch; tests/test_attacks.py
+`fgsm` does the same arithmetic in one compiled forward+backward per batch; tests/unit/test_attacks.py
 checks that it gives ART's images. `fgsm_art`, `pgd_art` and `apgd_art` keep ART's.
 """
 
@@ -311,7 +311,7 @@ def autoattack_art(model, x, *, y, eps, norm="inf", target=None, batch_size=128,
 def apgd_art(model, x, *, y, eps, norm="inf", target=None, steps=100, restarts=1, step_size=None, batch_size=128,
              seed=0):
     """ART's AutoProjectedGradientDescent on the cross-entropy (APGD-CE), true labels y or a
-    target class; kept to check `apgd` against (tests/test_compiled_attacks.py, benchmarks)."""
+    target class; kept to check `apgd` against (tests/steps/test_counting.py, benchmarks)."""
     classifier = as_art_classifier(_Compiled(model))
     attack = AutoProjectedGradientDescent(
         classifier, norm=art_norm(norm), eps=eps, eps_step=step_size or 2 * eps, max_iter=steps,

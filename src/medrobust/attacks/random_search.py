@@ -6,7 +6,7 @@ for the whole batch. On a defense whose forward pass is costly (`llt`'s WebP per
 queries are the whole cost, and one square for all images is a weaker search. Here each
 iteration queries only the images not yet fooled, once, each at its own random square; the
 margin of the true label is kept per image and a change kept only if it lowers it.
-`square_art` keeps ART's as an independent check (tests/test_counting.py compares them).
+`square_art` keeps ART's as an independent check (tests/steps/test_counting.py compares them).
 """
 
 import numpy as np

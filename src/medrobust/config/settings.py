@@ -14,7 +14,7 @@ BASELINE_URI = "models:/medrobust-small_cnn@baseline"
 CANDIDATE_URI = "models:/medrobust-small_cnn@candidate"
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")  # see models.training.class_weights
 # medrobust.models.ARCHITECTURES' names, here so a config is checked without importing TensorFlow
-# (tests/test_models.py keeps the two equal).
+# (tests/unit/test_models.py keeps the two equal).
 ARCHITECTURE_NAMES = ("small_cnn", "resnet50", "inception_v3", "mobilenet_v2", "small_resnet")
 NORMS = ("inf", "2")
 EPS_NOTE = "images are on [0, 1]; 2/255 = 0.0078"

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..attacks.budget import apply_budget, check_norm
 
 # The transformations of defenses.transforms.TRANSFORMS that draw random numbers: none of
-# ours does (llt, jpeg, smooth and squeeze are deterministic; tests/test_adaptive.py checks
+# ours does (llt, jpeg, smooth and squeeze are deterministic; tests/unit/test_adaptive.py checks
 # every entry of TRANSFORMS), so a new random one must be named here.
 RANDOM_TRANSFORMS = frozenset()
 

@@ -5,7 +5,7 @@ A step is a plain function `run_<step>(config) -> result` that the CLI, MLprojec
 pipeline, a tuning trial or a test calls in-process. An entry also says what a pipeline needs
 to know about the step (what it outputs, which settings name an instance, take references or
 are required, how settings given once to a grid are routed), so the pipeline names no step. The CLI generates one sub-command per
-entry from its config dataclass (cli.py), and tests/test_project.py checks MLproject against
+entry from its config dataclass (cli.py), and tests/steps/test_project.py checks MLproject against
 this table. Functions and results are named as "module:attribute" and imported on first use,
 so `medrobust --help` does not load TensorFlow.
 """

@@ -19,7 +19,7 @@ from medrobust.errors import ConfigError
 from medrobust.steps import STEPS
 from medrobust.steps.attack import method_params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
 
 

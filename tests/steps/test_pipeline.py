@@ -19,7 +19,7 @@ from medrobust.steps.pipeline import KEY_TAG, expand, parse, run_pipeline, split
 
 from small_pipeline import write_pipeline
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("body, line, message", [

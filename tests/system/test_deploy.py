@@ -13,7 +13,7 @@ from mlflow.projects import _parse_kubernetes_config
 from mlflow.projects._project_spec import load_project
 from mlflow.projects.kubernetes import _get_kubernetes_job_definition
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"
 
 

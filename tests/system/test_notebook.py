@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 from medrobust.config import DataConfig, TuneConfig
 from medrobust.steps.tune import run_tune
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _text(cell):
