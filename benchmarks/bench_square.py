@@ -17,7 +17,7 @@ from medrobust.attacks.gradient import square, square_art
 from medrobust.config import DataConfig
 from medrobust.data import load_dataset
 from medrobust.models.training import predict_logits
-from medrobust.steps.evaluate import images
+from medrobust.data import images
 
 
 def main():

@@ -136,6 +136,26 @@ def recap_figure(labels, series, title):
     return fig
 
 
+def heatmap_figure(values, row_labels, column_labels, title, *, reference=None, colorbar="", xlabel=""):
+    """A (rows, columns) grid of values in [0, 1], each cell printed; `reference` (the clean
+    figure) is said in the title, so a cell reads against it."""
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(column_labels) + 1.6, 0.9 + 0.42 * len(row_labels)))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(column_labels)), [str(c) for c in column_labels])
+    ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels])
+    ax.set_xlabel(xlabel)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if values[i, j] > 0.6 else "white")
+    ax.set_title(title if reference is None else f"{title} (clean {reference:.2f})", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, label=colorbar)
+    fig.tight_layout()
+    return fig
+
+
 def roc_figure(fpr, tpr, auc, title):
     """ROC curve (false positive rate against true positive rate) with its AUC and the chance diagonal."""
     fig, ax = plt.subplots(figsize=(5, 5))

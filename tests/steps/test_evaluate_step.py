@@ -9,15 +9,16 @@ import pandas as pd
 import pytest
 
 from medrobust import tracking
-from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, TrainConfig
+from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, PromoteConfig, TrainConfig
 from medrobust.data import CLASSES, load_dataset, malignant_mask
 from medrobust.data.labels import ISIC2018_COLUMNS
-from medrobust.errors import ConfigError, DataError
+from medrobust.errors import ConfigError, DataError, GateFailed
 from medrobust.evaluation.operating_point import health_at_threshold, malignancy_score
 from medrobust.evaluation import Condition, measure
 from medrobust.evaluation.suite import softmax
 from medrobust.steps.defend import run_defend
 from medrobust.steps.evaluate import operating_threshold, run_evaluate, suite_conditions
+from medrobust.steps.promote import run_promote
 from medrobust.steps.train import run_train
 
 
@@ -67,6 +68,45 @@ def test_standard_suite_report_headline_and_intervals(trained):
     assert len(nested) == len(rows) and {r["step"] for r in nested} == {"evaluate-row"}
     clean_run = next(r for r in nested if r["name"] == "no attack (clean)")
     assert tracking.get_run(clean_run["run_id"])["metrics"]["accuracy"] == rows[("none", "clean", 0.0)]["accuracy"]
+
+
+def test_natural_corruptions_are_reported_paired_against_clean_and_gate_a_promotion(trained):
+    data, model = trained
+    suite = dict(data=data, suites=("corruptions",), corruptions=("brightness", "defocus_blur", "hair"),
+                 severities=(1, 3, 5), max_images=60, n_resamples=200, experiment="test")
+    result = run_evaluate(EvaluateConfig(model_uri="models:/medrobust-small_cnn/1", **suite))
+    corrupted = {}
+    for r in result.records:
+        if r["threat"] == "corruption":
+            corrupted.setdefault((r["attack"], r["eps"]), {})[r["metric"]] = r["value"]
+    assert set(corrupted) == {(a, s) for a in ("brightness", "defocus_blur", "hair", "mean") for s in (1.0, 3.0, 5.0)}
+    clean = _by_condition(result.records)[("none", "clean", 0.0)]
+    for (attack, severity), v in corrupted.items():
+        assert v["change_accuracy"] == pytest.approx(v["accuracy"] - clean["accuracy"])
+        assert v["change_op_fnr"] == pytest.approx(v["op_fnr"] - clean["op_fnr"])
+        assert v["op_fnr_ci_low"] <= v["op_fnr"] <= v["op_fnr_ci_high"]
+    # the headline stays the attacks' (none here): corruptions are no attack
+    assert result.headline["accuracy"]["attack"] == "none"
+    run = tracking.get_run(result.run_id)
+    assert run["metrics"]["corruption_mean_3_accuracy"] == pytest.approx(corrupted[("mean", 3.0)]["accuracy"])
+    worst = max(corrupted[(a, 3.0)]["op_fnr"] for a in ("brightness", "defocus_blur", "hair"))
+    assert run["metrics"]["corruption_worst_3_op_fnr"] == pytest.approx(worst)
+    page = tracking.load_text_artifact(result.run_id, "report/report.html")
+    assert "Natural corruptions" in page and "corruptions: accuracy" in page and "corruptions: op_fnr" in page
+    assert "corruptions, severity 3" in page  # the summary line: mean accuracy, worst op_fnr and where
+    assert "corruption" in tracking.load_text_artifact(result.run_id, "report/records.csv")
+
+    # The gate reads the worst op_fnr over the corruptions at severity 3, from this very run.
+    gate = dict(suite, model_uri="models:/medrobust-small_cnn/1", min_robust_macro_recall=None, max_attacked_fnr=None,
+                max_accuracy_loss=None)
+    passed = run_promote(PromoteConfig(**gate, max_corrupted_fnr=worst))
+    assert passed.passed and passed.reused and passed.evaluate_run_id == result.run_id
+    assert passed.criteria[0]["where"].endswith("at severity 3 (corruption)")
+    if worst > 0:
+        with pytest.raises(GateFailed, match="max_corrupted_fnr"):
+            run_promote(PromoteConfig(**gate, max_corrupted_fnr=worst - 1e-3))
+    with pytest.raises(ConfigError, match="corrupted_fnr the corruptions suite"):
+        run_promote(PromoteConfig(**(gate | {"suites": ("health",)}), max_corrupted_fnr=0.5))
 
 
 def test_operating_point_reaches_its_target_on_validation(trained):

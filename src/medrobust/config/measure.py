@@ -7,7 +7,7 @@ from ..errors import ConfigError
 from .settings import (BASELINE_URI, CANDIDATE_URI, SPLITS, Settings, at_least, between, each, eps_range, non_empty, positive, setting)
 from .build import ModelStepConfig, StepConfig, TrainConfig
 
-EVALUATE_SUITES = ("thesis", "standard", "adaptive", "autoattack", "health", "full")
+EVALUATE_SUITES = ("thesis", "standard", "adaptive", "autoattack", "health", "corruptions", "full")
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,9 @@ class SuiteConfig(ModelStepConfig):
                                                      "through the whole defense: BPDA, APGD-CE, a joint attack on "
                                                      "classifier and detector), autoattack (AutoAttack alone, "
                                                      "white-box), health (APGD on the malignancy score against the "
-                                                     "operating threshold), full (thesis, standard, adaptive, health "
-                                                     "+ security curves); every suite adds the per-image worst case "
+                                                     "operating threshold), corruptions (natural shifts at severities "
+                                                     "1 to 5: no attack), full (thesis, standard, adaptive, health, "
+                                                     "corruptions + security curves); every attack suite adds the per-image worst case "
                                                      "over its attacks, the ensemble row",
                                       choices=EVALUATE_SUITES, check=non_empty)
     eps: float = setting(2 / 255, "budget of the suites' attacks", check=eps_range)
@@ -31,6 +32,11 @@ class SuiteConfig(ModelStepConfig):
                                            or each(eps_range)(v))
     curve_attacks: tuple[str, ...] = setting(("fgsm", "pgd", "uap_fast"), "full: the attacks of the security curves",
                                              check=non_empty)
+    corruptions: tuple[str, ...] = setting((), "corruptions: which (evaluation/corruptions.py names them: "
+                                                "gaussian_noise, defocus_blur, jpeg, hair, vignette, ...); none "
+                                                "given: all 13")
+    severities: tuple[int, ...] = setting((1, 2, 3, 4, 5), "corruptions: the severities measured",
+                                          check=lambda v: non_empty(v) or each(between(1, 5))(v))
     max_images: int | None = setting(None, "measure a class-stratified sample of N images (seeded; CPU budgets)", check=at_least(1))
     target_sensitivity: float = setting(0.95, "operating point: the malignancy threshold is chosen on the validation "
                                               "split to catch this share of cancers",
@@ -126,6 +132,10 @@ class PromoteConfig(SuiteConfig):
                                                           "this; none: not checked", check=between(0, 1))
     max_attacked_fnr: float | None = setting(0.5, "pass only if the worst FNR under attack at the operating point "
                                                   "(op_fnr) is at most this; none: not checked", check=between(0, 1))
+    max_corrupted_fnr: float | None = setting(None, "pass only if the worst op_fnr over the natural corruptions at "
+                                                    "corruption_severity is at most this (needs the corruptions "
+                                                    "suite); none: not checked", check=between(0, 1))
+    corruption_severity: int = setting(3, "max_corrupted_fnr: the severity it reads", check=between(1, 5))
     max_accuracy_loss: float | None = setting(0.03, "pass only if clean accuracy is at most this below the current "
                                                     "@robust version's on the same images; none: not checked",
                                               check=between(0, 1))

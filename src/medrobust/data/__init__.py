@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSES", "HEALTH_MAPS", "N_CLASSES", "SPLITS", "DataError", "Dataset", "Source",
-    "class_index", "load_dataset", "malignant_mask", "open_source", "resolve_data_path", "stratified_subset",
+    "class_index", "image_ids", "images", "load_dataset", "malignant_mask", "open_source", "resolve_data_path",
+    "stratified_subset",
 ]
 
 
@@ -95,3 +96,27 @@ def load_dataset(config, progress=True, *, whole=False):
         parts.append(records[mask])
     table = pd.concat(parts, ignore_index=True)[["image_id", "lesion_id", "dx", "label", "split"]]
     return Dataset(x, y, table, digest, source.layout, str(source.path), str(cache_path), from_cache)
+
+
+def _sample(data, split, max_images, seed):
+    """(sides, indices or None): the splits read, in order, and the class-stratified sample of
+    max_images taken from their concatenation (None: every image)."""
+    sides = ("train", "val", "test") if split == "all" else (split,)
+    y = np.concatenate([data.y[s] for s in sides])
+    return sides, (stratified_subset(y, max_images, seed=seed) if max_images else None)
+
+
+def images(data, split, max_images, seed):
+    """(x, y) of one split, or of every image for split 'all'; max_images: a class-stratified
+    sample of that many."""
+    sides, keep = _sample(data, split, max_images, seed)
+    x = np.concatenate([data.x[s] for s in sides])
+    y = np.concatenate([data.y[s] for s in sides])
+    return (x, y) if keep is None else (x[keep], y[keep])
+
+
+def image_ids(data, split, max_images, seed):
+    """(N,) the image ids of images(data, split, max_images, seed), in its order."""
+    sides, keep = _sample(data, split, max_images, seed)
+    ids = np.concatenate([data.table.image_id[data.table.split == s].to_numpy() for s in sides])
+    return ids if keep is None else ids[keep]

@@ -167,3 +167,14 @@ def eot_note(chain):
                 "take one draw.")
     return (f"The input transformations ({', '.join(names)}) are deterministic: EOT (expectation over "
             "transformation, Athalye et al. 2018) reduces to one sample, the BPDA gradient of a single pass.")
+
+
+def adaptive_notes(model):
+    """What the adaptive suite can adapt to in this model, as sentences for the report."""
+    notes = [eot_note(model.chain)] if model.chain else []
+    if not model.chain and model.detector is None:
+        notes.append("adaptive: the model has no input transformation and no detector to adapt to; its attacks run "
+                     "white-box on the network, as plain attacks")
+    if model.detector is None:
+        notes.append("adaptive: no detector, so no joint attack on classifier and detector")
+    return notes

@@ -12,6 +12,7 @@ Each model's records are the evaluate step's: the measured model is "target" (re
 
 import math
 
+from .records import MEAN, is_corruption
 from .report import condition_label, format_eps, rows, with_interval
 
 MEASURED = "target"  # the measured model's name in the evaluate step's records
@@ -21,8 +22,10 @@ _NAN = float("nan")
 
 def model_rows(records):
     """{(attack, threat, eps): row} of the measured model's rows (report.rows), eps rounded to
-    1e-9 so that the same budget read back from two CSV files is one key."""
-    return {(r["attack"], r["threat"], round(float(r["eps"]), 9)): r for r in rows(records, model=MEASURED)}
+    1e-9 so that the same budget read back from two CSV files is one key. Of the natural
+    corruptions only the mean over them per severity: each corruption is in its run's report."""
+    return {(r["attack"], r["threat"], round(float(r["eps"]), 9)): r for r in rows(records, model=MEASURED)
+            if not is_corruption(r) or r["attack"] == MEAN}
 
 
 def comparison(models, *, metrics):
@@ -42,13 +45,14 @@ def comparison(models, *, metrics):
 
 
 def shared_conditions(models):
-    """The attacked (attack, threat, eps) conditions every defended model holds, in the first
+    """The attacked (attack, threat, eps) conditions every defended model holds (natural
+    corruptions aside: they are no attack), in the first
     model's order; the undefended model may hold the white-box row instead of a transfer one
     (without a parent, its transfer attacks are white-box). With one model: its own."""
     tables = {name: model_rows(records) for name, records in models.items()}
     defended = [t for name, t in tables.items() if name != UNDEFENDED] or list(tables.values())
     first = next(iter(defended), {})
-    return [c for c in first if c[1] != "clean" and all(c in t for t in defended)]
+    return [c for c in first if c[1] not in ("clean", "corruption") and all(c in t for t in defended)]
 
 
 def _lookup(table, name, condition):

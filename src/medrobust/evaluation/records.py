@@ -4,8 +4,10 @@ A record is one figure of one model in one condition:
     {"model": "defended", "attack": "fgsm", "threat": "whitebox", "eps": 0.0078, "metric": "fnr", "value": 0.41}
 attack is "none" and threat "clean" (eps 0.0) for clean rows; threat is "transfer" (crafted
 on a surrogate) or "whitebox" (crafted on the model itself) otherwise; attack "ensemble" is the
-per-image worst case over every attack of the suite up to that eps (evaluation/worst.py). metric names carry no
-condition prefix (accuracy, fnr, referred_fnr, rejected_rate, fooling_rate, ...).
+per-image worst case over every attack of the suite up to that eps (evaluation/worst.py). A
+natural corruption's row has threat "corruption", the corruption as attack and its severity
+(1 to 5) in the eps column (evaluation/corruptions.py). metric names carry no condition prefix
+(accuracy, fnr, referred_fnr, rejected_rate, fooling_rate, ...).
 
 The flat names MLflow logs and the table titles are the ones every step has logged since the
 first release, so they are irregular on purpose: the measured (primary) model's clean figures
@@ -21,8 +23,15 @@ import pandas as pd
 FIELDS = ("model", "attack", "threat", "eps", "metric", "value")
 CLEAN = "none"  # the attack of a clean row
 ENSEMBLE = "ensemble"  # the attack of a suite's per-image worst case (evaluation/worst.py)
-THREATS = ("clean", "transfer", "whitebox")
-THREAT_TITLES = {"clean": "clean", "transfer": "transfer", "whitebox": "white-box"}
+CORRUPTION = "corruption"  # the threat of a natural corruption's row; its eps is the severity
+MEAN = "mean"  # the attack of the corruption row averaging every corruption at one severity
+THREATS = ("clean", "transfer", "whitebox", CORRUPTION)
+THREAT_TITLES = {"clean": "clean", "transfer": "transfer", "whitebox": "white-box", CORRUPTION: "corruption"}
+
+
+def is_corruption(row):
+    """Whether a record or report row is a natural corruption's (not an attack's)."""
+    return row["threat"] == CORRUPTION
 
 
 def record(model, attack, threat, eps, metric, value):

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .intervals import overlap
-from .records import ENSEMBLE, THREAT_TITLES, by_condition
+from .records import CORRUPTION, ENSEMBLE, MEAN, THREAT_TITLES, by_condition, is_corruption
 
 # The headline figures and which end of each is the worst; op_fnr (the FNR at the clinical
 # operating point) only where the report has an operating point.
@@ -53,6 +53,8 @@ def condition_label(attack, threat, eps):
     """'pgd 8/255 (white-box)', 'fgsm 2/255 (transfer)'; 'no attack (clean)' for a clean row."""
     if threat == "clean":
         return "no attack (clean)"
+    if threat == CORRUPTION:
+        return f"{'mean of the corruptions' if attack == MEAN else attack} at severity {eps:g} (corruption)"
     if attack == ENSEMBLE:
         return f"ensemble {format_eps(eps)} (per-image worst over the suite)"
     return f"{attack} {format_eps(eps)} ({THREAT_TITLES.get(threat, threat)})"
@@ -84,7 +86,8 @@ def rows(records, *, model):
 
 def headline(records, *, model, worst=WORST):
     """The worst value of each figure over the ensemble rows of `model` and its clean row (over
-    every row where there is no ensemble row). An ensemble row is the per-image worst case over
+    every attacked row where there is no ensemble row; natural corruptions are no attack and
+    have their own summary, corruptions.worst_corruption). An ensemble row is the per-image worst case over
     the suite (evaluation/worst.py), so it is at most every attack's row of its budget.
 
     worst: {metric: fn} with fn(list of values) -> the worst one (min for figures where low is
@@ -94,7 +97,7 @@ def headline(records, *, model, worst=WORST):
     defines gets value NaN, attack and threat None and eps NaN, except an OPTIONAL_METRICS one
     that no row holds at all (op_fnr without an operating point), which is left out.
     """
-    table = rows(records, model=model)
+    table = [r for r in rows(records, model=model) if not is_corruption(r)]
     if any(r["attack"] == ENSEMBLE for r in table):
         table = [r for r in table if r["attack"] == ENSEMBLE or r["threat"] == "clean"]
     out = {}
@@ -145,7 +148,7 @@ def overlap_notes(records, *, model, metric="accuracy"):
         return []
     notes = []
     for r in table:
-        if r["threat"] == "clean":
+        if r["threat"] == "clean" or is_corruption(r):
             continue
         ci = _interval(r, metric)
         if not all(_defined(v) for v in ci):
@@ -197,6 +200,29 @@ figcaption { text-align: center; }
 """
 
 
+CORRUPTION_COLUMNS = ("accuracy", "macro_recall", "fnr", "op_fnr", "op_specificity", "change_accuracy", "change_fnr",
+                      "change_op_fnr")
+
+
+def corruption_section(corrupted):
+    """HTML lines of the natural corruptions' table: one row per corruption and severity (the
+    mean of the corruptions last at each severity), figures with intervals and their paired
+    change from clean."""
+    e = html.escape
+    columns = [m for m in CORRUPTION_COLUMNS if any(m in r for r in corrupted)]
+    ordered = sorted(corrupted, key=lambda r: (r["eps"], r["attack"] == MEAN))
+    parts = ["<h2>Natural corruptions</h2>",
+             "<p>The model on the same images under each corruption (ImageNet-C's manner, severity 1 to 5), counted "
+             "as measured: a shift is no adversary. change_* is the corrupted figure minus the clean one on the same "
+             "images with a paired bootstrap interval; op_* is the health call at the model's fixed operating "
+             "threshold. The heat map is among the figures.</p>", "<table>",
+             "<tr>" + "".join(f"<th>{e(c)}</th>" for c in ("corruption", "severity", *columns)) + "</tr>"]
+    for r in ordered:
+        cells = [f'<td class="name">{e(str(r["attack"]))}</td>', f"<td>{r['eps']:g}</td>"]
+        parts.append("<tr>" + "".join(cells + [f"<td>{e(_cell(r, m))}</td>" for m in columns]) + "</tr>")
+    return parts + ["</table>"]
+
+
 def figure_html(name, png):
     """A <figure> holding PNG bytes inline (base64) with `name` as its caption."""
     data = base64.b64encode(bytes(png)).decode("ascii")
@@ -214,7 +240,8 @@ def render_html(*, title, summary, records, model, figures):
     missing), overlap notes on accuracy and fnr, figures. All text is HTML-escaped.
     """
     e = html.escape
-    table = rows(records, model=model)
+    table = [r for r in rows(records, model=model) if not is_corruption(r)]
+    corrupted = [r for r in rows(records, model=model) if is_corruption(r)]
     columns = list(TABLE_METRICS) + [m for m in OPTIONAL_METRICS if any(m in r for r in table)]
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f"<title>{e(str(title))}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
@@ -254,6 +281,9 @@ def render_html(*, title, summary, records, model, figures):
         parts.append("</ul>")
     else:
         parts.append("<p>No intervals recorded to compare.</p>")
+
+    if corrupted:
+        parts += corruption_section(corrupted)
 
     if figures:
         parts.append("<h2>Figures</h2>")

@@ -13,12 +13,14 @@ import numpy as np
 
 from .. import attacks, plots, tracking
 from ..config import EvaluateConfig, flatten
-from ..data import CLASSES, N_CLASSES, load_dataset, malignant_mask, stratified_subset
+from ..data import CLASSES, N_CLASSES, image_ids, images, load_dataset, malignant_mask
 from ..errors import ModelError
-from ..evaluation.adaptive import eot_note, joint_pgd
+from ..evaluation.adaptive import adaptive_notes, joint_pgd
+from ..evaluation.corruptions import CORRUPTIONS, check_corruptions
+from ..evaluation.shift import MEAN, corruption_grid, corruption_summary, measure_corruptions
 from ..evaluation import Condition, interval_summary, measure, record, records_csv
 from ..evaluation.intervals import paired_difference
-from ..evaluation.records import per_image_csv
+from ..evaluation.records import CORRUPTION, is_corruption, per_image_csv
 from ..evaluation.operating_point import malignancy_score, operating_summary, roc, threshold_for_sensitivity
 from ..evaluation.report import condition_label, format_eps, headline, headline_text, render_html, rows, security_curves
 from ..evaluation.suite import add_measurement, ensembles, softmax
@@ -93,6 +95,28 @@ def suite_conditions(config, has_surrogate):
     return tuple(unique), notes
 
 
+def wants_corruptions(config):
+    return "corruptions" in config.suites or "full" in config.suites
+
+
+def corruption_names(config):
+    """The corruptions measured: config.corruptions, or every one when none is named."""
+    return config.corruptions or tuple(CORRUPTIONS)
+
+
+def corrupted_records(model, x, y, evaluation, threshold, config):
+    """The natural corruptions' records (evaluation/corruptions.py): the model on x under each
+    corruption and severity, paired against its own clean row of `evaluation`."""
+    clean = evaluation.get(MODEL)
+    names = corruption_names(config)
+    log.info("corruptions: %d corruptions x severities %s, %d images each", len(names),
+             ",".join(map(str, config.severities)), len(x))
+    return measure_corruptions(model, x, y, clean.strict, clean.scores, threshold=threshold, model=MODEL,
+                               health_map=config.data.health_map, corruptions=names, severities=config.severities,
+                               seed=config.seed, n_resamples=config.n_resamples,
+                               progress=lambda name, severity: log.debug("corruption %s, severity %d", name, severity))
+
+
 def check_request(config):
     """Every check before any work: (conditions, notes, model, surrogate or None)."""
     for method in config.curve_attacks:
@@ -109,36 +133,14 @@ def check_request(config):
     conditions, notes = suite_conditions(config, surrogate is not None)
     if "adaptive" in config.suites or "full" in config.suites:
         notes += adaptive_notes(model)
+    if wants_corruptions(config):
+        check_corruptions(corruption_names(config), config.severities)
     for c in conditions:
         c.check()
     if config.split == "all" and config.threshold is None:
         notes.append("--split all has no validation split to choose the operating point on, and no --threshold was "
                      "given: the report has no operating-point figures")
     return conditions, notes, model, surrogate
-
-
-def _sample(data, split, max_images, seed):
-    """(sides, indices or None): the splits read, in order, and the class-stratified sample of
-    max_images taken from their concatenation (None: every image)."""
-    sides = ("train", "val", "test") if split == "all" else (split,)
-    y = np.concatenate([data.y[s] for s in sides])
-    return sides, (stratified_subset(y, max_images, seed=seed) if max_images else None)
-
-
-def images(data, split, max_images, seed):
-    """(x, y) of one split, or of every image for split 'all'; max_images: a class-stratified
-    sample of that many."""
-    sides, keep = _sample(data, split, max_images, seed)
-    x = np.concatenate([data.x[s] for s in sides])
-    y = np.concatenate([data.y[s] for s in sides])
-    return (x, y) if keep is None else (x[keep], y[keep])
-
-
-def image_ids(data, split, max_images, seed):
-    """(N,) the image ids of images(data, split, max_images, seed), in its order."""
-    sides, keep = _sample(data, split, max_images, seed)
-    ids = np.concatenate([data.table.image_id[data.table.split == s].to_numpy() for s in sides])
-    return ids if keep is None else ids[keep]
 
 
 def operating_threshold(config, model, data, malignant):
@@ -189,17 +191,6 @@ def paired_records(evaluation, malignant, config):
     return out
 
 
-def adaptive_notes(model):
-    """What the adaptive suite can adapt to in this model, as sentences for the report."""
-    notes = [eot_note(model.chain)] if model.chain else []
-    if not model.chain and model.detector is None:
-        notes.append("adaptive: the model has no input transformation and no detector to adapt to; its attacks run "
-                     "white-box on the network, as plain attacks")
-    if model.detector is None:
-        notes.append("adaptive: no detector, so no joint attack on classifier and detector")
-    return notes
-
-
 def joint_attack(model, x, y, evaluation, config):
     """PGD on classifier and detector at once (the image must fool one and pass the other) on
     the true labels, added to `evaluation` as a row counted like every other (rejections
@@ -214,9 +205,12 @@ def joint_attack(model, x, y, evaluation, config):
 
 def metric_name(r):
     """The flat MLflow name of a record: clean_<metric>, or <attack>_<threat>_<eps>_<metric> with
-    eps in /255 units (pgd_whitebox_8_accuracy); the surrogate's rows start with surrogate_."""
+    eps in /255 units (pgd_whitebox_8_accuracy), corruption_<name>_<severity>_<metric> for a
+    natural corruption (corruption_mean_3_accuracy); the surrogate's rows start with surrogate_."""
     if r["threat"] == "clean":
         head = "clean"
+    elif r["threat"] == CORRUPTION:
+        head = f"corruption_{r['attack']}_{r['eps']:g}"
     else:
         eps = r["eps"] * 255
         head = f"{r['attack']}_{r['threat']}_{eps:g}" if abs(eps - round(eps)) < 1e-6 else \
@@ -247,6 +241,12 @@ def _figures(records, roc_curve, evaluation, worst, x):
         label = None if m is None else condition_label(m.attack, m.threat, m.eps)
         if label is not None and f"confusion: {label}" not in out:
             out[f"confusion: {label}"] = plots.figure_png(plots.confusion_matrix_figure(m.confusion, CLASSES, label))
+    for metric in ("accuracy", "op_fnr"):  # the heat maps, corruption x severity, against the clean row's figure
+        names, severities, values = corruption_grid(records, model=MODEL, metric=metric)
+        if len(names):
+            fig = plots.heatmap_figure(values, names, severities, f"{metric} under natural corruptions", xlabel="severity",
+                                       reference=rows(records, model=MODEL)[0][metric], colorbar=metric)
+            out[f"corruptions: {metric}"] = plots.figure_png(fig)
     attacked = [m for m in evaluation.measurements if m.model == MODEL and m.examples is not None]
     if attacked:
         m = min(attacked, key=lambda m: m.values["accuracy"])
@@ -261,6 +261,8 @@ def log_rows(records, experiment):
     """One nested run per report row (condition of the measured model), named by its condition,
     holding that row's figures without prefix, so the MLflow UI compares rows side by side."""
     for row in rows(records, model=MODEL):
+        if is_corruption(row):  # 70 of them: the report's table and heat map hold them, records.csv each figure
+            continue
         tags = {"medrobust.step": "evaluate-row", "medrobust.attack": row["attack"],
                 "medrobust.threat": row["threat"], "medrobust.eps": format_eps(row["eps"])}
         with tracking.run(experiment, run_name=condition_label(row["attack"], row["threat"], row["eps"]), tags=tags):
@@ -294,10 +296,16 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
             joint_attack(model, x, y, evaluation, config)
         evaluation.measurements += ensembles(evaluation)
         records = with_intervals_and_operating_point(evaluation, y, malignant, threshold, config)
+        if wants_corruptions(config):
+            records += corrupted_records(model, x, y, evaluation, threshold, config)
         clean = evaluation.get(MODEL)
         roc_curve = roc(malignancy_score(clean.probabilities, malignant), malignant[y])
         records.append(record(MODEL, "none", "clean", 0.0, "roc_auc", roc_curve[3]))
-        tracking.log_metrics({metric_name(r): r["value"] for r in records if np.isfinite(r["value"])})
+        # a corruption's own figures stay in records.csv and the report; MLflow gets their mean per severity
+        tracking.log_metrics({metric_name(r): r["value"] for r in records if np.isfinite(r["value"])
+                              and (not is_corruption(r) or r["attack"] == MEAN)})
+        corrupted_text, corrupted_values = corruption_summary(records, model=MODEL, severities=config.severities)
+        tracking.log_metrics({k: v for k, v in corrupted_values.items() if np.isfinite(v)})
         if threshold is not None:
             tracking.log_metrics({"operating_threshold": threshold})
         if threshold is not None and config.threshold is None:
@@ -322,6 +330,7 @@ def run_evaluate(config: EvaluateConfig) -> EvaluateResult:
                    f"{threshold:.4f} (malignancy score; target sensitivity {config.target_sensitivity:g} on the "
                    f"validation split)" if config.threshold is None else f"{threshold:.4f} (given)",
                    "surrogate": config.attack_model_uri or model.info.get("parent_model_uri") or "none",
+                   **corrupted_text,
                    **{f"note {i + 1}": n for i, n in enumerate(notes)}}
         page = render_html(title=f"medrobust evaluate: {config.model_uri}", summary=summary, records=records,
                            model=MODEL, figures=_figures(records, roc_curve, evaluation, worst, x))

@@ -18,6 +18,7 @@ from ..config import EvaluateConfig, PromoteConfig, SuiteConfig, flatten
 from ..errors import ConfigError, GateFailed
 from ..evaluation.records import ENSEMBLE, read_records_csv
 from ..evaluation.report import condition_label, rows
+from ..evaluation.shift import worst_corruption
 from .evaluate import MODEL, run_evaluate
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ def check_request(config):
     """(name, version) of the version to promote; ConfigError before any work for a URI that
     names no registered version or a gate that checks nothing."""
     if not any(v is not None for v in (config.min_robust_macro_recall, config.max_attacked_fnr,
-                                       config.max_accuracy_loss)):
-        raise ConfigError("the gate checks nothing: give min_robust_macro_recall, max_attacked_fnr or max_accuracy_loss")
+                                       config.max_corrupted_fnr, config.max_accuracy_loss)):
+        raise ConfigError("the gate checks nothing: give min_robust_macro_recall, max_attacked_fnr, max_corrupted_fnr "
+                          "or max_accuracy_loss")
     if config.alias == config.previous_alias:
         raise ConfigError(f"alias and previous_alias are both {config.alias!r}")
     found = tracking.registered_version(config.model_uri)
@@ -77,12 +79,12 @@ def evaluation_of(config, experiment, reuse):
     return result.records, result.run_id, False
 
 
-def gate_figures(records, eps):
+def gate_figures(records, eps, severity=3):
     """{figure: (value, where)} the gate reads from one evaluate run's records: the clean
     accuracy, and from the ensemble row at the gate's budget `eps` (per image the worst over
     every attack of the suites up to it; evaluation/worst.py; a security curve's larger budgets
     are not the gate's) the macro recall and op_fnr (the share of cancers under the operating
-    threshold)."""
+    threshold); with natural corruptions measured, the worst op_fnr over them at `severity`."""
     table = rows(records, model=MODEL)
     clean = next(r for r in table if r["threat"] == "clean")
     ensemble = [r for r in table if r["attack"] == ENSEMBLE and math.isclose(r["eps"], eps, rel_tol=1e-6)]
@@ -93,6 +95,9 @@ def gate_figures(records, eps):
         if found:
             value, row = pick(found, key=lambda pair: pair[0])
             out[figure] = (value, condition_label(row["attack"], row["threat"], row["eps"]))
+    corrupted = worst_corruption(records, model=MODEL, metric="op_fnr", severity=severity)
+    if corrupted is not None:
+        out["corrupted_fnr"] = (corrupted["value"], condition_label(corrupted["corruption"], "corruption", severity))
     return out
 
 
@@ -102,12 +107,14 @@ def judge(config, figures, robust_accuracy):
     out = []
     for criterion, figure, limit, passes in (
             ("min_robust_macro_recall", "robust_macro_recall", config.min_robust_macro_recall, lambda v, l: v >= l),
-            ("max_attacked_fnr", "attacked_fnr", config.max_attacked_fnr, lambda v, l: v <= l)):
+            ("max_attacked_fnr", "attacked_fnr", config.max_attacked_fnr, lambda v, l: v <= l),
+            ("max_corrupted_fnr", "corrupted_fnr", config.max_corrupted_fnr, lambda v, l: v <= l)):
         if limit is None:
             continue
         if figure not in figures:
             raise ConfigError(f"the gate's {criterion} needs {figure}, which suites {','.join(config.suites)} do not "
-                              "produce (op_fnr needs an operating point: a validation split)")
+                              "produce (op_fnr needs an operating point: a validation split; corrupted_fnr the "
+                              "corruptions suite at corruption_severity)", [criterion])
         value, where = figures[figure]
         out.append({"criterion": criterion, "value": value, "limit": limit, "passed": passes(value, limit),
                     "where": where})
@@ -141,7 +148,7 @@ def run_promote(config: PromoteConfig) -> PromoteResult:
         current = tracking.model_aliases(name).get(config.alias)
         tracking.log_params(flatten(config) | {"current_version": current or "none"})
         records, evaluate_run, reused = evaluation_of(evaluate, config.experiment, config.reuse)
-        figures = gate_figures(records, config.eps)
+        figures = gate_figures(records, config.eps, config.corruption_severity)
         robust_accuracy = None
         if config.max_accuracy_loss is not None and current is not None and current != version:
             robust_records, _, _ = evaluation_of(replace(evaluate, model_uri=f"models:/{name}/{current}"),
