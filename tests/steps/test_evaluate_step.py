@@ -222,7 +222,10 @@ def test_a_test_split_that_holds_training_images_is_refused(trained):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"suites": ("strong",)}, "suites must be one of thesis, standard, adaptive, autoattack, health, full, got 'strong'"),
+    ({"suites": ("strong",)}, "suites must be one of thesis, standard, adaptive, autoattack, health, corruptions, full, "
+                                     "got 'strong'"),
+    ({"suites": ("corruptions",), "corruptions": ("fog",)}, "unknown corruption 'fog'; known: gaussian_noise"),
+    ({"severities": (0, 6)}, r"severities must be in \[1, 5\]"),
     ({"suites": ()}, "suites needs at least one value"),
     ({"curve_eps": (0.0, 2.0)}, r"curve_eps must be in \[0, 1\]"),
     ({"target_sensitivity": 1.0}, r"target_sensitivity must be in \(0, 1\)"),

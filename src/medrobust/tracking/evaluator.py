@@ -1,0 +1,59 @@
+"""medrobust as an MLflow model evaluator (entry point group `mlflow.model_evaluator`), so that
+
+    mlflow.models.evaluate("models:/medrobust-small_cnn@robust", data, targets="label",
+                           model_type="classifier", evaluators=["medrobust"],
+                           evaluator_config={"medrobust": {"suites": ["standard", "health"]}})
+
+measures a version as `medrobust evaluate` does, into the run mlflow.models.evaluate opened.
+Only the MLflow side lives here (the ModelEvaluator class, its dataset and result types); the
+measurement is the function medrobust/evaluator.py hands to `model_evaluator`, so this package
+imports no step.
+"""
+
+import mlflow
+from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, JsonEvaluationArtifact, TextEvaluationArtifact
+from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
+
+from ..errors import MedrobustError
+from .models import ClassifierPyfunc
+
+# What the measurement leaves in the run, as MLflow's artifact types: {name: (path, type)}.
+ARTIFACTS = {"report": ("report/report.html", TextEvaluationArtifact),
+             "records": ("report/records.csv", CsvEvaluationArtifact),
+             "headline": ("report/headline.json", JsonEvaluationArtifact)}
+
+
+def model_evaluator(measure):
+    """A ModelEvaluator class whose evaluate() calls measure(classifier, features, labels,
+    settings) -> {metric: value}, with the version's DefendedClassifier, the dataset's features
+    (a DataFrame or a 2-D array) and labels, and the evaluator_config; measure logs into the
+    active run. A medrobust error (a bad setting, image or label) becomes an MlflowException
+    INVALID_PARAMETER_VALUE naming it."""
+
+    class MedrobustEvaluator(ModelEvaluator):
+        @classmethod
+        def can_evaluate(cls, *, model_type, evaluator_config, **kwargs):
+            return model_type == "classifier"
+
+        def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, **kwargs):
+            python_model = None if model is None else model.unwrap_python_model()
+            if not isinstance(python_model, ClassifierPyfunc):
+                raise MlflowException("the medrobust evaluator measures a medrobust model version (a model URI such as "
+                                      "models:/medrobust-small_cnn@robust), not predictions or another pyfunc",
+                                      error_code=INVALID_PARAMETER_VALUE)
+            if dataset.labels_data is None:
+                raise MlflowException("the medrobust evaluator needs the true labels: give targets=<column>",
+                                      error_code=INVALID_PARAMETER_VALUE)
+            try:
+                metrics = measure(python_model.classifier, dataset.features_data, dataset.labels_data,
+                                  dict(evaluator_config or {}))
+            except MedrobustError as e:
+                raise MlflowException(f"medrobust evaluator: {e}", error_code=INVALID_PARAMETER_VALUE) from None
+            artifacts = {name: kind(uri=mlflow.get_artifact_uri(path)) for name, (path, kind) in ARTIFACTS.items()}
+            return EvaluationResult(metrics, artifacts, run_id)
+
+    return MedrobustEvaluator
+
+
+__all__ = ["ARTIFACTS", "model_evaluator"]
