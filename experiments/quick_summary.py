@@ -74,13 +74,40 @@ def per_attack_table(steps):
     tables = []
     for step in (s for s in steps if s["step"] == "report"):
         recap = list(csv.DictReader(io.StringIO(tracking.load_text_artifact(step["run_id"], "report/recap.csv"))))
-        conditions = [c for c in dict.fromkeys(r["condition"] for r in recap) if c != ENSEMBLE]
+        conditions = [c for c in dict.fromkeys(r["condition"] for r in recap)
+                      if c != ENSEMBLE and not c.endswith("(corruption)")]
         lines = ["| model | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
         for model in dict.fromkeys(r["model"] for r in recap):
             rows = {r["condition"]: r for r in recap if r["model"] == model}
             out = [f"{float(rows[c]['accuracy']):.3f} / {float(rows[c]['fnr']):.3f}" if c in rows else "-"
                    for c in conditions]
             lines.append(f"| {model} | " + " | ".join(out) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def corruption_table(steps, severity=3):
+    """One table per network: per model under the natural corruptions at `severity`, the mean
+    accuracy over them with its paired change from clean, and the worst op_fnr and where, from
+    each evaluate run's records (report/records.csv)."""
+    header = ["model", f"mean accuracy, severity {severity}", "change from clean (paired)",
+              f"mean op_fnr, severity {severity}", f"worst op_fnr, severity {severity}"]
+    tables = []
+    for step in (s for s in steps if s["step"] == "report"):
+        runs = tracking.load_json_artifact(step["run_id"], "report/runs.json")
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for model, run_id in runs.items():
+            records = list(csv.DictReader(io.StringIO(tracking.load_text_artifact(run_id, "report/records.csv"))))
+            rows = {}
+            for r in records:
+                if r["model"] == "target" and r["threat"] == "corruption" and float(r["eps"]) == severity:
+                    rows.setdefault(r["attack"], {})[r["metric"]] = r["value"]
+            if "mean" not in rows:
+                continue
+            mean = rows.pop("mean")
+            worst = max(rows, key=lambda name: float(rows[name]["op_fnr"]))
+            lines.append(f"| {model} | {cell(mean, 'accuracy')} | {cell(mean, 'change_accuracy')} | "
+                         f"{cell(mean, 'op_fnr')} | {cell(rows[worst], 'op_fnr')} ({worst}) |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
 
@@ -147,6 +174,8 @@ def main():
     print(recap_table(steps), "\n")
     print("accuracy / FNR per attack:\n")
     print(per_attack_table(steps), "\n")
+    print("natural corruptions:\n")
+    print(corruption_table(steps), "\n")
     print(attack_table(steps), "\n")
     print(poison_table(steps, args.experiment), "\n")
     print(gate_lines(steps), "\n")
