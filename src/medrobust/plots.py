@@ -156,6 +156,22 @@ def heatmap_figure(values, row_labels, column_labels, title, *, reference=None, 
     return fig
 
 
+def certified_figure(curves, title):
+    """Cohen et al.'s curve: each of `curves` ({name: (radii, values)}) against the L2 radius
+    (pixels on the [0, 1] scale), y from 0 to 1; the empirical curve dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (radii, values) in curves.items():
+        if len(radii):
+            ax.plot(radii, values, marker="o", label=name, linestyle="--" if name.startswith("empirical") else "-")
+    ax.set_xlabel("L2 radius ([0, 1] pixel scale)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def roc_figure(fpr, tpr, auc, title):
     """ROC curve (false positive rate against true positive rate) with its AUC and the chance diagonal."""
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -135,7 +135,7 @@ class AttackConfig(ModelStepConfig):
 @dataclass(frozen=True)
 class DefendConfig(ModelStepConfig):
     defense: str = setting("retrain+llt", "names from medrobust.defenses.DEFENSES joined by '+': distill, retrain, "
-                                          "detector, squeeze, smooth, jpeg, llt")
+                                          "smoothing, detector, squeeze, smooth, jpeg, llt")
     # retrain: the thesis' rounds of offline adversarial examples
     rounds: int = setting(5, "retrain: rounds of fresh adversarial examples", check=at_least(1))
     ratio: float = setting(0.5, "retrain: share of the retraining images perturbed each round",
@@ -151,15 +151,21 @@ class DefendConfig(ModelStepConfig):
     retrained_uri: str = setting("", "retrain: an earlier `retrain` defense of the same parent with the same retrain "
                                      "settings, whose network a combination (retrain+llt) takes instead of "
                                      "retraining (deterministic by seed: the network it would make)")
-    learning_rate: float = setting(5e-4, "retrain, distill, detector: learning rate (a quarter of training's: it "
+    learning_rate: float = setting(5e-4, "retrain, distill, smoothing, detector: learning rate (a quarter of training's: it "
                                          "refines a trained network)", check=positive)
-    batch_size: int = setting(64, "retrain, distill, detector: images per training step", check=at_least(1))
+    batch_size: int = setting(64, "retrain, distill, smoothing, detector: images per training step", check=at_least(1))
     llt_quality: int = setting(75, "llt: WebP quality", check=between(1, 100))
     jpeg_quality: int = setting(75, "jpeg: JPEG quality", check=between(1, 100))
     smooth_window: int = setting(3, "smooth: median filter window", check=at_least(2))
     squeeze_bits: int = setting(5, "squeeze: bits per colour channel", check=between(1, 8))
     temperature: float = setting(20.0, "distill: temperature", check=positive)
     distill_epochs: int = setting(4, "distill: epochs of the student", check=at_least(1))
+    sigma: float = setting(0.25, "smoothing: standard deviation of the Gaussian noise on [0, 1] images (Cohen: 0.12, "
+                                 "0.25, 0.5)", check=between(0, 1, low_open=True))
+    smoothing_epochs: int = setting(2, "smoothing: epochs of training under noise", check=at_least(1))
+    smoothing_samples: int = setting(100, "smoothing: noisy copies voting on each prediction", check=at_least(2))
+    smoothing_alpha: float = setting(0.001, "smoothing: abstain when the top two classes' vote differs at no better "
+                                            "than this level", check=between(0, 1, low_open=True, high_open=True))
     detector_attacks: tuple[str, ...] = setting(("fgsm",), "detector: attacks it is trained on", check=non_empty)
     detector_eps: float = setting(2 / 255, "detector: budget of those attacks", check=eps_range)
     detector_epochs: int = setting(5, "detector: training epochs", check=at_least(1))

@@ -7,7 +7,7 @@ from ..errors import ConfigError
 from .settings import (BASELINE_URI, CANDIDATE_URI, SPLITS, Settings, at_least, between, each, eps_range, non_empty, positive, setting)
 from .build import ModelStepConfig, StepConfig, TrainConfig
 
-EVALUATE_SUITES = ("thesis", "standard", "adaptive", "autoattack", "health", "corruptions", "full")
+EVALUATE_SUITES = ("thesis", "standard", "adaptive", "autoattack", "health", "corruptions", "certified", "full")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class SuiteConfig(ModelStepConfig):
                                                      "classifier and detector), autoattack (AutoAttack alone, "
                                                      "white-box), health (APGD on the malignancy score against the "
                                                      "operating threshold), corruptions (natural shifts at severities "
-                                                     "1 to 5: no attack), full (thesis, standard, adaptive, health, "
+                                                     "1 to 5: no attack), certified (randomized smoothing's L2 "
+                                                     "certificate, checked by L2 PGD; not in full: it costs "
+                                                     "thousands of forward passes an image), full (thesis, standard, adaptive, health, "
                                                      "corruptions + security curves); every attack suite adds the per-image worst case "
                                                      "over its attacks, the ensemble row",
                                       choices=EVALUATE_SUITES, check=non_empty)
@@ -37,6 +39,14 @@ class SuiteConfig(ModelStepConfig):
                                                 "given: all 13")
     severities: tuple[int, ...] = setting((1, 2, 3, 4, 5), "corruptions: the severities measured",
                                           check=lambda v: non_empty(v) or each(between(1, 5))(v))
+    certify_sigma: float | None = setting(None, "certified: noise of the smoothed classifier; none: the model's own "
+                                                "(a smoothing defense), else 0.25", check=between(0, 1, low_open=True))
+    certify_samples: int = setting(1000, "certified: noise samples bounding each image's top class (a tenth more "
+                                         "choose it)", check=at_least(10))
+    certify_alpha: float = setting(0.001, "certified: the certificate fails with probability at most this",
+                                   check=between(0, 1, low_open=True, high_open=True))
+    certify_images: int = setting(100, "certified: a class-stratified sample of the measured images certified",
+                                  check=at_least(1))
     max_images: int | None = setting(None, "measure a class-stratified sample of N images (seeded; CPU budgets)", check=at_least(1))
     target_sensitivity: float = setting(0.95, "operating point: the malignancy threshold is chosen on the validation "
                                               "split to catch this share of cancers",

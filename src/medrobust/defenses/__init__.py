@@ -1,7 +1,8 @@
 """Defenses: a registry of DefenseSpec entries; a spec such as `retrain+llt` combines them.
 
 The three families of the thesis' related work:
-- modify the model: `distill` (defensive distillation);
+- modify the model: `distill` (defensive distillation), `smoothing` (randomized smoothing:
+  certifiable, evaluate's `certified` suite);
 - modify the data: `retrain` (adversarial retraining; on-the-fly as an option) and the input
   transformations `llt` (WebP + flip, the thesis' LLT), `jpeg`, `smooth`, `squeeze`;
 - add a model: `detector` (rejects inputs it calls adversarial).
@@ -19,7 +20,7 @@ Adding a defense = a builder in its family's module + one DefenseSpec line below
 from dataclasses import MISSING, fields
 
 from ..errors import ConfigError
-from . import detector, distill, retrain, transforms
+from . import detector, distill, retrain, smoothing, transforms
 from .defended import DefendedClassifier, load_defended
 from .spec import FAMILIES, DefenseSpec, Hooks, training_config
 from .transforms import TRANSFORMS, apply_chain
@@ -35,6 +36,10 @@ DEFENSES = {spec.name: spec for spec in (
                  "retrained_uri")
                 + TRAINING + ("uap_max_steps",),
                 "adversarial retraining: the thesis' rounds of fresh adversarial images, or Madry's on the fly; ours"),
+    DefenseSpec("smoothing", "model", smoothing.build,
+                ("sigma", "smoothing_epochs", "smoothing_samples", "smoothing_alpha") + TRAINING,
+                "randomized smoothing (Cohen 2019): trained under Gaussian noise, answers by a vote of noisy copies "
+                "and abstains when it is close; certified by ART"),
     DefenseSpec("detector", "add-model", detector.build,
                 ("detector_attacks", "detector_eps", "detector_epochs", "detector_threshold") + TRAINING
                 + ("uap_max_steps",),

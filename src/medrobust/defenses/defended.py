@@ -1,9 +1,10 @@
-"""A defended classifier: the network, the input transformations in front of it and, if any,
-an adversarial-example detector beside it. This is what the `defend` step logs as one MLflow
+"""A defended classifier: the network, the input transformations in front of it, if any an
+adversarial-example detector beside it, and if any randomized smoothing (a vote of the network
+over noisy copies, abstaining when too close to call; defenses/smoothing.py). This is what the `defend` step logs as one MLflow
 model and what `predict` and the attack step load.
 
 Saved as a folder: network.keras, detector.keras (if any) and defense.json (the chain, the
-detector threshold, the spec and where the network came from).
+detector threshold, the smoothing, the spec and where the network came from).
 """
 
 import json
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from ..errors import ModelError
 from ..models.training import predict_logits
+from .smoothing import abstains, vote_counts, vote_logits
 from .transforms import apply_chain, backward_chain
 
 FORMAT_VERSION = 1
@@ -28,6 +30,12 @@ class DefendedClassifier:
     detector: keras.Model | None = None  # logits of (clean, adversarial)
     threshold: float = 0.5  # reject when P(adversarial) >= threshold
     info: dict = field(default_factory=dict)  # spec, parameters, parent model URI
+    smoothing: dict | None = None  # {"sigma", "samples", "alpha", "seed"}: answer by a vote under noise
+
+    @property
+    def can_reject(self):
+        """Whether `rejected` can say True: a detector, or smoothing's abstention."""
+        return self.detector is not None or self.smoothing is not None
 
     @property
     def input_shape(self):
@@ -40,23 +48,40 @@ class DefendedClassifier:
     def transform(self, x):
         return apply_chain(x, self.chain) if self.chain else np.asarray(x, dtype=np.float32)
 
+    def votes(self, x):
+        """(N, K) smoothing's vote counts on the transformed images (seeded: the same x, the same votes)."""
+        s = self.smoothing
+        return vote_counts(self.network, self.transform(x), sigma=s["sigma"], samples=s["samples"], seed=s["seed"])
+
     def logits(self, x, batch_size=256, *, direct=False):
-        """(N, K) logits of the network on the transformed images (direct: see predict_logits)."""
+        """(N, K) logits of the network on the transformed images (direct: see predict_logits);
+        with smoothing, the log vote shares (smoothing.vote_logits)."""
+        if self.smoothing is not None:
+            return vote_logits(self.votes(x))
         return predict_logits(self.network, self.transform(x), batch_size, direct=direct)
 
     def rejected(self, x, batch_size=256, *, direct=False):
-        """(N,) bool: the detector calls the raw input adversarial (all False without one)."""
-        if self.detector is None:
-            return np.zeros(len(x), dtype=bool)
-        return adversarial_probability(self.detector, x, batch_size, direct=direct) >= self.threshold
+        """(N,) bool: the detector calls the raw input adversarial, or smoothing abstains (all
+        False without either)."""
+        out = np.zeros(len(x), dtype=bool)
+        if self.detector is not None:
+            out |= adversarial_probability(self.detector, x, batch_size, direct=direct) >= self.threshold
+        if self.smoothing is not None:
+            out |= abstains(self.votes(x), self.smoothing["alpha"])
+        return out
 
     def as_keras(self):
         """A Keras model for attacks: forward exactly as `logits`, gradients through the
-        transformations by BPDA (see transforms.py). With no chain, the network itself."""
-        if not self.chain:
+        transformations by BPDA (see transforms.py). With no chain, the network itself. With
+        smoothing, the network on one noisy copy per call (fresh noise every step: an attack on
+        the vote in expectation, as Salman et al. 2019 attack smoothed classifiers)."""
+        if not self.chain and self.smoothing is None:
             return self.network
         inputs = keras.Input(self.input_shape, name="image")
-        outputs = self.network(ChainLayer(self.chain, name="input_transforms")(inputs))
+        x = ChainLayer(self.chain, name="input_transforms")(inputs) if self.chain else inputs
+        if self.smoothing is not None:
+            x = AlwaysNoise(self.smoothing["sigma"], seed=self.smoothing["seed"], name="smoothing_noise")(x)
+        outputs = self.network(x)
         return keras.Model(inputs, outputs, name=f"defended_{self.network.name}")
 
     def save(self, folder):
@@ -66,7 +91,7 @@ class DefendedClassifier:
         if self.detector is not None:
             self.detector.save(folder / "detector.keras")
         spec = {"format": FORMAT_VERSION, "chain": [[n, p] for n, p in self.chain], "threshold": self.threshold,
-                "detector": self.detector is not None, "info": self.info}
+                "detector": self.detector is not None, "info": self.info, "smoothing": self.smoothing}
         (folder / "defense.json").write_text(json.dumps(spec, indent=2))
         return folder
 
@@ -79,12 +104,25 @@ def load_defended(folder):
     network = keras.models.load_model(folder / "network.keras", compile=False)
     detector = keras.models.load_model(folder / "detector.keras", compile=False) if spec["detector"] else None
     chain = tuple((name, dict(params)) for name, params in spec["chain"])
-    return DefendedClassifier(network, chain, detector, float(spec["threshold"]), spec.get("info", {}))
+    return DefendedClassifier(network, chain, detector, float(spec["threshold"]), spec.get("info", {}),
+                              spec.get("smoothing"))  # absent in folders saved before smoothing
 
 
 def adversarial_probability(detector, x, batch_size=256, *, direct=False):
     logits = predict_logits(detector, np.asarray(x, dtype=np.float32), batch_size, direct=direct)
     return np.asarray(tf.nn.softmax(logits, axis=-1))[:, 1]
+
+
+class AlwaysNoise(keras.layers.Layer):
+    """Gaussian noise of `stddev` added in inference too (keras' GaussianNoise is training-only)."""
+
+    def __init__(self, stddev, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.stddev = float(stddev)
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x):
+        return x + keras.random.normal(keras.ops.shape(x), stddev=self.stddev, seed=self.generator)
 
 
 class ChainLayer(keras.layers.Layer):

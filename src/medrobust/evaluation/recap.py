@@ -12,7 +12,7 @@ Each model's records are the evaluate step's: the measured model is "target" (re
 
 import math
 
-from .records import MEAN, is_corruption
+from .records import CERTIFIED, MEAN, is_corruption
 from .report import condition_label, format_eps, rows, with_interval
 
 MEASURED = "target"  # the measured model's name in the evaluate step's records
@@ -23,9 +23,10 @@ _NAN = float("nan")
 def model_rows(records):
     """{(attack, threat, eps): row} of the measured model's rows (report.rows), eps rounded to
     1e-9 so that the same budget read back from two CSV files is one key. Of the natural
-    corruptions only the mean over them per severity: each corruption is in its run's report."""
+    corruptions only the mean over them per severity, and no certificate: each is in its run's
+    report."""
     return {(r["attack"], r["threat"], round(float(r["eps"]), 9)): r for r in rows(records, model=MEASURED)
-            if not is_corruption(r) or r["attack"] == MEAN}
+            if r["threat"] != CERTIFIED and (not is_corruption(r) or r["attack"] == MEAN)}
 
 
 def comparison(models, *, metrics):
@@ -52,7 +53,7 @@ def shared_conditions(models):
     tables = {name: model_rows(records) for name, records in models.items()}
     defended = [t for name, t in tables.items() if name != UNDEFENDED] or list(tables.values())
     first = next(iter(defended), {})
-    return [c for c in first if c[1] not in ("clean", "corruption") and all(c in t for t in defended)]
+    return [c for c in first if c[1] not in ("clean", "corruption", CERTIFIED) and all(c in t for t in defended)]
 
 
 def _lookup(table, name, condition):

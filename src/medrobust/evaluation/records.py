@@ -6,7 +6,8 @@ attack is "none" and threat "clean" (eps 0.0) for clean rows; threat is "transfe
 on a surrogate) or "whitebox" (crafted on the model itself) otherwise; attack "ensemble" is the
 per-image worst case over every attack of the suite up to that eps (evaluation/worst.py). A
 natural corruption's row has threat "corruption", the corruption as attack and its severity
-(1 to 5) in the eps column (evaluation/corruptions.py). metric names carry no condition prefix
+(1 to 5) in the eps column (evaluation/corruptions.py); a smoothing certificate's has threat
+"certified" and the L2 radius as eps (evaluation/certified.py). metric names carry no condition prefix
 (accuracy, fnr, referred_fnr, rejected_rate, fooling_rate, ...).
 
 The flat names MLflow logs and the table titles are the ones every step has logged since the
@@ -25,13 +26,21 @@ CLEAN = "none"  # the attack of a clean row
 ENSEMBLE = "ensemble"  # the attack of a suite's per-image worst case (evaluation/worst.py)
 CORRUPTION = "corruption"  # the threat of a natural corruption's row; its eps is the severity
 MEAN = "mean"  # the attack of the corruption row averaging every corruption at one severity
-THREATS = ("clean", "transfer", "whitebox", CORRUPTION)
-THREAT_TITLES = {"clean": "clean", "transfer": "transfer", "whitebox": "white-box", CORRUPTION: "corruption"}
+CERTIFIED = "certified"  # the threat of a smoothing certificate's row; its eps is the L2 radius
+THREATS = ("clean", "transfer", "whitebox", CORRUPTION, CERTIFIED)
+THREAT_TITLES = {"clean": "clean", "transfer": "transfer", "whitebox": "white-box", CORRUPTION: "corruption",
+                 CERTIFIED: "certified"}
 
 
 def is_corruption(row):
     """Whether a record or report row is a natural corruption's (not an attack's)."""
     return row["threat"] == CORRUPTION
+
+
+def measured_apart(row):
+    """Whether a record or report row is measured apart from the attack suite (a natural
+    corruption, a certificate): never an attack's headline, ensemble or recap condition."""
+    return row["threat"] in (CORRUPTION, CERTIFIED)
 
 
 def record(model, attack, threat, eps, metric, value):

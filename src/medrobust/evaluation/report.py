@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .intervals import overlap
-from .records import CORRUPTION, ENSEMBLE, MEAN, THREAT_TITLES, by_condition, is_corruption
+from .records import CERTIFIED, CORRUPTION, ENSEMBLE, MEAN, THREAT_TITLES, by_condition, is_corruption, measured_apart
 
 # The headline figures and which end of each is the worst; op_fnr (the FNR at the clinical
 # operating point) only where the report has an operating point.
@@ -55,6 +55,8 @@ def condition_label(attack, threat, eps):
         return "no attack (clean)"
     if threat == CORRUPTION:
         return f"{'mean of the corruptions' if attack == MEAN else attack} at severity {eps:g} (corruption)"
+    if threat == CERTIFIED:
+        return f"certified at L2 radius {eps:g} (randomized smoothing)"
     if attack == ENSEMBLE:
         return f"ensemble {format_eps(eps)} (per-image worst over the suite)"
     return f"{attack} {format_eps(eps)} ({THREAT_TITLES.get(threat, threat)})"
@@ -97,7 +99,7 @@ def headline(records, *, model, worst=WORST):
     defines gets value NaN, attack and threat None and eps NaN, except an OPTIONAL_METRICS one
     that no row holds at all (op_fnr without an operating point), which is left out.
     """
-    table = [r for r in rows(records, model=model) if not is_corruption(r)]
+    table = [r for r in rows(records, model=model) if not measured_apart(r)]
     if any(r["attack"] == ENSEMBLE for r in table):
         table = [r for r in table if r["attack"] == ENSEMBLE or r["threat"] == "clean"]
     out = {}
@@ -148,7 +150,7 @@ def overlap_notes(records, *, model, metric="accuracy"):
         return []
     notes = []
     for r in table:
-        if r["threat"] == "clean" or is_corruption(r):
+        if r["threat"] == "clean" or measured_apart(r):
             continue
         ci = _interval(r, metric)
         if not all(_defined(v) for v in ci):
@@ -223,6 +225,30 @@ def corruption_section(corrupted):
     return parts + ["</table>"]
 
 
+CERTIFIED_COLUMNS = ("certified_accuracy", "certified_fnr", "abstain_rate", "empirical_accuracy", "violations")
+
+
+def certified_section(certified):
+    """HTML lines of the certificates' table: per L2 radius the certified accuracy and FNR with
+    intervals, the abstention rate and the L2 PGD check; the certification settings above it."""
+    e = html.escape
+    first = certified[0]
+    parts = ["<h2>Certified robustness (randomized smoothing)</h2>",
+             f"<p>Cohen et al.'s CERTIFY (ART): noise sigma {first.get('certify_sigma', _NAN):g}, "
+             f"{first.get('certify_n0', _NAN):g} samples to choose the class and {first.get('certify_n', _NAN):g} to "
+             f"bound it, alpha {first.get('certify_alpha', _NAN):g}, {first.get('certify_images', _NAN):g} images, "
+             f"{first.get('certify_seconds_per_image', _NAN):.2f} s per image. Radii are L2 on the [0, 1] pixel "
+             "scale. certified_fnr counts a cancer not certified malignant at the radius (benign, abstained or "
+             "certified only below it) as missed. empirical_accuracy: the smoothed classifier under an L2 PGD attack "
+             "of that budget (at least the certified figure); violations: images certified right there whose "
+             "answer the attack changed (0 where the certificate holds).</p>", "<table>",
+             "<tr>" + "".join(f"<th>{e(c)}</th>" for c in ("L2 radius", *CERTIFIED_COLUMNS)) + "</tr>"]
+    for r in sorted(certified, key=lambda r: r["eps"]):
+        parts.append("<tr>" + f"<td>{r['eps']:g}</td>" + "".join(f"<td>{e(_cell(r, m))}</td>" for m in CERTIFIED_COLUMNS)
+                     + "</tr>")
+    return parts + ["</table>"]
+
+
 def figure_html(name, png):
     """A <figure> holding PNG bytes inline (base64) with `name` as its caption."""
     data = base64.b64encode(bytes(png)).decode("ascii")
@@ -240,8 +266,9 @@ def render_html(*, title, summary, records, model, figures):
     missing), overlap notes on accuracy and fnr, figures. All text is HTML-escaped.
     """
     e = html.escape
-    table = [r for r in rows(records, model=model) if not is_corruption(r)]
+    table = [r for r in rows(records, model=model) if not measured_apart(r)]
     corrupted = [r for r in rows(records, model=model) if is_corruption(r)]
+    certified = [r for r in rows(records, model=model) if r["threat"] == CERTIFIED]
     columns = list(TABLE_METRICS) + [m for m in OPTIONAL_METRICS if any(m in r for r in table)]
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f"<title>{e(str(title))}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
@@ -284,6 +311,8 @@ def render_html(*, title, summary, records, model, figures):
 
     if corrupted:
         parts += corruption_section(corrupted)
+    if certified:
+        parts += certified_section(certified)
 
     if figures:
         parts.append("<h2>Figures</h2>")

@@ -89,7 +89,7 @@ def measure_corruptions(classifier, x, y, clean_predictions, clean_scores, *, th
             images = corrupt(x, name, severity, seed=seed)
             logits = classifier.logits(images)
             predictions = logits.argmax(axis=1)
-            if classifier.detector is not None:  # a rejected image counts as a wrong call, as under attack
+            if classifier.can_reject:  # a rejected (or abstained) image counts as a wrong call, as under attack
                 predictions = with_rejection(y, predictions, classifier.rejected(images), health_map)[0]
             scores = malignancy_score(special.softmax(logits.astype(np.float64), axis=1), malignant)
             figures = resampled_figures(y, predictions, scores, malignant, threshold, n_resamples=n_resamples,

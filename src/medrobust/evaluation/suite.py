@@ -138,7 +138,7 @@ def add_measurement(out, y, name, classifier, attack, threat, eps, images, *, he
     malignant = malignant_mask(health_map)
     logits = classifier.logits(images)
     predictions = logits.argmax(axis=1)
-    rejected = classifier.rejected(images) if classifier.detector is not None else None
+    rejected = classifier.rejected(images) if classifier.can_reject else None
     strict = predictions if rejected is None else with_rejection(y, predictions, rejected, health_map)[0]
     probabilities = softmax(logits)
     clean = None if threat == "clean" else next(m for m in out if m.model == name and m.threat == "clean")

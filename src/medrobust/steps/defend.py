@@ -66,7 +66,7 @@ def check_request(config):
     for method, eps in requests:
         attacks.check_attack(method, eps, "inf")
     parent = tracking.load_classifier(config.model_uri)
-    if parent.chain or parent.detector is not None:
+    if parent.chain or parent.detector is not None or parent.smoothing is not None:
         raise ModelError(f"{config.model_uri} is already a defended model; defend its undefended network instead "
                          f"({parent.info.get('parent_model_uri', 'the model it was made from')})")
     shape = parent.input_shape

@@ -13,7 +13,9 @@ from ...evaluation import interval_summary, measure, record, records_csv
 from ...evaluation.adaptive import joint_pgd
 from ...evaluation.intervals import paired_difference
 from ...evaluation.operating_point import malignancy_score, operating_summary, roc
-from ...evaluation.records import CORRUPTION, MEAN, is_corruption, per_image_csv
+from ...data import stratified_subset
+from ...evaluation.certified import certified_curve, measure_certified
+from ...evaluation.records import CERTIFIED, CORRUPTION, MEAN, is_corruption, measured_apart, per_image_csv
 from ...evaluation.report import condition_label, format_eps, headline, render_html, rows, security_curves
 from ...evaluation.shift import corruption_grid, corruption_summary, measure_corruptions
 from ...evaluation.suite import add_measurement, ensembles
@@ -35,6 +37,23 @@ def corrupted_records(model, x, y, evaluation, threshold, config):
                                health_map=config.data.health_map, corruptions=names, severities=config.severities,
                                seed=config.seed, n_resamples=config.n_resamples,
                                progress=lambda name, severity: log.debug("corruption %s, severity %d", name, severity))
+
+
+def certified_records(model, x, y, config, notes):
+    """Randomized smoothing's certificate (evaluation/certified.py) on a class-stratified sample
+    of certify_images of the measured images, at the model's own noise or certify_sigma."""
+    own = (model.smoothing or {}).get("sigma")
+    sigma = config.certify_sigma or own or 0.25
+    if own is None:
+        notes.append(f"certified: the model answers without smoothing; its smoothed version at sigma {sigma:g} is "
+                     "certified (a network not trained under noise certifies little: defend it with `smoothing`)")
+    keep = stratified_subset(y, min(config.certify_images, len(y)), seed=config.seed)
+    log.info("certified: %d images, sigma %g, %d samples each", len(keep), sigma, config.certify_samples)
+    records, _ = measure_certified(model, x[keep], y[keep], sigma=sigma, n=config.certify_samples,
+                                   n0=max(10, config.certify_samples // 10), alpha=config.certify_alpha, model=MODEL,
+                                   health_map=config.data.health_map, seed=config.seed, n_resamples=config.n_resamples,
+                                   attack_steps=config.pgd_steps)
+    return records
 
 
 def with_intervals_and_operating_point(evaluation, y, malignant, threshold, config):
@@ -95,6 +114,8 @@ def metric_name(r):
         head = "clean"
     elif r["threat"] == CORRUPTION:
         head = f"corruption_{r['attack']}_{r['eps']:g}"
+    elif r["threat"] == CERTIFIED:
+        head = f"certified_{r['eps']:g}"
     else:
         eps = r["eps"] * 255
         head = f"{r['attack']}_{r['threat']}_{eps:g}" if abs(eps - round(eps)) < 1e-6 else \
@@ -131,6 +152,11 @@ def _figures(records, roc_curve, evaluation, worst, x):
             fig = plots.heatmap_figure(values, names, severities, f"{metric} under natural corruptions", xlabel="severity",
                                        reference=rows(records, model=MODEL)[0][metric], colorbar=metric)
             out[f"corruptions: {metric}"] = plots.figure_png(fig)
+    curves = {m: certified_curve(records, model=MODEL, metric=m) for m in ("certified_accuracy", "certified_fnr",
+                                                                             "empirical_accuracy")}
+    if len(curves["certified_accuracy"][0]):
+        fig = plots.certified_figure(curves, "randomized smoothing: certified against L2 PGD")
+        out["certified: accuracy and FNR against the L2 radius"] = plots.figure_png(fig)
     attacked = [m for m in evaluation.measurements if m.model == MODEL and m.examples is not None]
     if attacked:
         m = min(attacked, key=lambda m: m.values["accuracy"])
@@ -145,7 +171,7 @@ def log_rows(records, experiment):
     """One nested run per report row (condition of the measured model), named by its condition,
     holding that row's figures without prefix, so the MLflow UI compares rows side by side."""
     for row in rows(records, model=MODEL):
-        if is_corruption(row):  # 70 of them: the report's table and heat map hold them, records.csv each figure
+        if measured_apart(row):  # corruptions and certificates: the report's tables and figures hold them
             continue
         tags = {"medrobust.step": "evaluate-row", "medrobust.attack": row["attack"],
                 "medrobust.threat": row["threat"], "medrobust.eps": format_eps(row["eps"])}
@@ -154,13 +180,14 @@ def log_rows(records, experiment):
                                   and isinstance(v, (int, float)) and np.isfinite(v)})
 
 
-def measure_and_log(model, x, y, *, config, threshold, surrogate=None, notes=(), ids=None, summary=None, title=""):
+def measure_and_log(model, x, y, *, config, threshold, surrogate=None, notes=None, ids=None, summary=None, title=""):
     """Measure `model` (a DefendedClassifier) on x (N, H, W, 3) float32 in [0, 1] with true
     labels y (N,) under config's suites (a SuiteConfig) and log everything into the active run:
     the metrics (flat names, metric_name), one nested run per row, report/records.csv,
     report/per_image.csv (when `ids`, the images' ids, are given), report/report.html and
     report/headline.json. threshold: the operating point, or None; surrogate: the model transfer
     attacks are crafted on; summary: {label: text} heading the report. Returns (records, headline)."""
+    notes = [] if notes is None else notes  # what the suites could not do as asked; the caller's list grows
     conditions, _ = suite_conditions(config, surrogate is not None)
     malignant = malignant_mask(config.data.health_map)
     log.info("evaluate: %d images, %d conditions%s", len(x), len(conditions),
@@ -173,6 +200,8 @@ def measure_and_log(model, x, y, *, config, threshold, surrogate=None, notes=(),
     records = with_intervals_and_operating_point(evaluation, y, malignant, threshold, config)
     if wants_corruptions(config):
         records += corrupted_records(model, x, y, evaluation, threshold, config)
+    if "certified" in config.suites:
+        records += certified_records(model, x, y, config, notes)
     clean = evaluation.get(MODEL)
     roc_curve = roc(malignancy_score(clean.probabilities, malignant), malignant[y])
     records.append(record(MODEL, "none", "clean", 0.0, "roc_auc", roc_curve[3]))
