@@ -71,12 +71,13 @@ def certified_figure(records, path):
     for r in records:
         if r["threat"] == "certified":
             rows.setdefault(r["eps"], {})[r["metric"]] = r["value"]
-    lines = ["| L2 radius | certified accuracy | certified FNR | empirical accuracy (L2 PGD) | violations |",
-             "|---|---|---|---|---|"]
+    lines = ["| L2 radius | certified accuracy | certified FNR | empirical accuracy (L2 PGD) | disagreements | "
+             "violations |", "|---|---|---|---|---|---|"]
     for radius, v in sorted(rows.items()):
         cell = lambda m: f"{v[m]:.3f} [{v[m + '_ci_low']:.3f}, {v[m + '_ci_high']:.3f}]"  # noqa: E731
         lines.append(f"| {radius:g} | {cell('certified_accuracy')} | {cell('certified_fnr')} | "
-                     f"{v.get('empirical_accuracy', np.nan):.3f} | {v.get('violations', 0):g} |")
+                     f"{v.get('empirical_accuracy', np.nan):.3f} | {v.get('disagreements', 0):g} | "
+                     f"{v.get('violations', 0):g} |")
     first = rows[0.0]
     return "\n".join(lines) + (f"\n\nsigma {first['certify_sigma']:g}, n {first['certify_n']:g}, alpha "
                                f"{first['certify_alpha']:g}, {first['certify_images']:g} images, "

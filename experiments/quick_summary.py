@@ -105,7 +105,11 @@ def corruption_table(steps, severity=3):
             if "mean" not in rows:
                 continue
             mean = rows.pop("mean")
-            worst = max(rows, key=lambda name: float(rows[name]["op_fnr"]))
+            known = [name for name in rows if rows[name].get("op_fnr") not in (None, "", "nan")]
+            if not known or "op_fnr" not in mean:  # no operating point, or no cancer among the images
+                lines.append(f"| {model} | {cell(mean, 'accuracy')} | {cell(mean, 'change_accuracy')} | - | - |")
+                continue
+            worst = max(known, key=lambda name: float(rows[name]["op_fnr"]))
             lines.append(f"| {model} | {cell(mean, 'accuracy')} | {cell(mean, 'change_accuracy')} | "
                          f"{cell(mean, 'op_fnr')} | {cell(rows[worst], 'op_fnr')} ({worst}) |")
         tables.append("\n".join(lines))

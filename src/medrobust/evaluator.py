@@ -23,9 +23,13 @@ import pandas as pd
 
 from . import tracking
 from .config import ModelStepConfig, SuiteConfig, flatten
+from .config.settings import coerce
 from .data import CLASSES, class_index, stratified_subset
 from .errors import ConfigError, DataError
 from .evaluation.corruptions import check_corruptions
+from .evaluation.records import MEAN, is_corruption
+from .evaluation.shift import corruption_summary
+from .models.training import set_seed
 from .predict import IMAGE_ROOT_ENV, read_request
 from .steps.evaluate import MODEL, measure_and_log, metric_name, suite_conditions
 from .steps.evaluate.conditions import corruption_names, wants_corruptions
@@ -46,6 +50,10 @@ def suite_config(settings, classifier):
                           "mlflow.models.evaluate's arguments", refused)
     image_root = settings.pop("image_root", None) or os.environ.get(IMAGE_ROOT_ENV) or None
     threshold = settings.pop("threshold", classifier.info.get("operating_threshold"))
+    if threshold is not None:
+        threshold = coerce(threshold, float, "threshold")
+        if not 0 <= threshold <= 1:
+            raise ConfigError(f"threshold must be in [0, 1] (a malignancy score), got {threshold!r}", ["threshold"])
     config = SuiteConfig.from_dict(settings)
     health_map = classifier.info.get("operating_health_map", config.data.health_map)
     config = replace(config, data=replace(config.data, image_size=int(classifier.input_shape[0]), health_map=health_map))
@@ -53,7 +61,7 @@ def suite_config(settings, classifier):
         c.check()
     if wants_corruptions(config):
         check_corruptions(corruption_names(config), config.severities)
-    return config, image_root, None if threshold is None else float(threshold)
+    return config, image_root, threshold
 
 
 def labels_of(targets):
@@ -89,6 +97,7 @@ def evaluate_dataset(classifier, features, targets, settings):
     """The evaluate step's measurement of `classifier` on the given images, logged into the
     active run (records, report, metrics, one nested run per row); returns the flat metrics."""
     config, image_root, threshold = suite_config(settings, classifier)
+    set_seed(config.seed)
     y = labels_of(targets)
     x = images_of(classifier, features, image_root)
     if config.max_images:
@@ -101,8 +110,11 @@ def evaluate_dataset(classifier, features, targets, settings):
     tracking.log_params({f"medrobust.{k}": v for k, v in flatten(config).items() if k.split(".")[0] not in NOT_TAKEN})
     records, worst = measure_and_log(classifier, x, y, config=config, threshold=threshold, notes=notes, summary=summary,
                                      title="medrobust evaluate (mlflow.models.evaluate)")
-    metrics = {metric_name(r): r["value"] for r in records
-               if r["model"] == MODEL and np.isfinite(r["value"]) and r["threat"] != "corruption"}
+    # what measure_and_log logged to MLflow: a corruption's own figures stay in records.csv
+    metrics = {metric_name(r): r["value"] for r in records if r["model"] == MODEL and np.isfinite(r["value"])
+               and (not is_corruption(r) or r["attack"] == MEAN)}
+    metrics |= {k: v for k, v in corruption_summary(records, model=MODEL, severities=config.severities)[1].items()
+                if np.isfinite(v)}
     return metrics | {f"worst_{k}": v["value"] for k, v in worst.items() if np.isfinite(v["value"])}
 
 

@@ -150,7 +150,8 @@ def heatmap_figure(values, row_labels, column_labels, title, *, reference=None, 
             if np.isfinite(values[i, j]):
                 ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color="black" if values[i, j] > 0.6 else "white")
-    ax.set_title(title if reference is None else f"{title} (clean {reference:.2f})", fontsize=10)
+    known = reference is not None and np.isfinite(reference)
+    ax.set_title(f"{title} (clean {reference:.2f})" if known else title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, label=colorbar)
     fig.tight_layout()
     return fig

@@ -16,21 +16,21 @@ def test_a_smoothed_version_is_certified_and_no_attack_inside_its_radius_changes
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
     trained = run_train(TrainConfig(data=data, epochs=3, batch_size=32, experiment="test"))
     defended = run_defend(DefendConfig(model_uri=trained.model_uri, data=data, defense="smoothing", sigma=0.12,
-                                       smoothing_epochs=1, smoothing_samples=32, eval_attacks=("fgsm",), max_images=16,
+                                       smoothing_epochs=1, smoothing_samples=16, eval_attacks=("fgsm",), max_images=12,
                                        alias="none", experiment="test"))
     version = f"models:/medrobust-small_cnn/{defended.version}"
     classifier = tracking.load_classifier(version)
-    assert classifier.smoothing == {"sigma": 0.12, "samples": 32, "alpha": 0.001, "seed": 0}
+    assert classifier.smoothing == {"sigma": 0.12, "samples": 16, "alpha": 0.001, "seed": 0}
 
-    result = run_evaluate(EvaluateConfig(model_uri=version, data=data, suites=("certified",), certify_samples=200,
-                                         certify_images=30, n_resamples=100, pgd_steps=5, experiment="test"))
+    result = run_evaluate(EvaluateConfig(model_uri=version, data=data, suites=("certified",), certify_samples=100,
+                                         certify_images=24, n_resamples=100, pgd_steps=5, experiment="test"))
     rows = {}
     for r in result.records:
         if r["threat"] == "certified":
             rows.setdefault(r["eps"], {})[r["metric"]] = r["value"]
     radii = sorted(rows)
     assert radii == [0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0]
-    assert rows[0.0]["certify_sigma"] == 0.12 and rows[0.0]["certify_n"] == 200 and rows[0.0]["certify_images"] == 30
+    assert rows[0.0]["certify_sigma"] == 0.12 and rows[0.0]["certify_n"] == 100 and rows[0.0]["certify_images"] == 24
     accuracy = [rows[r]["certified_accuracy"] for r in radii]
     assert all(a >= b for a, b in zip(accuracy, accuracy[1:]))  # a larger ball certifies no more
     assert rows[0.0]["certified_accuracy"] > 0
@@ -47,7 +47,7 @@ def test_a_smoothed_version_is_certified_and_no_attack_inside_its_radius_changes
 
     # a plain network is certified at the default noise, and the report says it was not trained for it
     plain = run_evaluate(EvaluateConfig(model_uri=trained.model_uri, data=data, suites=("certified",),
-                                        certify_samples=50, certify_images=8, n_resamples=50, pgd_steps=2,
+                                        certify_samples=20, certify_images=4, n_resamples=50, pgd_steps=2,
                                         experiment="test"))
     assert any("not trained under noise" in n or "without smoothing" in n for n in plain.notes)
     assert np.isfinite([r["value"] for r in plain.records if r["metric"] == "certified_accuracy"]).all()

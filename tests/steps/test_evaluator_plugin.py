@@ -17,13 +17,13 @@ from medrobust.steps.evaluate import run_evaluate
 from medrobust.steps.train import run_train
 
 URI = "models:/medrobust-small_cnn/1"
-SUITE = {"suites": ["standard", "health", "corruptions"], "corruptions": ["jpeg", "hair"], "severities": [3],
-         "pgd_steps": 3, "apgd_steps": 4, "apgd_targets": 2, "square_queries": 10, "n_resamples": 100}
+SUITE = {"suites": ["adaptive", "health", "corruptions"], "corruptions": ["jpeg", "hair"], "severities": [3],
+         "pgd_steps": 3, "apgd_steps": 4, "n_resamples": 100}
 
 
 @pytest.fixture(scope="module")
 def measured(ham_dir, tmp_path_factory):
-    """A trained version, its `medrobust evaluate` run on 40 test images, and those images' table."""
+    """A trained version, its `medrobust evaluate` run on 30 test images, and those images' table."""
     import os
 
     store = tmp_path_factory.mktemp("plugin")
@@ -32,7 +32,7 @@ def measured(ham_dir, tmp_path_factory):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
     run_train(TrainConfig(data=data, epochs=3, batch_size=32, experiment="test"))
     threshold = float(tracking.model_version_tags(URI)["operating_threshold"])
-    result = run_evaluate(EvaluateConfig(model_uri=URI, data=data, max_images=40, threshold=threshold,
+    result = run_evaluate(EvaluateConfig(model_uri=URI, data=data, max_images=30, threshold=threshold,
                                          experiment="test", **{k: tuple(v) if isinstance(v, list) else v
                                                                for k, v in SUITE.items()}))
     per_image = pd.read_csv(io.StringIO(tracking.load_text_artifact(result.run_id, "report/per_image.csv")))

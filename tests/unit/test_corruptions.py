@@ -66,6 +66,7 @@ class BrightnessClassifier:
     its calls, noise barely does."""
 
     detector = None
+    can_reject = False
 
     def logits(self, images):
         dark = (0.6 - images.mean(axis=(1, 2, 3))) * 40

@@ -9,7 +9,7 @@ from scipy import stats
 from medrobust.data import malignant_mask
 from medrobust.defenses import DefendedClassifier, load_defended
 from medrobust.defenses.smoothing import abstains, certify, vote_counts, vote_logits
-from medrobust.evaluation.certified import certified_counts
+from medrobust.evaluation.certified import certified_counts, violations
 
 SHAPE = (4, 4, 3)
 
@@ -45,6 +45,9 @@ def test_the_vote_is_seeded_counts_every_sample_and_its_logits_give_the_shares(t
     counts = vote_counts(network, x, sigma=0.25, samples=50, seed=1)
     assert counts.shape == (24, 7) and (counts.sum(axis=1) == 50).all() and counts[:, 2:].sum() == 0
     np.testing.assert_array_equal(counts, vote_counts(network, x, sigma=0.25, samples=50, seed=1))
+    # an image's noise is its own: the same votes alone, in another order, or in another batch
+    again = vote_counts(network, x[::-1], sigma=0.25, samples=50, seed=1, batch_size=100)
+    np.testing.assert_array_equal(again[::-1], counts)
     shares = np.exp(vote_logits(counts))
     assert np.allclose(shares / shares.sum(axis=1, keepdims=True), (counts + 0.5) / (50 + 3.5))
 
@@ -89,9 +92,25 @@ def test_a_smoothed_classifier_saves_votes_abstains_and_attacks_through_noise(to
     loaded = load_defended(classifier.save(tmp_path / "smoothed"))
     assert loaded.smoothing == classifier.smoothing and loaded.can_reject
     np.testing.assert_array_equal(loaded.logits(x), classifier.logits(x))
-    near = np.abs(distance) < 0.02
+    near = np.abs(distance) < 0.1  # the two images nearest the boundary, 0.087 from it
     assert loaded.rejected(x)[near].all() and not loaded.rejected(x)[np.abs(distance) > 1.5].any()
     attacked = loaded.as_keras()
     assert not np.array_equal(attacked(x[:2]).numpy(), attacked(x[:2]).numpy())  # fresh noise on every call
     plain = load_defended(DefendedClassifier(network).save(tmp_path / "plain"))
     assert plain.smoothing is None and not plain.can_reject
+
+
+def test_the_attack_check_confirms_a_broken_certificate_and_not_a_sound_one(toy):
+    """An image moved across the boundary loses its certified class, which a fresh vote confirms;
+    one moved less than its certified radius does not: the check that could call a certificate
+    wrong, and does only when it is."""
+    network, x, distance = toy
+    w = (x[-1] - x[0]).reshape(-1) / (distance[-1] - distance[0])  # the unit normal
+    predicted, radius = certify(network, x, sigma=0.25, n0=100, n=1000, alpha=0.001, seed=0)
+    far = np.flatnonzero((predicted >= 0) & (np.abs(distance) > 1.0))
+    smoothed = DefendedClassifier(network, smoothing={"sigma": 0.25, "samples": 100, "alpha": 0.001, "seed": 0})
+    towards = -np.sign(distance[far])[:, None]
+    inside = (x[far].reshape(len(far), -1) + towards * radius[far, None] * 0.9 * w).reshape(len(far), *SHAPE)
+    across = (x[far].reshape(len(far), -1) + towards * (np.abs(distance[far]) + 1.0)[:, None] * w).reshape(len(far), *SHAPE)
+    assert violations(smoothed, inside.astype(np.float32), predicted[far], n=1000, alpha=0.001) == 0
+    assert violations(smoothed, across.astype(np.float32), predicted[far], n=1000, alpha=0.001) == len(far) > 0

@@ -122,6 +122,10 @@ class TuneConfig(ModelStepConfig):
     multi_objective: bool = setting(False, "defense: the Pareto front of robust macro recall against clean FNR")
 
     def validate(self):
+        super().validate()
+        apart = [s for s in self.suites if s in ("corruptions", "certified")]
+        if apart:  # the defense objective reads the attack ensemble, which these suites do not make
+            raise ConfigError(f"tune's suites are attack suites; {', '.join(apart)} measure no attack", ["suites"])
         if self.fraction_max < 0.05:
             raise ConfigError(f"fraction_max must be at least 0.05 (the search step), got {self.fraction_max!r}",
                               ["fraction_max"])
@@ -152,6 +156,17 @@ class PromoteConfig(SuiteConfig):
     reuse: bool = setting(True, "reuse a finished evaluate run of this version with the same settings")
     alias: str = setting("robust", "alias the version moves to on a pass")
     previous_alias: str = setting("previous", "alias the replaced version gets")
+
+    def validate(self):
+        super().validate()
+        if self.max_corrupted_fnr is None:
+            return
+        if not {"corruptions", "full"} & set(self.suites):
+            raise ConfigError("max_corrupted_fnr reads the corruptions suite: add corruptions to suites",
+                              ["max_corrupted_fnr", "suites"])
+        if self.corruption_severity not in self.severities:
+            raise ConfigError(f"corruption_severity {self.corruption_severity} is not among the severities measured "
+                              f"({', '.join(map(str, self.severities))})", ["corruption_severity"])
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ detector threshold, the smoothing, the spec and where the network came from).
 """
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from ..models.training import predict_logits
 from .smoothing import abstains, vote_counts, vote_logits
 from .transforms import apply_chain, backward_chain
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: may hold smoothing, which a reader of format 1 would silently drop
+READS = (1, 2)
+SMOOTHING_KEYS = ("sigma", "samples", "alpha", "seed")
 
 
 @dataclass
@@ -49,9 +52,19 @@ class DefendedClassifier:
         return apply_chain(x, self.chain) if self.chain else np.asarray(x, dtype=np.float32)
 
     def votes(self, x):
-        """(N, K) smoothing's vote counts on the transformed images (seeded: the same x, the same votes)."""
+        """(N, K) smoothing's vote counts: noise on the images as given, then the transformations
+        and the network (seeded per image; the last call's counts are kept, since `logits` and
+        `rejected` ask for the same images in turn)."""
+        x = np.asarray(x, dtype=np.float32)
+        key = (x.shape, zlib.crc32(np.ascontiguousarray(x).tobytes()))
+        cached = getattr(self, "_votes", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         s = self.smoothing
-        return vote_counts(self.network, self.transform(x), sigma=s["sigma"], samples=s["samples"], seed=s["seed"])
+        counts = vote_counts(lambda z: predict_logits(self.network, self.transform(z)), x, sigma=s["sigma"],
+                             samples=s["samples"], seed=s["seed"])
+        self._votes = (key, counts)
+        return counts
 
     def logits(self, x, batch_size=256, *, direct=False):
         """(N, K) logits of the network on the transformed images (direct: see predict_logits);
@@ -78,9 +91,10 @@ class DefendedClassifier:
         if not self.chain and self.smoothing is None:
             return self.network
         inputs = keras.Input(self.input_shape, name="image")
-        x = ChainLayer(self.chain, name="input_transforms")(inputs) if self.chain else inputs
-        if self.smoothing is not None:
+        x = inputs
+        if self.smoothing is not None:  # in front of the transformations, as the vote adds it
             x = AlwaysNoise(self.smoothing["sigma"], seed=self.smoothing["seed"], name="smoothing_noise")(x)
+        x = ChainLayer(self.chain, name="input_transforms")(x) if self.chain else x
         outputs = self.network(x)
         return keras.Model(inputs, outputs, name=f"defended_{self.network.name}")
 
@@ -90,7 +104,8 @@ class DefendedClassifier:
         self.network.save(folder / "network.keras")
         if self.detector is not None:
             self.detector.save(folder / "detector.keras")
-        spec = {"format": FORMAT_VERSION, "chain": [[n, p] for n, p in self.chain], "threshold": self.threshold,
+        spec = {"format": FORMAT_VERSION if self.smoothing is not None else 1,  # older readers load the rest
+                "chain": [[n, p] for n, p in self.chain], "threshold": self.threshold,
                 "detector": self.detector is not None, "info": self.info, "smoothing": self.smoothing}
         (folder / "defense.json").write_text(json.dumps(spec, indent=2))
         return folder
@@ -99,13 +114,16 @@ class DefendedClassifier:
 def load_defended(folder):
     folder = Path(folder)
     spec = json.loads((folder / "defense.json").read_text())
-    if spec.get("format") != FORMAT_VERSION:
-        raise ModelError(f"{folder / 'defense.json'}: unknown defended-model format {spec.get('format')!r}")
+    if spec.get("format") not in READS:
+        raise ModelError(f"{folder / 'defense.json'}: unknown defended-model format {spec.get('format')!r} (this "
+                         f"medrobust reads {', '.join(map(str, READS))}: upgrade it)")
+    smoothing = spec.get("smoothing")  # absent in folders saved before smoothing
+    if smoothing is not None and (not isinstance(smoothing, dict) or set(smoothing) != set(SMOOTHING_KEYS)):
+        raise ModelError(f"{folder / 'defense.json'}: smoothing must hold {', '.join(SMOOTHING_KEYS)}, got {smoothing!r}")
     network = keras.models.load_model(folder / "network.keras", compile=False)
     detector = keras.models.load_model(folder / "detector.keras", compile=False) if spec["detector"] else None
     chain = tuple((name, dict(params)) for name, params in spec["chain"])
-    return DefendedClassifier(network, chain, detector, float(spec["threshold"]), spec.get("info", {}),
-                              spec.get("smoothing"))  # absent in folders saved before smoothing
+    return DefendedClassifier(network, chain, detector, float(spec["threshold"]), spec.get("info", {}), smoothing)
 
 
 def adversarial_probability(detector, x, batch_size=256, *, direct=False):

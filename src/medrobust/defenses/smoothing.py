@@ -4,16 +4,19 @@ is too close to call. Its prediction is certifiably constant within an L2 radius
 sigma * Phi^-1(p_A) of x, where p_A is a lower confidence bound on the top class's share.
 
     network = train_under_noise(network, data, sigma=0.25, ...)     # the defense: fine-tuning
-    counts = vote_counts(network, x, sigma=0.25, samples=100, seed=0)
+    counts = vote_counts(classify, x, sigma=0.25, samples=100, seed=0)  # classify: images -> logits
     predicted, radius = certify(network, x, sigma=0.25, n0=100, n=1000, alpha=0.001, seed=0)
 
-The vote (prediction, abstention) is ours, vectorised and seeded per call, so a served version
-answers the same twice; certification is ART's TensorFlowV2RandomizedSmoothing.certify (Cohen's
+The noise is added to the image as it arrives, in front of any input transformation, as ART's
+certificate adds it: the certificate is about the classifier that is served. The vote
+(prediction, abstention) is ours, vectorised and seeded per image, so a served version answers
+an image the same way wherever it sits in a request; certification is ART's TensorFlowV2RandomizedSmoothing.certify (Cohen's
 CERTIFY: n0 samples choose the class, n others bound its share by Clopper-Pearson at alpha),
 seeded through numpy's global generator, which ART draws from.
 """
 
 import logging
+import zlib
 from dataclasses import replace
 from functools import partial
 
@@ -27,22 +30,40 @@ from .spec import training_config
 log = logging.getLogger(__name__)
 
 
-def vote_counts(network, x, *, sigma, samples, seed=0, batch_size=512):
-    """(N, K) int counts: per image, how often the network's argmax is each class over `samples`
-    copies with Gaussian noise of standard deviation sigma (on the [0, 1] scale) added."""
+def image_seeds(x, seed):
+    """(N,) one seed per image, from its pixels and `seed`: an image gets the same noise wherever
+    it sits in a request, so a served version answers the same image the same way."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return [(seed, zlib.crc32(image.tobytes())) for image in x]
+
+
+def vote_counts(classify, x, *, sigma, samples, seed=0, batch_size=512):
+    """(N, K) int counts: per image, how often classify(images) -> (M, K) logits puts each class
+    on top over `samples` copies with Gaussian noise of standard deviation sigma (on the [0, 1]
+    scale) added to the image, each image's noise seeded by image_seeds."""
     x = np.asarray(x, dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    k = int(network.output_shape[-1])
-    counts = np.zeros((len(x), k), dtype=np.int64)
+    seeds = image_seeds(x, seed)
+    counts = None
     per_batch = max(1, batch_size // samples)
     for start in range(0, len(x), per_batch):
         chunk = x[start:start + per_batch]
-        noisy = np.repeat(chunk, samples, axis=0)
-        noisy += rng.normal(0.0, sigma, size=noisy.shape).astype(np.float32)
-        votes = predict_logits(network, noisy, batch_size).argmax(axis=1).reshape(len(chunk), samples)
-        for j in range(k):
+        noise = np.concatenate([np.random.default_rng(s).normal(0.0, sigma, size=(samples, *chunk.shape[1:]))
+                                for s in seeds[start:start + per_batch]]).astype(np.float32)
+        logits = np.asarray(classify(np.repeat(chunk, samples, axis=0) + noise))
+        votes = logits.argmax(axis=1).reshape(len(chunk), samples)
+        if counts is None:
+            counts = np.zeros((len(x), logits.shape[1]), dtype=np.int64)
+        for j in range(counts.shape[1]):
             counts[start:start + len(chunk), j] = (votes == j).sum(axis=1)
-    return counts
+    return counts if counts is not None else np.zeros((0, 0), dtype=np.int64)
+
+
+def confirmed_below_half(counts, n, alpha):
+    """(N,) bool: a class's count out of n votes puts its share below 1/2 at level alpha (the
+    Clopper-Pearson upper bound under 0.5): evidence, not sampling noise, that it lost the vote."""
+    counts = np.asarray(counts)
+    upper = np.array([stats.beta.ppf(1 - alpha, c + 1, n - c) if c < n else 1.0 for c in counts])
+    return upper < 0.5
 
 
 def vote_logits(counts):
@@ -101,4 +122,5 @@ def build(classifier, data, config, hooks):
     return replace(classifier, smoothing=smoothing)
 
 
-__all__ = ["abstains", "build", "certify", "train_under_noise", "vote_counts", "vote_logits"]
+__all__ = ["abstains", "build", "certify", "confirmed_below_half", "image_seeds", "train_under_noise", "vote_counts",
+           "vote_logits"]

@@ -10,11 +10,13 @@ long-format records, with rejection counted both ways. Pure: no MLflow, no argum
 
 scoring.py scores one set of predictions, worst.py counts the per-image worst case over attacks
 (as AutoAttack and RobustBench do), suite.py measures a model, records.py turns the
-records into the flat names MLflow logs, a wide table and CSV.
+records into the flat names MLflow logs, a wide table and CSV. Apart from the attacks:
+corruptions.py and shift.py (natural corruptions, paired against clean) and certified.py
+(randomized smoothing's certificate).
 """
 
-from .records import (CLEAN, ENSEMBLE, FIELDS, THREATS, by_condition, column_title, condition_name, flat_metrics, record,
-                      records_csv, wide_table)
+from .records import (CERTIFIED, CLEAN, CORRUPTION, ENSEMBLE, FIELDS, THREATS, Record, by_condition, column_title,
+                      condition_name, flat_metrics, measured_apart, record, records_csv, wide_table)
 from .scoring import Scores, evaluate, score, with_rejection
 from .suite import ATTACKED, Condition, Evaluation, Measurement, add_measurement, ensembles, measure, suite
 from .worst import harm, worst_predictions, worst_scores
@@ -23,7 +25,7 @@ from .intervals import (INTERVAL_METRICS, batched_summary, bootstrap_confusion, 
 from .operating_point import health_at_threshold, malignancy_score, roc, threshold_for_sensitivity
 from .report import headline, headline_text, overlap_notes, render_html, rows, security_curves
 
-__all__ = ["ATTACKED", "CLEAN", "ENSEMBLE", "FIELDS", "add_measurement", "ensembles", "harm", "paired_difference",
+__all__ = ["ATTACKED", "CERTIFIED", "CLEAN", "CORRUPTION", "ENSEMBLE", "FIELDS", "Record", "measured_apart", "add_measurement", "ensembles", "harm", "paired_difference",
            "worst_predictions", "worst_scores", "THREATS", "Condition", "Evaluation", "Measurement", "Scores",
            "by_condition", "column_title", "condition_name", "evaluate", "flat_metrics", "measure", "record",
            "records_csv", "score", "suite", "wide_table", "with_rejection",

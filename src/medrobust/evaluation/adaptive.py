@@ -172,7 +172,11 @@ def eot_note(chain):
 def adaptive_notes(model):
     """What the adaptive suite can adapt to in this model, as sentences for the report."""
     notes = [eot_note(model.chain)] if model.chain else []
-    if not model.chain and model.detector is None:
+    if getattr(model, "smoothing", None) is not None:
+        notes.append("adaptive: randomized smoothing: the attacks see one noise draw per step (no expectation over "
+                     "the noise), so this model's robust figures are upper bounds; the certified suite gives the "
+                     "lower bound")
+    elif not model.chain and model.detector is None:
         notes.append("adaptive: the model has no input transformation and no detector to adapt to; its attacks run "
                      "white-box on the network, as plain attacks")
     if model.detector is None:

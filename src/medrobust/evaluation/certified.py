@@ -9,9 +9,11 @@ certified class is right with R >= r; certified_fnr, the share of cancers not ce
 malignant class at r (called benign, abstained, or certified only below r: a clinician cannot
 lean on any of them); abstain_rate. Beside each, the same smoothed classifier under an L2 PGD
 attack of budget r (ART's, fresh noise every step as Salman et al. 2019 attack smoothing):
-empirical_accuracy, the share whose vote under attack still wins for the true class (at least
-the certified share, up to the vote's sampling), and `violations`, the images certified at r or
-more whose vote under attack went to another class: 0 where the certificate holds.
+empirical_accuracy, the share whose vote (n0 samples) under attack still wins for the true
+class (at least the certified share, up to the vote's sampling); `disagreements`, the images
+certified at r or more whose n0-sample vote under attack left their certified class; and
+`violations`, those of them where a fresh vote of n samples confirms it (the class's share below
+1/2 at level alpha): 0 where the certificate holds.
 
 The base is the whole model without its detector (the certificate is about the classifier),
 input transformations included: Cohen's theorem holds for any base classifier.
@@ -24,7 +26,7 @@ import numpy as np
 
 from .. import attacks
 from ..data import malignant_mask
-from ..defenses.smoothing import certify
+from ..defenses.smoothing import certify, confirmed_below_half
 from .intervals import bootstrap_indices, percentile_interval
 from .records import CERTIFIED, record
 
@@ -80,15 +82,28 @@ def measure_certified(classifier, x, y, *, sigma, n=1000, n0=100, alpha=0.001, m
         if r > 0:
             x_adv, _ = attacks.craft("pgd_art", smoothed.as_keras(), x, r, "2", y=y, seed=seed, steps=attack_steps,
                                      random_start=True)
-            answer = smoothed.logits(x_adv).argmax(axis=1)  # the vote's winner, g(x_adv) as n0 samples see it
+            answer = smoothed.votes(x_adv).argmax(axis=1)  # the vote's winner, g(x_adv) as n0 samples see it
             values["empirical_accuracy"] = float(np.mean(answer == y))
             held = (predicted >= 0) & (radius >= r)
-            values["violations"] = float(np.sum(held & (answer != predicted)))
+            moved = np.flatnonzero(held & (answer != predicted))
+            values["disagreements"] = float(len(moved))
+            values["violations"] = float(violations(smoothed, x_adv[moved], predicted[moved], n=n, alpha=alpha))
         records += [record(model, SMOOTHING, CERTIFIED, r, k, v) for k, v in values.items()]
     settings = {"certify_sigma": sigma, "certify_n": n, "certify_n0": n0, "certify_alpha": alpha,
                 "certify_seconds_per_image": seconds, "certify_images": len(y)}
     records += [record(model, SMOOTHING, CERTIFIED, 0.0, k, v) for k, v in settings.items()]
     return records, seconds
+
+
+def violations(smoothed, x_adv, certified_class, *, n, alpha):
+    """How many of x_adv (attacked images whose n0-sample vote left their certified class) a
+    fresh vote of n samples confirms lost it: the certified class's share below 1/2 at level
+    alpha (smoothing.confirmed_below_half). A disagreement of the small vote alone is sampling."""
+    if not len(x_adv):
+        return 0
+    confirm = replace(smoothed, smoothing=dict(smoothed.smoothing, samples=n, seed=smoothed.smoothing["seed"] + 1))
+    counts = confirm.votes(x_adv)[np.arange(len(x_adv)), certified_class]
+    return int(confirmed_below_half(counts, n, alpha).sum())
 
 
 def certified_curve(records, *, model, metric):

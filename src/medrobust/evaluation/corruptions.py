@@ -5,10 +5,12 @@
 evaluation/shift.py measures a model on them.
 
 In the manner of ImageNet-C / CIFAR-10-C (Hendrycks and Dietterich 2019): each corruption has
-five severities. Parameters are CIFAR-10-C's at 32 px, the
-spatial ones (blur radii, line widths) scaled by image size / 32, so 224-px images are
-corrupted alike. Dermoscopy adds two: hair across the lesion, and the dark circle of a contact
-dermatoscope's field (vignette).
+five severities. Parameters are CIFAR-10-C's at 32 px where it has the corruption (noise,
+defocus, brightness, contrast, JPEG) and ImageNet-C's saturation table; motion blur's streak
+lengths, rotation, zoom, colour temperature, hair and vignette are ours. Spatial parameters
+(blur radii, line widths) scale with image size / 32, so 224-px images are corrupted alike.
+Dermoscopy adds two: hair across the lesion, and the dark circle of a contact dermatoscope's
+field (vignette).
 
 Written here rather than taken from `imagecorruptions` or `albumentations`: the released
 imagecorruptions (1.1.2) calls scikit-image with an argument removed in 0.19
@@ -83,8 +85,10 @@ def _from_hsv(hsv):
 
 
 def brightness(x, severity, rng):
+    """CIFAR-10-C's amounts, added to every channel (CIFAR-10-C adds them to HSV value, which
+    keeps hue and saturation; added to RGB the lesion also pales a little)."""
     c = (0.05, 0.1, 0.15, 0.2, 0.3)[severity - 1]
-    return x + c  # CIFAR-10-C adds to HSV value; the same as adding to each channel where none clips
+    return x + c
 
 
 def contrast(x, severity, rng):
@@ -192,14 +196,23 @@ def check_corruptions(names, severities):
         raise ConfigError(f"corruption severities are 1 to 5, got {', '.join(map(repr, wrong))}", ["severities"])
 
 
-def corrupt(x, name, severity, *, seed=0):
+CHUNK = 256  # images corrupted at a time: the float64 working copies stay small at 224 px
+
+
+def corrupt(x, name, severity, *, seed=0, start=0):
     """`x` (N, H, W, 3) float in [0, 1] under corruption `name` at `severity` (1..5), as float32
-    in [0, 1], quantised to 8 bits as a saved image would be. Seeded per (seed, corruption,
-    severity): the same call gives the same images."""
+    in [0, 1], quantised to 8 bits as a saved image would be. Worked CHUNK images at a time, each
+    chunk seeded by (seed, corruption, severity, its first image's index): the same call gives
+    the same images, and a caller going through a larger set in chunks passes each chunk's
+    `start` (its index in the set) to get the images one call on the set would give."""
     check_corruptions((name,), (severity,))
-    rng = np.random.default_rng([seed, list(CORRUPTIONS).index(name), severity])
-    out = CORRUPTIONS[name](np.asarray(x, dtype=np.float64), severity, rng)
-    return (_to_uint8(out) / 255.0).astype(np.float32)
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=np.float32)
+    for i in range(0, len(x), CHUNK):
+        rng = np.random.default_rng([seed, list(CORRUPTIONS).index(name), severity, start + i])
+        part = CORRUPTIONS[name](x[i:i + CHUNK].astype(np.float64), severity, rng)
+        out[i:i + CHUNK] = _to_uint8(part) / 255.0
+    return out
 
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "check_corruptions", "corrupt"]
+__all__ = ["CHUNK", "CORRUPTIONS", "SEVERITIES", "check_corruptions", "corrupt"]

@@ -18,6 +18,7 @@ are `clean_*` and its attacked ones `adv_<attack>_<threat>_*`; another model's c
 
 import csv
 import io
+from typing import TypedDict
 
 import pandas as pd
 
@@ -43,7 +44,18 @@ def measured_apart(row):
     return row["threat"] in (CORRUPTION, CERTIFIED)
 
 
-def record(model, attack, threat, eps, metric, value):
+class Record(TypedDict):
+    """One figure of one model in one condition (the module's docstring says what each holds)."""
+
+    model: str
+    attack: str
+    threat: str
+    eps: float  # the budget on the [0, 1] scale; a corruption's severity; a certificate's L2 radius
+    metric: str
+    value: float
+
+
+def record(model: str, attack: str, threat: str, eps: float, metric: str, value: float) -> Record:
     return {"model": model, "attack": attack, "threat": threat, "eps": float(eps), "metric": metric,
             "value": float(value)}
 

@@ -225,7 +225,8 @@ def corruption_section(corrupted):
     return parts + ["</table>"]
 
 
-CERTIFIED_COLUMNS = ("certified_accuracy", "certified_fnr", "abstain_rate", "empirical_accuracy", "violations")
+CERTIFIED_COLUMNS = ("certified_accuracy", "certified_fnr", "abstain_rate", "empirical_accuracy", "disagreements",
+                     "violations")
 
 
 def certified_section(certified):
@@ -239,9 +240,10 @@ def certified_section(certified):
              f"bound it, alpha {first.get('certify_alpha', _NAN):g}, {first.get('certify_images', _NAN):g} images, "
              f"{first.get('certify_seconds_per_image', _NAN):.2f} s per image. Radii are L2 on the [0, 1] pixel "
              "scale. certified_fnr counts a cancer not certified malignant at the radius (benign, abstained or "
-             "certified only below it) as missed. empirical_accuracy: the smoothed classifier under an L2 PGD attack "
-             "of that budget (at least the certified figure); violations: images certified right there whose "
-             "answer the attack changed (0 where the certificate holds).</p>", "<table>",
+             "certified only below it) as missed. empirical_accuracy: the smoothed classifier's vote under an L2 PGD "
+             "attack of that budget (at least the certified figure, up to sampling); disagreements: images certified "
+             "there whose vote under attack left their class; violations: those a fresh vote of n samples confirms "
+             "(0 where the certificate holds).</p>", "<table>",
              "<tr>" + "".join(f"<th>{e(c)}</th>" for c in ("L2 radius", *CERTIFIED_COLUMNS)) + "</tr>"]
     for r in sorted(certified, key=lambda r: r["eps"]):
         parts.append("<tr>" + f"<td>{r['eps']:g}</td>" + "".join(f"<td>{e(_cell(r, m))}</td>" for m in CERTIFIED_COLUMNS)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import special
 
 from ..data import malignant_mask
-from .corruptions import CORRUPTIONS, SEVERITIES, check_corruptions, corrupt
+from .corruptions import CHUNK, CORRUPTIONS, SEVERITIES, check_corruptions, corrupt
 from .intervals import batched_summary, bootstrap_confusion, percentile_interval
 from .operating_point import malignancy_score
 from .records import CORRUPTION, MEAN, record
@@ -86,12 +86,16 @@ def measure_corruptions(classifier, x, y, clean_predictions, clean_scores, *, th
         for name in corruptions:
             if progress is not None:
                 progress(name, severity)
-            images = corrupt(x, name, severity, seed=seed)
-            logits = classifier.logits(images)
-            predictions = logits.argmax(axis=1)
-            if classifier.can_reject:  # a rejected (or abstained) image counts as a wrong call, as under attack
-                predictions = with_rejection(y, predictions, classifier.rejected(images), health_map)[0]
-            scores = malignancy_score(special.softmax(logits.astype(np.float64), axis=1), malignant)
+            predictions, scores = [], []
+            for start in range(0, len(x), CHUNK):  # bounded memory at 224 px; the same images as one call
+                images = corrupt(x[start:start + CHUNK], name, severity, seed=seed, start=start)
+                logits = classifier.logits(images)
+                chunk = logits.argmax(axis=1)
+                if classifier.can_reject:  # a rejected (or abstained) image counts as a wrong call, as under attack
+                    chunk = with_rejection(y[start:start + CHUNK], chunk, classifier.rejected(images), health_map)[0]
+                predictions.append(chunk)
+                scores.append(malignancy_score(special.softmax(logits.astype(np.float64), axis=1), malignant))
+            predictions, scores = np.concatenate(predictions), np.concatenate(scores)
             figures = resampled_figures(y, predictions, scores, malignant, threshold, n_resamples=n_resamples,
                                         seed=seed)
             at_severity.append(figures)
@@ -146,9 +150,11 @@ def corruption_summary(records, *, model, severities):
         worst = worst_corruption(records, model=model, metric=metric, severity=severity)
         text[f"corruptions, severity {severity}"] = (
             f"mean accuracy {mean['accuracy']:.3f} [{mean['accuracy_ci_low']:.3f}, {mean['accuracy_ci_high']:.3f}] "
-            f"(change from clean {mean['change_accuracy']:+.3f}); worst {metric} {worst['value']:.3f} "
-            f"[{worst['ci_low']:.3f}, {worst['ci_high']:.3f}] under {worst['corruption']}")
-        values[f"corruption_worst_{severity}_{metric}"] = worst["value"]
+            f"(change from clean {mean['change_accuracy']:+.3f}); " +
+            (f"worst {metric} {worst['value']:.3f} [{worst['ci_low']:.3f}, {worst['ci_high']:.3f}] under "
+             f"{worst['corruption']}" if worst else f"{metric} undefined (no cancer among the images)"))
+        if worst:
+            values[f"corruption_worst_{severity}_{metric}"] = worst["value"]
     return text, values
 
 

@@ -10,6 +10,8 @@ measurement is the function medrobust/evaluator.py hands to `model_evaluator`, s
 imports no step.
 """
 
+import logging
+
 import mlflow
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, JsonEvaluationArtifact, TextEvaluationArtifact
@@ -17,6 +19,8 @@ from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from ..errors import MedrobustError
 from .models import ClassifierPyfunc
+
+log = logging.getLogger(__name__)
 
 # What the measurement leaves in the run, as MLflow's artifact types: {name: (path, type)}.
 ARTIFACTS = {"report": ("report/report.html", TextEvaluationArtifact),
@@ -29,7 +33,9 @@ def model_evaluator(measure):
     settings) -> {metric: value}, with the version's DefendedClassifier, the dataset's features
     (a DataFrame or a 2-D array) and labels, and the evaluator_config; measure logs into the
     active run. A medrobust error (a bad setting, image or label) becomes an MlflowException
-    INVALID_PARAMETER_VALUE naming it."""
+    INVALID_PARAMETER_VALUE naming it. A model that is no medrobust version is skipped (None),
+    so that `mlflow.models.evaluate` without `evaluators`, which asks every registered evaluator,
+    evaluates other models as before."""
 
     class MedrobustEvaluator(ModelEvaluator):
         @classmethod
@@ -39,9 +45,10 @@ def model_evaluator(measure):
         def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, **kwargs):
             python_model = None if model is None else model.unwrap_python_model()
             if not isinstance(python_model, ClassifierPyfunc):
-                raise MlflowException("the medrobust evaluator measures a medrobust model version (a model URI such as "
-                                      "models:/medrobust-small_cnn@robust), not predictions or another pyfunc",
-                                      error_code=INVALID_PARAMETER_VALUE)
+                # mlflow.models.evaluate without `evaluators` asks every registered evaluator:
+                # another kind of model is not ours to judge, and the others go on without us.
+                log.info("the medrobust evaluator measures medrobust model versions only; skipped")
+                return None
             if dataset.labels_data is None:
                 raise MlflowException("the medrobust evaluator needs the true labels: give targets=<column>",
                                       error_code=INVALID_PARAMETER_VALUE)

@@ -76,6 +76,8 @@ def check_request(config):
     """Every check before any work: (conditions, notes, model, surrogate or None)."""
     for method in config.curve_attacks:
         attacks.check_attack(method, max(config.curve_eps), "inf")
+    if wants_corruptions(config):
+        check_corruptions(corruption_names(config), config.severities)
     model = tracking.load_classifier(config.model_uri)
     if model.n_classes != N_CLASSES or len(model.input_shape) != 3:
         raise ModelError(f"{config.model_uri} outputs {model.n_classes} classes for inputs {model.input_shape}; the "
@@ -88,8 +90,6 @@ def check_request(config):
     conditions, notes = suite_conditions(config, surrogate is not None)
     if "adaptive" in config.suites or "full" in config.suites:
         notes += adaptive_notes(model)
-    if wants_corruptions(config):
-        check_corruptions(corruption_names(config), config.severities)
     for c in conditions:
         c.check()
     if config.split == "all" and config.threshold is None:

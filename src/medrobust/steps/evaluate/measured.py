@@ -8,12 +8,11 @@ import time
 import numpy as np
 
 from ... import plots, tracking
-from ...data import CLASSES, N_CLASSES, malignant_mask
+from ...data import CLASSES, N_CLASSES, malignant_mask, stratified_subset
 from ...evaluation import interval_summary, measure, record, records_csv
 from ...evaluation.adaptive import joint_pgd
 from ...evaluation.intervals import paired_difference
 from ...evaluation.operating_point import malignancy_score, operating_summary, roc
-from ...data import stratified_subset
 from ...evaluation.certified import certified_curve, measure_certified
 from ...evaluation.records import CERTIFIED, CORRUPTION, MEAN, is_corruption, measured_apart, per_image_csv
 from ...evaluation.report import condition_label, format_eps, headline, render_html, rows, security_curves
@@ -149,8 +148,9 @@ def _figures(records, roc_curve, evaluation, worst, x):
     for metric in ("accuracy", "op_fnr"):  # the heat maps, corruption x severity, against the clean row's figure
         names, severities, values = corruption_grid(records, model=MODEL, metric=metric)
         if len(names):
+            clean = next(r for r in rows(records, model=MODEL) if r["threat"] == "clean")
             fig = plots.heatmap_figure(values, names, severities, f"{metric} under natural corruptions", xlabel="severity",
-                                       reference=rows(records, model=MODEL)[0][metric], colorbar=metric)
+                                       reference=clean.get(metric), colorbar=metric)
             out[f"corruptions: {metric}"] = plots.figure_png(fig)
     curves = {m: certified_curve(records, model=MODEL, metric=m) for m in ("certified_accuracy", "certified_fnr",
                                                                              "empirical_accuracy")}
