@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from scipy import stats
 
-from ..models.training import fit, predict_logits
+from ..models.training import fit
 from .spec import training_config
 
 log = logging.getLogger(__name__)
