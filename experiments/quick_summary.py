@@ -95,7 +95,9 @@ def corruption_table(steps, severity=3):
     tables = []
     for step in (s for s in steps if s["step"] == "report"):
         runs = tracking.load_json_artifact(step["run_id"], "report/runs.json")
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        undefended = tracking.get_run(next(iter(runs.values())))["tags"]["medrobust.model_uri"]
+        network = undefended.split("/")[1].removeprefix("medrobust-").split("@")[0]
+        lines = [f"**{network}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model, run_id in runs.items():
             records = list(csv.DictReader(io.StringIO(tracking.load_text_artifact(run_id, "report/records.csv"))))
             rows = {}
