@@ -128,6 +128,11 @@ def recap_figure(labels, series, title):
         err = np.where(known, [values - lows, highs - values], 0.0)
         ax.errorbar(x, values, yerr=err, marker="o", capsize=3, label=metric)
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    return _shares_with_legend(fig, ax, title)
+
+
+def _shares_with_legend(fig, ax, title):
+    """The finish of a figure of shares: y from 0 to 1, title, grid, legend."""
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -165,12 +170,7 @@ def certified_figure(curves, title):
         if len(radii):
             ax.plot(radii, values, marker="o", label=name, linestyle="--" if name.startswith("empirical") else "-")
     ax.set_xlabel("L2 radius ([0, 1] pixel scale)")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _shares_with_legend(fig, ax, title)
 
 
 def roc_figure(fpr, tpr, auc, title):
