@@ -148,9 +148,9 @@ def _figures(records, roc_curve, evaluation, worst, x):
     for metric in ("accuracy", "op_fnr"):  # the heat maps, corruption x severity, against the clean row's figure
         names, severities, values = corruption_grid(records, model=MODEL, metric=metric)
         if len(names):
-            clean = next(r for r in rows(records, model=MODEL) if r["threat"] == "clean")
+            clean_row = next(r for r in rows(records, model=MODEL) if r["threat"] == "clean")
             fig = plots.heatmap_figure(values, names, severities, f"{metric} under natural corruptions", xlabel="severity",
-                                       reference=clean.get(metric), colorbar=metric)
+                                       reference=clean_row.get(metric), colorbar=metric)
             out[f"corruptions: {metric}"] = plots.figure_png(fig)
     curves = {m: certified_curve(records, model=MODEL, metric=m) for m in ("certified_accuracy", "certified_fnr",
                                                                              "empirical_accuracy")}
