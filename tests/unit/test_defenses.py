@@ -59,7 +59,7 @@ def test_spec_parts_apply_in_the_documented_order():
     assert parse_spec("LLT + Detector + distill") == ("distill", "detector", "llt")
     assert parse_spec("jpeg+squeeze+smooth") == ("squeeze", "smooth", "jpeg")
     assert parse_spec("none") == ()
-    assert list(DEFENSES) == ["distill", "retrain", "detector", "squeeze", "smooth", "jpeg", "llt"]
+    assert list(DEFENSES) == ["distill", "retrain", "smoothing", "detector", "squeeze", "smooth", "jpeg", "llt"]
 
 
 @pytest.mark.parametrize("spec, message", [("retrain+blur", "unknown defense 'blur'"),

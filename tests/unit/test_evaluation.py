@@ -153,7 +153,7 @@ def test_bad_conditions_are_refused_before_any_work(measured):
 
 
 def test_registry_order_is_the_application_order_and_settings_are_config_fields():
-    assert list(DEFENSES) == ["distill", "retrain", "detector", "squeeze", "smooth", "jpeg", "llt"]
+    assert list(DEFENSES) == ["distill", "retrain", "smoothing", "detector", "squeeze", "smooth", "jpeg", "llt"]
     config_fields = {f.name for f in fields(DefendConfig)}
     for name, spec in DEFENSES.items():
         assert spec.name == name and spec.family in FAMILIES and spec.summary
@@ -174,7 +174,7 @@ def test_input_builders_fold_into_the_documented_chain():
 def test_check_settings_refuses_a_setting_no_part_reads():
     with pytest.raises(ConfigError, match="temperature is a setting of distill, which the defense 'llt' does not include"):
         check_settings(("llt",), DefendConfig(defense="llt", temperature=5))
-    with pytest.raises(ConfigError, match="learning_rate is a setting of distill, retrain and detector"):
+    with pytest.raises(ConfigError, match="learning_rate is a setting of distill, retrain, smoothing and detector"):
         check_settings(("jpeg", "llt"), DefendConfig(learning_rate=1e-3))
     check_settings(("llt",), DefendConfig(defense="llt"))  # every setting at its default
     check_settings(("distill", "llt"), DefendConfig(temperature=5, learning_rate=1e-3))  # read by distill
