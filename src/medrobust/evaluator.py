@@ -93,9 +93,20 @@ def images_of(classifier, features, image_root):
     return x.reshape((-1, *shape))
 
 
+def meant_for_another(settings):
+    """Whether an evaluator_config holds only keys that are no setting of ours: the flat config
+    `mlflow.models.evaluate` without `evaluators` hands every evaluator (log_model_explainability
+    and the like, for MLflow's own)."""
+    ours = {f.name for f in fields(SuiteConfig)} | set(OWN_KEYS)
+    return bool(settings) and not any(k.split(".")[0] in ours for k in settings)
+
+
 def evaluate_dataset(classifier, features, targets, settings):
     """The evaluate step's measurement of `classifier` on the given images, logged into the
-    active run (records, report, metrics, one nested run per row); returns the flat metrics."""
+    active run (records, report, metrics, one nested run per row); returns the flat metrics, or
+    None (skipped) for a config meant for another evaluator."""
+    if meant_for_another(settings):
+        return None
     config, image_root, threshold = suite_config(settings, classifier)
     set_seed(config.seed)
     y = labels_of(targets)

@@ -241,7 +241,8 @@ def test_the_shipped_pipelines_parse_and_every_config_builds(tmp_path):
     assert steps["attack uap_fast 2/255 on small_cnn"] == 30 and steps["attack fgsm 2/255 on small_cnn"] == 200
     labels = [i.label for i in quick]
     assert {"attack fgsm 2/255 on small_resnet", "attack fgsm 2/255 on small_resnet from small_cnn",
-            "defend retrain+llt on small_cnn", "evaluate standard,adaptive,health on llt on small_resnet", "report_small",
+            "defend retrain+llt on small_cnn", "evaluate standard,adaptive,health,corruptions on llt on small_resnet",
+                "report_small",
             "promote retrain+llt on small_cnn"} <= set(labels)
     evaluate = next(i for i in quick if i.spec.name == "evaluate_resnet")  # a YAML anchor shares settings
     assert build_config(evaluate, PipelineConfig()).max_images == 500

@@ -150,7 +150,7 @@ def test_mlflow_evaluate_runs_on_a_version_through_the_contract(ham_dir, monkeyp
     with mlflow.start_run(experiment_id=mlflow.set_experiment("evaluate").experiment_id):
         result = mlflow.models.evaluate(f"models:/{NAME}/{trained.version}", frame, targets="label",
                                         model_type="classifier", model_config={"output": "predicted"},
-                                        evaluator_config={"log_model_explainability": False})
+                                        evaluators="default", evaluator_config={"log_model_explainability": False})
     ours = predict_frame(tracking.load_classifier(trained.model_uri), frame[["path"]])
     assert result.metrics["accuracy_score"] == pytest.approx(float(np.mean(ours["predicted"] == frame["label"])))
     assert result.metrics["example_count"] == len(frame)

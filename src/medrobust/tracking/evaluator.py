@@ -57,6 +57,9 @@ def model_evaluator(measure):
                                   dict(evaluator_config or {}))
             except MedrobustError as e:
                 raise MlflowException(f"medrobust evaluator: {e}", error_code=INVALID_PARAMETER_VALUE) from None
+            if metrics is None:  # a flat config meant for MLflow's own evaluator
+                log.info("the medrobust evaluator was given none of its settings; skipped")
+                return None
             artifacts = {name: kind(uri=mlflow.get_artifact_uri(path)) for name, (path, kind) in ARTIFACTS.items()}
             return EvaluationResult(metrics, artifacts, run_id)
 
