@@ -69,6 +69,7 @@ def measure_certified(classifier, x, y, *, sigma, n=1000, n0=100, alpha=0.001, m
     predicted, radius = certify(base, x, sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed)
     seconds = (time.perf_counter() - started) / max(len(x), 1)
     smoothed = replace(classifier, detector=None, smoothing={"sigma": sigma, "samples": n0, "alpha": alpha, "seed": seed})
+    attacked = smoothed.as_keras()  # built once: a new Keras model per radius would trace the attack again
     y = np.asarray(y)
     cancer = malignant[y]
     idx = bootstrap_indices(len(y), n_resamples=n_resamples, seed=seed)
@@ -80,7 +81,7 @@ def measure_certified(classifier, x, y, *, sigma, n=1000, n0=100, alpha=0.001, m
         values |= _with_interval("certified_fnr", counted["certified_miss"], cancer_idx)
         values["abstain_rate"] = float(abstained.mean())
         if r > 0:
-            x_adv, _ = attacks.craft("pgd_art", smoothed.as_keras(), x, r, "2", y=y, seed=seed, steps=attack_steps,
+            x_adv, _ = attacks.craft("pgd_art", attacked, x, r, "2", y=y, seed=seed, steps=attack_steps,
                                      random_start=True)
             answer = smoothed.votes(x_adv).argmax(axis=1)  # the vote's winner, g(x_adv) as n0 samples see it
             values["empirical_accuracy"] = float(np.mean(answer == y))
