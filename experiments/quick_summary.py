@@ -17,6 +17,8 @@ import csv
 import io
 
 from medrobust import tracking
+from medrobust.evaluation.records import read_records_csv
+from medrobust.evaluation.shift import worst_corruption
 
 CLEAN = "no attack (clean)"
 ENSEMBLE = "ensemble 2/255 (per-image worst over the suite)"
@@ -99,21 +101,15 @@ def corruption_table(steps, severity=3):
         network = undefended.split("/")[1].removeprefix("medrobust-").split("@")[0]
         lines = [f"**{network}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model, run_id in runs.items():
-            records = list(csv.DictReader(io.StringIO(tracking.load_text_artifact(run_id, "report/records.csv"))))
-            rows = {}
-            for r in records:
-                if r["model"] == "target" and r["threat"] == "corruption" and float(r["eps"]) == severity:
-                    rows.setdefault(r["attack"], {})[r["metric"]] = r["value"]
-            if "mean" not in rows:
+            records = read_records_csv(tracking.load_text_artifact(run_id, "report/records.csv"))
+            mean = {r["metric"]: r["value"] for r in records if r["model"] == "target" and r["threat"] == "corruption"
+                    and r["attack"] == "mean" and r["eps"] == severity}
+            if not mean:
                 continue
-            mean = rows.pop("mean")
-            known = [name for name in rows if rows[name].get("op_fnr") not in (None, "", "nan")]
-            if not known or "op_fnr" not in mean:  # no operating point, or no cancer among the images
-                lines.append(f"| {model} | {cell(mean, 'accuracy')} | {cell(mean, 'change_accuracy')} | - | - |")
-                continue
-            worst = max(known, key=lambda name: float(rows[name]["op_fnr"]))
-            lines.append(f"| {model} | {cell(mean, 'accuracy')} | {cell(mean, 'change_accuracy')} | "
-                         f"{cell(mean, 'op_fnr')} | {cell(rows[worst], 'op_fnr')} ({worst}) |")
+            worst = worst_corruption(records, model="target", metric="op_fnr", severity=severity)
+            tail = "- | -" if worst is None else (f"{cell(mean, 'op_fnr')} | {worst['value']:.3f} "
+                                                 f"[{worst['ci_low']:.3f}, {worst['ci_high']:.3f}] ({worst['corruption']})")
+            lines.append(f"| {model} | {cell(mean, 'accuracy')} | {cell(mean, 'change_accuracy')} | {tail} |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
 
