@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from medrobust import tracking
+from medrobust import plots, tracking
 from medrobust.evaluation.certified import certified_curve
 from medrobust.evaluation.records import read_records_csv
 from medrobust.evaluation.shift import corruption_grid
@@ -57,16 +57,9 @@ def corruption_figure(records, path):
 
 
 def certified_figure(records, path):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for metric, style in (("certified_accuracy", "-"), ("certified_fnr", "-"), ("empirical_accuracy", "--")):
-        radii, values = certified_curve(records, model="target", metric=metric)
-        ax.plot(radii, values, marker="o", linestyle=style, label=metric)
-    ax.set_xlabel("L2 radius ([0, 1] pixel scale)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    curves = {m: certified_curve(records, model="target", metric=m)
+              for m in ("certified_accuracy", "certified_fnr", "empirical_accuracy")}
+    plots.certified_figure(curves, "").savefig(path, dpi=90)
     rows = {}
     for r in records:
         if r["threat"] == "certified":
