@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from stores import STORE, image_cache, made_once
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,9 +18,10 @@ if os.environ.get("MEDROBUST_DATA"):
 
 
 # tests/unit/: one module at a time, on synthetic arrays or a few real images; tests/steps/: each
-# step end to end on real HAM10000 subsets; tests/system/: real services and whole processes
-# (PostgreSQL, `mlflow server` and `mlflow models serve`, Chromium, a notebook kernel, killed
-# runs), marked `system`, so `pytest -m "not system"` leaves them out; `make test` runs everything.
+# step end to end on real HAM10000 subsets, in-process; tests/system/: real services and whole
+# processes (PostgreSQL, `mlflow server` and `mlflow models serve`, Chromium, a notebook kernel,
+# `mlflow run` of each entry point, killed runs), marked `system`, so `pytest -m "not system"`
+# leaves them out; `make test` runs everything.
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.parent.name == "system":
@@ -44,17 +46,10 @@ def ham_metadata(ham_dir):
     return pd.read_csv(ham_dir / "HAM10000_metadata.csv")
 
 
-def image_cache(tmp_path_factory):
-    """One decoded-image cache for the whole session, shared by pytest-xdist's workers (each has
-    its own basetemp under the session's; the cache writes by atomic rename, so they can share)."""
-    base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "image-cache"
-
-
 @pytest.fixture(autouse=True)
 def isolated_stores(tmp_path, monkeypatch, tmp_path_factory):
     """Each test tracks into its own SQLite store; decoded images share one session cache."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / STORE}")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))
     monkeypatch.chdir(tmp_path)
@@ -90,18 +85,12 @@ def small_store(tmp_path_factory, ham_dir):
     from medrobust.steps.pipeline import run_pipeline
     from small_pipeline import write_pipeline
 
-    folder = tmp_path_factory.mktemp("small-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        patch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))
-        patch.chdir(folder)
-        path = write_pipeline(folder, SMALL_STORE_STEPS, data=ham_dir, name="small.yaml")
-        result = run_pipeline(PipelineConfig(file=str(path), experiment="small"))
-    for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        os.environ.pop(leaked, None)
-    return uri, result
+    def make():
+        path = write_pipeline(Path.cwd(), SMALL_STORE_STEPS, data=ham_dir, name="small.yaml")
+        return run_pipeline(PipelineConfig(file=str(path), experiment="small"))
+
+    store, result = made_once(tmp_path_factory, make)
+    return f"sqlite:///{store}", result
 
 
 @pytest.fixture

@@ -9,12 +9,21 @@ from medrobust.defenses import DefendedClassifier
 from medrobust.steps.attack import run_attack
 from medrobust.steps.train import run_train
 
+from stores import made_once, start_from
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory, ham_dir):
+    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40)
+    return made_once(tmp_path_factory, lambda: (data, run_train(TrainConfig(data=data, epochs=6, batch_size=32,
+                                                                            class_weight="balanced", experiment="test"))))
+
 
 @pytest.fixture
-def trained(ham_dir):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40)
-    result = run_train(TrainConfig(data=data, epochs=6, batch_size=32, class_weight="balanced", experiment="test"))
-    return data, result
+def trained(trained_once, tmp_path):
+    store, made = trained_once
+    start_from(store, tmp_path)
+    return made
 
 
 def test_fgsm_attack_run_logs_everything(trained):
@@ -66,19 +75,6 @@ def test_bad_attack_requests_fail_before_any_run(trained):
     with pytest.raises(ValueError, match="eps must be in"):
         AttackConfig(model_uri=model.model_uri, eps=10.0)
     assert [r["status"] for r in tracking.search_runs("test")] == ["FINISHED"]  # only the training run
-
-
-def test_mlflow_run_attack_uap_end_to_end(trained, ham_dir, mlflow_project):
-    data, model = trained
-    done = mlflow_project("attack", {"model_uri": model.model_uri, "data": ham_dir, "method": "uap",
-                                     "per_class_limit": 40, "max_images": 24, "uap_max_iter": 1, "eps": 0.05})
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = tracking.search_runs("e2e")
-    assert [r["status"] for r in runs] == ["FINISHED"]
-    run = tracking.get_run(runs[0]["run_id"])
-    assert run["params"]["method"] == "uap"
-    assert run["metrics"]["perturbation_linf_max"] <= 0.05 + 1e-6
-    assert "perturbation/uap.npy" in tracking.list_artifacts(runs[0]["run_id"])
 
 
 def test_surrogate_of_another_shape_is_refused(trained):

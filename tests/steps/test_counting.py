@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from medrobust.attacks.art_wrapper import as_art_classifier, seeded_globals
-from medrobust.attacks.gradient import _Compiled
+from medrobust.attacks.art_reference import _Compiled
 from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, TrainConfig
 from medrobust.data import load_dataset, malignant_mask
 from medrobust.evaluation import Condition, ENSEMBLE, harm, measure, paired_difference, worst_predictions, worst_scores
@@ -243,7 +243,8 @@ def test_our_square_queries_once_an_iteration_and_breaks_at_least_what_arts_does
     the whole batch): on the same images and query budget it must break no fewer, and query
     each image at most once an iteration."""
     from medrobust.attacks import random_search
-    from medrobust.attacks.gradient import square, square_art
+    from medrobust.attacks.art_reference import square_art
+    from medrobust.attacks.gradient import square
 
     data, plain_uri, _, store = ham_models
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)

@@ -20,15 +20,24 @@ from medrobust.steps.attack import run_attack
 from medrobust.steps.defend import run_defend
 from medrobust.steps.train import run_train
 
+from stores import made_once, start_from
+
 EPS = 8 / 255  # large enough that FGSM clearly hurts the small test model
 
 
-@pytest.fixture
-def trained(ham_dir):
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory, ham_dir):
     # 100 images a class and a 30 % test split: ~210 test images, enough for a margin to mean something.
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=100, fractions=(0.6, 0.1, 0.3))
-    result = run_train(TrainConfig(data=data, epochs=8, batch_size=32, class_weight="balanced", experiment="test"))
-    return data, result
+    return made_once(tmp_path_factory, lambda: (data, run_train(TrainConfig(data=data, epochs=8, batch_size=32,
+                                                                            class_weight="balanced", experiment="test"))))
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path):
+    store, made = trained_once
+    start_from(store, tmp_path)
+    return made
 
 
 def _defend(data, model, defense, **kw):
@@ -169,32 +178,6 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     assert registered["tags"]["defense"] == "retrain+llt" and registered["tags"]["parent_model_uri"] == model.model_uri
 
 
-def test_predict_cli_on_real_images(trained, ham_dir, tmp_path, child_env):
-    _, model = trained
-    folder = tmp_path / "some images"
-    folder.mkdir()
-    files = sorted((ham_dir / "images").glob("*.jpg"))[:4]
-    for f in files:
-        (folder / f.name).write_bytes(f.read_bytes())  # 200x150 originals; the model takes 32x32
-    out = tmp_path / "predictions.csv"
-    done = subprocess.run([sys.executable, "-m", "medrobust", "predict", "--model-uri", model.model_uri, str(folder),
-                           "--output", str(out)], capture_output=True, text=True, timeout=300, env=child_env())
-    assert done.returncode == 0, done.stderr[-2000:]
-    frame = pd.read_csv(out)
-    assert len(frame) == 4 and list(frame["path"]) == [str(folder / f.name) for f in files]
-    assert set(frame["predicted"]) <= {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
-    assert np.allclose(frame.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
-    assert tuple(frame.columns) == ("path", *RESPONSE_COLUMNS) and not frame["rejected"].any()
-    # The trained version carries its own operating point, chosen on its validation split.
-    threshold = tracking.load_classifier(model.model_uri).info["operating_threshold"]
-    assert (frame["malignant_at_threshold"] == (frame["malignancy_score"] >= threshold)).all()
-
-    (folder / "broken.jpg").write_bytes(b"not a picture")
-    done = subprocess.run([sys.executable, "-m", "medrobust", "predict", "--model-uri", model.model_uri, str(folder)],
-                          capture_output=True, text=True, timeout=300, env=child_env())
-    assert done.returncode == 2 and "broken.jpg: cannot decode image" in done.stderr, done.stderr[-2000:]
-
-
 @pytest.mark.parametrize("change, message", [
     ({"defense": "retrain+blur"}, "unknown defense 'blur'"),
     ({"retrain_attacks": ("nope",)}, "unknown attack method 'nope'"),
@@ -226,17 +209,3 @@ def test_a_model_that_is_not_a_lesion_classifier_is_refused(ham_dir):
                                                           info={"operating_threshold": 0.5}))
     with pytest.raises(ValueError, match="is not a skin-lesion classifier"):
         run_defend(DefendConfig(model_uri=uri, data=DataConfig(path=str(ham_dir)), defense="llt", experiment="test"))
-
-
-def test_mlflow_run_defend_end_to_end(ham_dir, mlflow_project):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=20)
-    model = run_train(TrainConfig(data=data, epochs=1, batch_size=32, experiment="test"))
-    done = mlflow_project("defend", {"model_uri": model.model_uri, "data": ham_dir, "defense": "llt", "llt_quality": 50,
-                                     "per_class_limit": 20, "max_images": 16, "eval_attacks": "fgsm"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = tracking.search_runs("e2e")
-    assert [r["status"] for r in runs] == ["FINISHED"]
-    run = tracking.get_run(runs[0]["run_id"])
-    assert run["params"]["defense"] == "llt" and run["params"]["llt_quality"] == "50"
-    assert "adv_fgsm_whitebox_accuracy" in run["metrics"]
-    assert tracking.load_classifier("models:/medrobust-small_cnn@candidate").chain == (("llt", {"quality": 50}),)

@@ -1,10 +1,6 @@
 """The pipeline step: parsing with file:line errors, grid expansion by lineage, reuse by key,
-resume after a kill, and a changed setting re-running exactly what lies downstream of it."""
+and a changed setting re-running exactly what lies downstream of it."""
 
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
@@ -15,7 +11,7 @@ from medrobust import tracking
 from medrobust.config import PipelineConfig, SuiteConfig
 from medrobust.errors import ConfigError
 from medrobust.cli import build_parser
-from medrobust.steps.pipeline import KEY_TAG, expand, parse, run_pipeline, split_overrides
+from medrobust.steps.pipeline import expand, parse, run_pipeline, split_overrides
 
 from small_pipeline import write_pipeline
 
@@ -350,68 +346,6 @@ def test_reuse_and_a_changed_setting_reruns_exactly_what_lies_downstream(tmp_pat
     assert changed.instances[3]["key"] != first.instances[3]["key"]  # new upstream run, new key
 
 
-def test_a_pipeline_killed_after_its_second_step_resumes_without_redoing_them(tmp_path, ham_dir, child_env):
-    path = write_pipeline(tmp_path, """\
-     train:
-       step: train
-       with: {epochs: 1, alias: none}
-     attack:
-       step: attack
-       with: {model_uri: "${train}", method: fgsm}
-     poison:
-       step: poison
-       with: {epochs: 20, patience: 0, poison_fractions: [0.5], register: false}
-     """, data=ham_dir)
-    child = subprocess.Popen([sys.executable, "-m", "medrobust", "pipeline", str(path), "--experiment", "test"],
-                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and child.poll() is None:
-            done = [r for r in tracking.search_runs("test") if KEY_TAG in tracking.get_run(r["run_id"])["tags"]]
-            if len(done) == 2:
-                break
-            time.sleep(0.3)
-        while time.monotonic() < deadline and child.poll() is None:  # kill it inside the third step
-            if any(r["step"] == "poison" for r in tracking.search_runs("test")):
-                break
-            time.sleep(0.3)
-        assert child.poll() is None, child.stdout.read()
-        child.send_signal(signal.SIGTERM)
-        out = child.communicate(timeout=120)[0]
-        assert child.returncode == 143, out
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    statuses = {r["step"]: r["status"] for r in tracking.search_runs("test")}
-    assert statuses["pipeline"] == "KILLED" and statuses["poison"] == "KILLED"
-
-    resumed = run_pipeline(PipelineConfig(file=str(path), experiment="test"))
-    assert [s["reused"] for s in resumed.instances] == [True, True, False]
-    steps = Counter(r["step"] for r in tracking.search_runs("test"))
-    assert steps["train"] == 1 and steps["attack"] == 1 and steps["pipeline"] == 2
-    assert tracking.get_run(resumed.instances[2]["run_id"])["status"] == "FINISHED"
-
-
-def test_mlflow_run_main_is_the_pipeline_and_resumes_in_the_experiment_mlflow_run_chose(tmp_path, ham_dir, mlflow_project):
-    path = write_pipeline(tmp_path, """\
-     train:
-       step: train
-       with: {epochs: 1, alias: none}
-     attack:
-       step: attack
-       with: {model_uri: "${train}", method: fgsm}
-     """, data=ham_dir)
-    for attempt in range(2):
-        done = mlflow_project("main", {"file": str(path)})  # `mlflow run .`: the entry point main
-        assert done.returncode == 0, done.stderr[-3000:]
-    runs = tracking.search_runs("e2e")
-    assert Counter(r["step"] for r in runs) == {"pipeline": 2, "train": 1, "attack": 1}
-    assert tracking.search_runs("medrobust") == []  # the pipeline's own default experiment is not used
-    second = [r for r in runs if r["step"] == "pipeline"][-1]
-    assert tracking.get_run(second["run_id"])["metrics"]["steps_reused"] == 2
-
-
 def test_a_gate_that_promoted_its_own_version_is_reused_not_run_again(tmp_path):
     """The gate's moving input is the @robust it compares with; once it has moved @robust to its
     own version the comparison is skipped (run_promote), so the key stays the first run's."""
@@ -430,29 +364,3 @@ def test_a_gate_that_promoted_its_own_version_is_reused_not_run_again(tmp_path):
     assert moving_inputs("promote", config) == first == {"current": None}
     tracking.set_alias("m", "robust", 1)
     assert moving_inputs("promote", config) == {"current": 1}
-
-
-def test_after_a_pipeline_that_trains_with_alias_baseline_the_attack_entry_point_works(tmp_path, ham_dir,
-                                                                                       mlflow_project):
-    """quick.yaml's small_cnn holds @baseline, so the design card's own next command runs on the
-    store `make run` leaves; without it the error says which command makes @baseline."""
-    from medrobust.errors import ModelError
-    baseline = "models:/medrobust-small_cnn@baseline"  # the attack entry point's default model
-    with pytest.raises(ModelError, match="no model registered as medrobust-small_cnn"):
-        tracking.load_classifier(baseline)
-    path = write_pipeline(tmp_path, """\
-     small:
-       step: train
-       with: {arch: small_cnn, epochs: 1, alias: none}
-     """, data=ham_dir)
-    run_pipeline(PipelineConfig(file=str(path), experiment="e2e"))
-    with pytest.raises(ModelError, match=r"has no version @baseline .*`make run` or `medrobust train` sets it"):
-        tracking.load_classifier(baseline)
-    path.write_text(path.read_text().replace("alias: none", "alias: baseline"))
-    run_pipeline(PipelineConfig(file=str(path), experiment="e2e"))
-    done = mlflow_project("attack", {"method": "uap", "data": ham_dir, "max_images": 14, "uap_max_iter": 1})
-    assert done.returncode == 0, done.stderr[-3000:]
-    attack = next(r for r in tracking.search_runs("e2e") if r["step"] == "attack")
-    params = tracking.get_run(attack["run_id"])["params"]
-    assert params["method"] == "uap" and params["model_uri"] == baseline
-    assert params["data.image_size"] == "32"  # the model's input size, read from the model

@@ -1,6 +1,6 @@
 """The promote step: a gate on an evaluate suite moves @robust only on a pass, keeps @previous,
 records its verdict on the version, reuses an evaluate run of the same settings, and refuses a
-gate it cannot judge; `mlflow run . -e promote` with only a data parameter."""
+gate it cannot judge."""
 
 import pytest
 
@@ -68,17 +68,3 @@ def test_a_gate_it_cannot_judge_or_a_missing_version_is_refused(ham_dir):
     with pytest.raises(ConfigError, match="min_robust_macro_recall needs robust_macro_recall, which suites health"):
         judge(PromoteConfig(data=data, suites=("health",)), {"clean_accuracy": (0.5, "clean")}, None)
     assert tracking.model_aliases(NAME) == {"baseline": model.version}
-
-
-def test_mlflow_run_promote_with_only_data(small_ham, mlflow_project):
-    data = DataConfig(path=str(small_ham), image_size=32)
-    model = run_train(TrainConfig(data=data, epochs=1, experiment="test"))
-    run_defend(DefendConfig(model_uri=model.model_uri, data=data, defense="llt", eval_attacks=("fgsm",),
-                            experiment="test"))
-    quick = {"apgd_steps": 5, "square_queries": 20}  # AutoAttack at a test's scale
-    done = mlflow_project("promote", {**quick, "data": small_ham, "max_images": 20, "min_robust_macro_recall": 0,
-                                      "max_attacked_fnr": 1})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert tracking.model_aliases(NAME)["robust"] == 2
-    failed = mlflow_project("promote", {**quick, "data": small_ham, "max_images": 20, "min_robust_macro_recall": 1})
-    assert failed.returncode == 1 and "medrobust promote: failed: " in failed.stderr

@@ -1,6 +1,6 @@
 """The tune step on a model trained on a real HAM10000 subset: the attack_eps bisection against
-a brute-force scan, one nested run per trial, a pruned trial in both Optuna and MLflow, bad
-requests refused before any run, and `mlflow run . -e tune` with only a data parameter."""
+a brute-force scan, one nested run per trial, a pruned trial in both Optuna and MLflow, and bad
+requests refused before any run."""
 
 import numpy as np
 import optuna
@@ -160,14 +160,3 @@ def test_bad_requests_fail_before_any_run(ham_dir, change, message):
         run_tune(TuneConfig.from_dict({"data": {"path": str(ham_dir)}, "experiment": "test",
                                        "model_uri": "runs:/none/model", **change}))
     assert tracking.search_runs("test") == []
-
-
-def test_mlflow_run_tune_with_only_data(small_ham, mlflow_project):
-    made = run_train(TrainConfig(data=DataConfig(path=str(small_ham), image_size=32), epochs=1, experiment="test"))
-    assert made.alias == "baseline"
-    done = mlflow_project("tune", {"data": small_ham})
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = tracking.search_runs("e2e")
-    top = [r for r in runs if r["parent"] is None]
-    assert len(top) == 1 and top[0]["step"] == "tune" and top[0]["status"] == "FINISHED"
-    assert {r["step"] for r in runs if r["parent"] == top[0]["run_id"]} == {"tune-trial"}

@@ -71,8 +71,6 @@ def test_a_version_of_a_killed_training_is_deleted_by_the_next_command(small_ham
 
 def _log_network():
     """Inside an active run: log an untrained 16-pixel network; returns its models:/ URI."""
-    import numpy as np
-
     from medrobust.models import create_model
 
     return tracking.log_classifier(DefendedClassifier(create_model("small_cnn", (16, 16, 3), 7),

@@ -1,0 +1,44 @@
+"""The tests' tracking stores: each test's own (conftest's isolated_stores), and one made once for
+a module's tests to start from."""
+
+import os
+import sqlite3
+
+import pytest
+
+STORE = "mlflow.db"  # each test's SQLite store, in its tmp_path
+
+
+def image_cache(tmp_path_factory):
+    """One decoded-image cache for the whole session, shared by pytest-xdist's workers (each has
+    its own basetemp under the session's; the cache writes by atomic rename, so they can share)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "image-cache"
+
+
+def made_once(tmp_path_factory, make):
+    """(SQLite file, make()) with make run once in a store of its own: for a module-scoped
+    fixture that trains the network its tests share (training per test cost minutes of the suite).
+    A test then starts from a copy of that store (`start_from`), so what it adds stays its own."""
+    folder = tmp_path_factory.mktemp("made-once")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / STORE}")
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))
+        patch.chdir(folder)
+        made = make()
+    for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        os.environ.pop(leaked, None)
+    return folder / STORE, made
+
+
+def start_from(store, tmp_path):
+    """Make `store` this test's own store (isolated_stores' file in tmp_path), before the test opens
+    it. Runs, registered versions and aliases come along; their artifacts stay where they were
+    logged (the stores share no file but those, and each run writes under its own id)."""
+    source, copy = sqlite3.connect(store), sqlite3.connect(tmp_path / STORE)
+    try:
+        source.backup(copy)  # consistent even if SQLite kept part of it in a journal
+    finally:
+        source.close()
+        copy.close()
