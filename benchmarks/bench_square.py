@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from medrobust import tracking
-from medrobust.attacks.gradient import square, square_art
+from medrobust.attacks.art_reference import square_art
+from medrobust.attacks.gradient import square
 from medrobust.config import DataConfig
 from medrobust.data import load_dataset
 from medrobust.models.training import predict_logits

@@ -14,16 +14,18 @@ import signal
 import sys
 import threading
 import typing
-from dataclasses import MISSING, fields, is_dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import MISSING, Field, fields, is_dataclass
+from typing import Any
 
-from .config import non_empty
+from .config import Settings, non_empty
 from .errors import GateFailed, MedrobustError
 from .steps import STEPS
 
 log = logging.getLogger("medrobust")
 
 
-def leaves(config_type, prefix=""):
+def leaves(config_type: type[Settings], prefix: str = "") -> Iterator[tuple[str, Field[Any]]]:
     """(dotted name, field) of every setting of a config dataclass, nested ones included."""
     for f in fields(config_type):
         if is_dataclass(f.type):
@@ -32,7 +34,7 @@ def leaves(config_type, prefix=""):
             yield f"{prefix}{f.name}", f
 
 
-def option(f):
+def option(f: Field[Any]) -> str:
     """The CLI option of a field: --<flag or name>, dashes for underscores."""
     return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
 
@@ -84,7 +86,7 @@ class JoinRepeated(argparse.Action):
         setattr(namespace, self.dest, values if before in (None, argparse.SUPPRESS) else f"{before},{values}")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medrobust",
                                      description="Attack and defend medical image classifiers, tracked in MLflow.")
     parser.add_argument("--verbose", action="store_true", help="debug lines and third-party start-up output")
@@ -109,7 +111,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one sub-command; returns the exit status (0, 2 for bad input; a bug raises)."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")

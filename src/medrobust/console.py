@@ -9,11 +9,12 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 
 from tqdm.auto import tqdm
 
 
-def configure(verbose=False):
+def configure(verbose: bool = False) -> None:
     """Our INFO lines on standard error; with `verbose`, DEBUG and every third-party line too."""
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ lines (a real error raises in Python)
@@ -60,7 +61,8 @@ def _import_tensorflow_quietly():
         os.close(null)
 
 
-def progress(iterable=None, *, total=None, desc="", unit="it", enabled=True):
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
+             enabled: bool = True) -> tqdm:
     """A progress bar on standard error, drawn only on a terminal (logs and CI stay clean)."""
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=None if enabled else True,
                 leave=False)

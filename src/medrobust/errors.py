@@ -6,6 +6,12 @@ and keeps its traceback. Each class is also a ValueError, so callers that catch 
 (and argparse-style code) still see it as one.
 """
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .steps.promote import PromoteResult
+
 
 class MedrobustError(ValueError):
     """An expected error: the message names the file, row, parameter or URI at fault."""
@@ -16,7 +22,7 @@ class ConfigError(MedrobustError):
     `settings` names the settings at fault (dotted, as a config or a pipeline file spells them),
     so a caller can point at them (a pipeline file's line) without reading the message."""
 
-    def __init__(self, message, settings=()):
+    def __init__(self, message: str, settings: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.settings = tuple(settings)
 
@@ -46,7 +52,7 @@ class GateFailed(MedrobustError):
 
     exit_status = 1
 
-    def __init__(self, message, result=None):
+    def __init__(self, message: str, result: "PromoteResult | None" = None) -> None:
         super().__init__(message)
         self.result = result
 

@@ -16,7 +16,9 @@ under the entry point group `mlflow.model_evaluator` in pyproject.toml.
 """
 
 import os
+from collections.abc import Mapping
 from dataclasses import fields, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,12 +37,16 @@ from .steps.evaluate import MODEL, measure_and_log, metric_name, suite_condition
 from .steps.evaluate.conditions import corruption_names, wants_corruptions
 from .tracking.evaluator import model_evaluator
 
+if TYPE_CHECKING:
+    from .defenses.defended import DefendedClassifier
+
 # evaluator_config keys beyond the suite settings; the model, data and run are MLflow's to give
 OWN_KEYS = ("image_root", "threshold")
 NOT_TAKEN = tuple(f.name for f in fields(ModelStepConfig) if f.name not in ("seed",))
 
 
-def suite_config(settings, classifier):
+def suite_config(settings: Mapping[str, object],
+                 classifier: "DefendedClassifier") -> tuple[SuiteConfig, str | None, float | None]:
     """(SuiteConfig, image_root, threshold) of an evaluator_config; ConfigError naming a key the
     evaluator does not take."""
     settings = dict(settings)
@@ -64,7 +70,7 @@ def suite_config(settings, classifier):
     return config, image_root, threshold
 
 
-def labels_of(targets):
+def labels_of(targets: np.ndarray) -> np.ndarray:
     """(N,) class indices of targets given as class names or indices; DataError naming the row."""
     out = []
     for i, label in enumerate(np.asarray(targets).ravel().tolist()):
@@ -77,7 +83,8 @@ def labels_of(targets):
     return np.asarray(out, dtype=np.int64)
 
 
-def images_of(classifier, features, image_root):
+def images_of(classifier: "DefendedClassifier", features: pd.DataFrame | np.ndarray,
+              image_root: str | None) -> np.ndarray:
     """(N, S, S, 3) float32 of a DataFrame (`path` confined below image_root, or `image`) or of
     a 2-D array of flattened images at the model's input size."""
     if isinstance(features, pd.DataFrame) and ({"path", "image"} & set(features.columns) or
@@ -93,7 +100,7 @@ def images_of(classifier, features, image_root):
     return x.reshape((-1, *shape))
 
 
-def meant_for_another(settings):
+def meant_for_another(settings: Mapping[str, object]) -> bool:
     """Whether an evaluator_config holds only keys that are no setting of ours: the flat config
     `mlflow.models.evaluate` without `evaluators` hands every evaluator (log_model_explainability
     and the like, for MLflow's own)."""
@@ -101,7 +108,8 @@ def meant_for_another(settings):
     return bool(settings) and not any(k.split(".")[0] in ours for k in settings)
 
 
-def evaluate_dataset(classifier, features, targets, settings):
+def evaluate_dataset(classifier: "DefendedClassifier", features: pd.DataFrame | np.ndarray, targets: np.ndarray,
+                     settings: Mapping[str, object]) -> dict[str, float] | None:
     """The evaluate step's measurement of `classifier` on the given images, logged into the
     active run (records, report, metrics, one nested run per row); returns the flat metrics, or
     None (skipped) for a config meant for another evaluator."""

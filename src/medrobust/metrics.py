@@ -13,10 +13,12 @@ Conventions
   "undefined" distinct from "zero".
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
-def confusion_matrix(y_true, y_pred, n_classes):
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Counts of (true, predicted) pairs.
 
     y_true, y_pred: integer arrays of shape (N,) with values in [0, n_classes).
@@ -47,25 +49,25 @@ def _macro(values):
     return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
 
 
-def accuracy(cm):
+def accuracy(cm: np.ndarray) -> float:
     """Fraction of images on the diagonal: trace(cm) / sum(cm). NaN for an empty matrix."""
     cm = np.asarray(cm)
     return _ratio(np.trace(cm), cm.sum())
 
 
-def per_class_recall(cm):
+def per_class_recall(cm: np.ndarray) -> np.ndarray:
     """Recall (sensitivity) of each class, shape (K,): TP_k / (TP_k + FN_k) = cm[k,k] / row k."""
     cm = np.asarray(cm)
     return _ratio(np.diag(cm), cm.sum(axis=1))
 
 
-def per_class_precision(cm):
+def per_class_precision(cm: np.ndarray) -> np.ndarray:
     """Precision of each class, shape (K,): TP_k / (TP_k + FP_k) = cm[k,k] / column k."""
     cm = np.asarray(cm)
     return _ratio(np.diag(cm), cm.sum(axis=0))
 
 
-def per_class_specificity(cm):
+def per_class_specificity(cm: np.ndarray) -> np.ndarray:
     """Specificity of each class (one vs rest), shape (K,): TN_k / (TN_k + FP_k).
 
     TN_k counts images neither of class k nor predicted k; FP_k images predicted k but of
@@ -78,39 +80,39 @@ def per_class_specificity(cm):
     return _ratio(negatives - fp, negatives)
 
 
-def per_class_f1(cm):
+def per_class_f1(cm: np.ndarray) -> np.ndarray:
     """F1 of each class, shape (K,): 2 TP / (2 TP + FP + FN). NaN if the class is neither true nor predicted."""
     cm = np.asarray(cm)
     tp = np.diag(cm)
     return _ratio(2 * tp, cm.sum(axis=0) + cm.sum(axis=1))
 
 
-def macro_recall(cm):
+def macro_recall(cm: np.ndarray) -> float:
     """Unweighted mean of the defined per-class recalls (= balanced accuracy)."""
     return _macro(per_class_recall(cm))
 
 
-def balanced_accuracy(cm):
+def balanced_accuracy(cm: np.ndarray) -> float:
     """Mean recall over the classes present in the truth; equal to macro_recall by definition."""
     return macro_recall(cm)
 
 
-def macro_specificity(cm):
+def macro_specificity(cm: np.ndarray) -> float:
     """Unweighted mean of the defined per-class specificities."""
     return _macro(per_class_specificity(cm))
 
 
-def macro_precision(cm):
+def macro_precision(cm: np.ndarray) -> float:
     """Unweighted mean of the defined per-class precisions."""
     return _macro(per_class_precision(cm))
 
 
-def macro_f1(cm):
+def macro_f1(cm: np.ndarray) -> float:
     """Unweighted mean of the defined per-class F1 scores."""
     return _macro(per_class_f1(cm))
 
 
-def health_confusion(cm, malignant):
+def health_confusion(cm: np.ndarray, malignant: np.ndarray) -> np.ndarray:
     """Collapse a (K, K) matrix into the 2x2 benign / malignant matrix.
 
     malignant: boolean array of shape (K,). Returns int64 (2, 2), rows true, columns predicted,
@@ -124,7 +126,7 @@ def health_confusion(cm, malignant):
     return np.array([[cm[np.ix_(r, c)].sum() for c in groups] for r in groups], dtype=np.int64)
 
 
-def health_metrics(cm2):
+def health_metrics(cm2: np.ndarray) -> dict[str, float]:
     """The health view from a 2x2 [[TN, FP], [FN, TP]] matrix (positive = malignant).
 
     accuracy    (TP + TN) / all
@@ -146,7 +148,8 @@ def health_metrics(cm2):
     }
 
 
-def summary(cm, malignant, class_names=None, prefix=""):
+def summary(cm: np.ndarray, malignant: np.ndarray, class_names: Sequence[str] | None = None,
+            prefix: str = "") -> dict[str, float]:
     """Flat dict of every figure, keyed `<prefix><name>` (e.g. prefix="clean_").
 
     Multi-class: accuracy, macro_recall, macro_specificity, macro_precision, macro_f1,
@@ -172,14 +175,15 @@ def summary(cm, malignant, class_names=None, prefix=""):
     return {f"{prefix}{k}": float(v) for k, v in out.items()}
 
 
-def fooling_rate(pred_clean, pred_adv):
+def fooling_rate(pred_clean: np.ndarray, pred_adv: np.ndarray) -> float:
     """Share of all images whose prediction changed: mean(pred_clean != pred_adv), as the thesis
     counts it (over every test image, right or wrong). pred_*: (N,) class indices."""
     pred_clean, pred_adv = np.asarray(pred_clean), np.asarray(pred_adv)
     return float(np.mean(pred_clean != pred_adv)) if pred_clean.size else float("nan")
 
 
-def attack_success_rate(y_true, pred_clean, pred_adv, target=None):
+def attack_success_rate(y_true: np.ndarray, pred_clean: np.ndarray, pred_adv: np.ndarray,
+                        target: int | None = None) -> float:
     """Among the images the model got right, the share the attack made wrong (untargeted) or
     sent to class `target` (targeted). NaN if the model got none right."""
     y_true, pred_clean, pred_adv = map(np.asarray, (y_true, pred_clean, pred_adv))

@@ -1,13 +1,16 @@
 """Figures: confusion matrices and training curves. Each returns a matplotlib Figure."""
 
+from collections.abc import Mapping, Sequence
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs log figures, nobody looks at a window
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 
-def confusion_matrix_figure(cm, labels, title):
+def confusion_matrix_figure(cm: np.ndarray, labels: Sequence[str], title: str) -> Figure:
     """Counts with row-normalised shading (each true class's recall reads along its row)."""
     cm = np.asarray(cm)
     rows = cm.sum(axis=1, keepdims=True)
@@ -28,7 +31,7 @@ def confusion_matrix_figure(cm, labels, title):
     return fig
 
 
-def training_curves_figure(history):
+def training_curves_figure(history: Mapping[str, list]) -> Figure:
     """Loss and accuracy / macro recall per epoch, train against validation."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
@@ -48,11 +51,12 @@ def training_curves_figure(history):
     return fig
 
 
-def close(fig):
+def close(fig: Figure) -> None:
     plt.close(fig)
 
 
-def examples_figure(x, x_adv, y_true, pred_clean, pred_adv, labels, eps, n=6):
+def examples_figure(x: np.ndarray, x_adv: np.ndarray, y_true: np.ndarray, pred_clean: np.ndarray, pred_adv: np.ndarray,
+                    labels: Sequence[str], eps: float, n: int = 6) -> Figure:
     """Columns of n images: clean, perturbation magnified to fill [0, 1], adversarial; titles
     give true class and both predictions."""
     n = min(n, len(x))
@@ -72,7 +76,7 @@ def examples_figure(x, x_adv, y_true, pred_clean, pred_adv, labels, eps, n=6):
     return fig
 
 
-def perturbation_figure(v, eps):
+def perturbation_figure(v: np.ndarray, eps: float) -> Figure:
     """A universal perturbation, scaled from [-eps, eps] to [0, 1]."""
     fig, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(np.clip(0.5 + np.asarray(v)[0] * (0.5 / max(float(eps), 1e-12)), 0, 1))
@@ -82,7 +86,8 @@ def perturbation_figure(v, eps):
     return fig
 
 
-def sweep_figure(xs, series, title, xlabel="poisoned fraction of the source class"):
+def sweep_figure(xs: Sequence[float], series: Mapping[str, Sequence[float]], title: str,
+                 xlabel: str = "poisoned fraction of the source class") -> Figure:
     """Each metric of `series` ({name: [value per x]}) against xs, on one axis."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, values in series.items():
@@ -95,7 +100,7 @@ def sweep_figure(xs, series, title, xlabel="poisoned fraction of the source clas
     return fig
 
 
-def security_curve_figure(curves, metric, title):
+def security_curve_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], metric: str, title: str) -> Figure:
     """One line per attack of `curves` ({attack: (eps, values)}, eps on the [0, 1] image scale)
     against eps in /255 units; y from 0 to 1 when every value is a ratio in [0, 1]."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -116,7 +121,8 @@ def security_curve_figure(curves, metric, title):
     return fig
 
 
-def recap_figure(labels, series, title):
+def recap_figure(labels: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+                 title: str) -> Figure:
     """The thesis' recap curve (its Figures 5.1 and 5.2): one line per metric of `series`
     ({metric: (values, lows, highs)}, each as long as `labels`) across the stages in `labels`,
     with the 95 % interval as error bars where both bounds are finite."""
@@ -141,7 +147,8 @@ def _shares_with_legend(fig, ax, title):
     return fig
 
 
-def heatmap_figure(values, row_labels, column_labels, title, *, reference=None, colorbar="", xlabel=""):
+def heatmap_figure(values: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[int | str], title: str, *,
+                   reference: float | None = None, colorbar: str = "", xlabel: str = "") -> Figure:
     """A (rows, columns) grid of values in [0, 1], each cell printed; `reference` (the clean
     figure) is said in the title, so a cell reads against it."""
     values = np.asarray(values, dtype=float)
@@ -162,7 +169,7 @@ def heatmap_figure(values, row_labels, column_labels, title, *, reference=None, 
     return fig
 
 
-def certified_figure(curves, title):
+def certified_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> Figure:
     """Cohen et al.'s curve: each of `curves` ({name: (radii, values)}) against the L2 radius
     (pixels on the [0, 1] scale), y from 0 to 1; the empirical curve dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -173,7 +180,7 @@ def certified_figure(curves, title):
     return _shares_with_legend(fig, ax, title)
 
 
-def roc_figure(fpr, tpr, auc, title):
+def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float, title: str) -> Figure:
     """ROC curve (false positive rate against true positive rate) with its AUC and the chance diagonal."""
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float), label=f"AUC {float(auc):.3f}")
@@ -188,7 +195,7 @@ def roc_figure(fpr, tpr, auc, title):
     return fig
 
 
-def figure_png(fig):
+def figure_png(fig: Figure) -> bytes:
     """The figure as PNG bytes (dpi 100); closes the figure."""
     import io
 

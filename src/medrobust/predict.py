@@ -3,7 +3,9 @@ the contract every registered version serves (read_request, predict_frame, RESPO
 
 import base64
 import binascii
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,10 +15,13 @@ from .data import CLASSES, malignant_mask
 from .data.images import decode_bytes, decode_files
 from .errors import DataError
 
+if TYPE_CHECKING:
+    from .defenses.defended import DefendedClassifier
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def image_files(inputs):
+def image_files(inputs: Iterable[Path | str]) -> list[Path]:
     """The image files among `inputs` (files, or folders searched recursively), sorted within
     each folder. Raises DataError naming an input that is missing or holds no images."""
     files = []
@@ -35,7 +40,7 @@ def image_files(inputs):
     return files
 
 
-def load_for(classifier, files, progress=False):
+def load_for(classifier: "DefendedClassifier", files: Iterable[Path | str], progress: bool = False) -> np.ndarray:
     """float32 (N, S, S, 3) in [0, 1]: each file decoded and resized to the model's input size
     exactly as the training images were (data.images.decode_image)."""
     size = int(classifier.input_shape[0])
@@ -60,7 +65,8 @@ DIRECT_CALL_IMAGES = 64
 RESPONSE_COLUMNS = (*(f"p_{c}" for c in CLASSES), "predicted", "malignancy_score", "malignant_at_threshold", "rejected")
 
 
-def load_confined(classifier, paths, image_root, first_row=0):
+def load_confined(classifier: "DefendedClassifier", paths: Sequence[str], image_root: Path | str | None,
+                  first_row: int = 0) -> np.ndarray:
     """load_for, for a served model: each path (relative: to the root) must resolve, symbolic
     links followed, inside `image_root`, and a path that is missing, unreadable or not an image
     gets the same error, so a caller cannot probe which files exist. image_root None refuses
@@ -88,7 +94,7 @@ def load_confined(classifier, paths, image_root, first_row=0):
     return out
 
 
-def decode_base64_images(classifier, texts, first_row=0):
+def decode_base64_images(classifier: "DefendedClassifier", texts: Sequence[object], first_row: int = 0) -> np.ndarray:
     """(N, S, S, 3) float32 in [0, 1] from base64 text (no line breaks; a `data:image/...;base64,`
     prefix allowed) of JPEG or PNG files, each resized to the model's input as training images
     were. Raises DataError naming the first bad row (counted from first_row): not text, over
@@ -117,7 +123,8 @@ def decode_base64_images(classifier, texts, first_row=0):
     return out
 
 
-def read_request(classifier, frame, image_root=ANYWHERE, first_row=0):
+def read_request(classifier: "DefendedClassifier", frame: pd.DataFrame,
+                 image_root: Path | str | object | None = ANYWHERE, first_row: int = 0) -> np.ndarray:
     """The images of a request: a DataFrame with a `path` column (image files; see
     load_confined for image_root) or an `image` column (base64 bytes of image files), one per
     row. Returns (N, S, S, 3) float32 in [0, 1] at the model's input size. Errors name the
@@ -138,7 +145,8 @@ def read_request(classifier, frame, image_root=ANYWHERE, first_row=0):
     return load_confined(classifier, paths, image_root, first_row)
 
 
-def predict_frame(classifier, images, health_map="clinical", *, image_root=ANYWHERE, threshold=None):
+def predict_frame(classifier: "DefendedClassifier", images: np.ndarray | pd.DataFrame, health_map: str = "clinical", *,
+                  image_root: Path | str | object | None = ANYWHERE, threshold: float | None = None) -> pd.DataFrame:
     """One row per image: p_<class> probabilities, the predicted class, the malignancy score
     (the sum of the malignant classes' probabilities), malignant_at_threshold (the score at or
     above `threshold`, the operating point; the column only with a threshold) and rejected (the
@@ -172,7 +180,8 @@ def _answer(classifier, images, health_map, threshold):
     return frame
 
 
-def predict_files(classifier, inputs, health_map="clinical", threshold=None):
+def predict_files(classifier: "DefendedClassifier", inputs: Iterable[Path | str], health_map: str = "clinical",
+                  threshold: float | None = None) -> pd.DataFrame:
     """predict_frame for image files and folders (see image_files)."""
     paths = [str(f) for f in image_files(inputs)]
     frame = predict_frame(classifier, pd.DataFrame({"path": paths}), health_map, threshold=threshold)

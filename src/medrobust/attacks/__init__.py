@@ -15,8 +15,9 @@ names it. Adding an attack = one function + one line in ATTACKS.
 import difflib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,10 +25,13 @@ from ..config import eps_range
 from ..errors import ConfigError
 from ..models.training import predict_logits
 from .budget import NORMS, apply_budget, check_norm, perturbation_sizes, project
-from .gradient import (apgd, apgd_art, apgd_t, autoattack, autoattack_art, cw_pgd, fgsm, fgsm_art, health, pgd,
-                       pgd_art, square, square_art)
+from .art_reference import apgd_art, autoattack_art, fgsm_art, pgd_art, square_art
+from .gradient import apgd, apgd_t, autoattack, cw_pgd, fgsm, health, pgd, square
 from .minimal import cw, deepfool
 from .universal import uap, uap_fast
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ def _refuse_params(spec, names):
                       f"it accepts {accepted}{hint}", unknown)
 
 
-def check_attack(method, eps, norm, target=None, params=()):
+def check_attack(method: str, eps: float, norm: str, target: int | None = None, params: Iterable[str] = ()) -> str:
     """Validate an attack request before any work; returns the normalised norm.
 
     ConfigError for an unknown method, eps outside [0, 1], a norm the attack lacks, a target
@@ -135,7 +139,9 @@ def check_attack(method, eps, norm, target=None, params=()):
     return norm
 
 
-def craft(method, model, x, eps, norm="inf", target=None, *, y=None, seed=0, batch_size=128, **params):
+def craft(method: str, model: "keras.Model", x: np.ndarray, eps: float, norm: str = "inf", target: int | None = None,
+          *, y: np.ndarray | None = None, seed: int = 0, batch_size: int = 128,
+          **params: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """Run attack `method` on x; returns (x_adv within budget and [0, 1], universal perturbation or None).
 
     y: (N,) the images' true labels, which untargeted attacks move the images away from; None

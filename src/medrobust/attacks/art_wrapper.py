@@ -2,13 +2,14 @@
 
 import contextlib
 import random
+from collections.abc import Iterator
 
 import keras
 import numpy as np
 from art.estimators.classification import TensorFlowV2Classifier
 
 
-def as_art_classifier(model):
+def as_art_classifier(model: "keras.Model") -> TensorFlowV2Classifier:
     """Wrap a Keras model that takes [0, 1] images and outputs logits.
 
     The loss is categorical cross-entropy on logits; clip values (0, 1) make every ART attack
@@ -24,7 +25,7 @@ def as_art_classifier(model):
 
 
 @contextlib.contextmanager
-def seeded_globals(seed):
+def seeded_globals(seed: int) -> Iterator[None]:
     """Inside the block, Python's and numpy's global generators are seeded with `seed`; after
     it, the state they had before is back, so seeding an attack moves no one else's numbers.
 

@@ -6,7 +6,7 @@ from ..config import NORMS  # noqa: F401 - defined once, with the settings that 
 from ..errors import ConfigError
 
 
-def check_norm(norm):
+def check_norm(norm: str) -> str:
     """`norm` as one of NORMS ('linf', 'L2', 'np.inf' are accepted); ConfigError otherwise."""
     norm = str(norm).lower().replace("np.inf", "inf").replace("linf", "inf").replace("l2", "2")
     if norm not in NORMS:
@@ -14,12 +14,12 @@ def check_norm(norm):
     return norm
 
 
-def art_norm(norm):
+def art_norm(norm: str) -> float:
     """Our norm name as ART wants it."""
     return np.inf if check_norm(norm) == "inf" else 2
 
 
-def project(delta, eps, norm):
+def project(delta: np.ndarray, eps: float, norm: str) -> np.ndarray:
     """Project each perturbation of `delta` (N, ...) onto the `norm` ball of radius eps."""
     delta = np.asarray(delta, dtype=np.float32)
     if check_norm(norm) == "inf":
@@ -30,7 +30,7 @@ def project(delta, eps, norm):
     return (flat * scale).reshape(delta.shape).astype(np.float32)
 
 
-def apply_budget(x, x_adv, eps, norm):
+def apply_budget(x: np.ndarray, x_adv: np.ndarray, eps: float, norm: str) -> np.ndarray:
     """x_adv moved into the budget around x and into [0, 1].
 
     Clipping to [0, 1] after the projection only shortens each component of the perturbation
@@ -40,7 +40,7 @@ def apply_budget(x, x_adv, eps, norm):
     return np.clip(x + delta, 0.0, 1.0).astype(np.float32)
 
 
-def perturbation_sizes(x, x_adv):
+def perturbation_sizes(x: np.ndarray, x_adv: np.ndarray) -> dict[str, float]:
     """{'linf_max', 'linf_mean', 'l2_max', 'l2_mean', 'psnr'} of x_adv - x over N images.
 
     psnr is the mean over images of 10 log10(1 / MSE) in dB (peak 1.0); identical images

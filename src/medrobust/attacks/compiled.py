@@ -15,20 +15,26 @@ Every loss is per image, (logits (N, K), labels (N,), targets (N,)) -> (N,), and
 the rest, which moves the summed probability of those classes directly.
 """
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
 from ..errors import ConfigError
 from ..models.training import predict_logits
 
+if TYPE_CHECKING:
+    import keras
+
 _BIG = 1e9
 
 
-def ce_loss(logits, labels, targets):
+def ce_loss(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
-def dlr_loss(logits, labels, targets):
+def dlr_loss(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
     """-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3): scale-free, so it does not saturate (Croce & Hein 2020)."""
     ordered = tf.sort(logits, axis=1, direction="DESCENDING")
     own = tf.gather(logits, labels, batch_dims=1)
@@ -36,7 +42,7 @@ def dlr_loss(logits, labels, targets):
     return -(own - other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
-def dlr_targeted_loss(logits, labels, targets):
+def dlr_targeted_loss(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
     """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2): the targeted DLR of APGD-T (needs 4+ classes)."""
     ordered = tf.sort(logits, axis=1, direction="DESCENDING")
     own = tf.gather(logits, labels, batch_dims=1)
@@ -44,7 +50,7 @@ def dlr_targeted_loss(logits, labels, targets):
     return -(own - target) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
 
 
-def margin_loss(mask):
+def margin_loss(mask: np.ndarray) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
     """A loss raising log P(classes in `mask`) - log P(the others), per image: mask bool (K,).
     With mask = the benign classes it lowers the malignancy score of every image it attacks."""
     mask = tf.constant(np.asarray(mask, dtype=bool))
@@ -98,13 +104,14 @@ def _compiled(model, loss_fn):
     return gradient, step
 
 
-def trace(model, loss):
+def trace(model: "keras.Model",
+          loss: str | Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]) -> tuple[Callable, Callable]:
     """The compiled (gradient, step) functions of `model` and `loss` (a LOSSES name or a loss
     function), for `run(..., traced=)`."""
     return _compiled(model, LOSSES[loss] if isinstance(loss, str) else loss)
 
 
-def checkpoints(steps):
+def checkpoints(steps: int) -> list[tuple[int, int]]:
     """The iterations at which APGD may halve an image's step size (Croce & Hein 2020, eq. 4 as
     their code rounds it): after 0.22 * steps, then ever shorter intervals, none shorter than
     0.06 * steps, each 0.03 * steps shorter than the one before."""
@@ -168,8 +175,11 @@ def _run_batch(fns, x, labels, targets, *, eps, steps, step_size, momentum, adap
     return fooled_at.numpy(), found.numpy(), best.numpy(), loss_best.numpy()
 
 
-def run(model, x, labels, *, eps, loss="ce", targets=None, steps=100, restarts=1, step_size=None, adaptive=True,
-        momentum=0.75, random_start=True, batch_size=128, seed=0, keep="fooled", traced=None):
+def run(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, eps: float,
+        loss: str | Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor] = "ce", targets: np.ndarray | None = None,
+        steps: int = 100, restarts: int = 1, step_size: float | None = None, adaptive: bool = True,
+        momentum: float = 0.75, random_start: bool = True, batch_size: int = 128, seed: int = 0, keep: str = "fooled",
+        traced: tuple[Callable, Callable] | None = None) -> np.ndarray:
     """APGD (adaptive=True, Croce & Hein 2020) or PGD with `restarts` random starts, L-inf.
 
     model: Keras, [0, 1] images in, logits out; x: (N, H, W, 3) float32; labels: (N,) the
@@ -214,7 +224,7 @@ def run(model, x, labels, *, eps, loss="ce", targets=None, steps=100, restarts=1
     return out
 
 
-def top_targets(logits, labels, n_targets):
+def top_targets(logits: np.ndarray, labels: np.ndarray, n_targets: int) -> np.ndarray:
     """(n_targets, N) target classes per image: the highest-scoring classes other than the
     label, best first (APGD-T attacks each in turn)."""
     logits = np.array(logits, dtype=np.float64)
@@ -223,16 +233,17 @@ def top_targets(logits, labels, n_targets):
     return order[:, :n_targets].T
 
 
-def n_targets_for(n_classes, wanted):
+def n_targets_for(n_classes: int, wanted: int) -> int:
     return max(1, min(wanted, n_classes - 1))
 
 
-def predicted_classes(model, x):
+def predicted_classes(model: "keras.Model", x: np.ndarray) -> np.ndarray:
     """(N,) argmax of the model's logits on x (models.training.predict_logits); empty for no image."""
     return predict_logits(model, x).argmax(axis=1) if len(x) else np.zeros(0, np.int64)
 
 
-def apgd_targeted(model, x, labels, *, eps, n_targets=9, steps=100, restarts=1, batch_size=128, seed=0):
+def apgd_targeted(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, eps: float, n_targets: int = 9,
+                  steps: int = 100, restarts: int = 1, batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss towards each of the
     `n_targets` highest-scoring other classes in turn (at most K - 1), each run on the images
     no earlier target has moved off their label. Returns adversarial images (N, H, W, 3)."""

@@ -1,6 +1,7 @@
-"""Gradient attacks on the true labels: FGSM, PGD and APGD (ours, compiled; ART's kept for
-comparison), Square (ours; ART's kept), AutoAttack's standard ensemble (ours: APGD-CE, APGD-T,
-Square), ART's own AutoAttack ensemble, and PGD on the C&W margin loss (ours).
+"""Gradient attacks on the true labels, ours: FGSM, PGD and APGD (compiled), Square, AutoAttack's
+standard ensemble (APGD-CE, APGD-T, Square), the health attack and PGD on the C&W margin loss.
+ART's own FGSM, PGD, APGD, Square and AutoAttack, kept to check these against, are in
+attacks/art_reference.py.
 
 Untargeted attacks raise the loss of the image's true label `y` (AutoAttack's and
 RobustBench's rule): attacking the model's own prediction instead pushes an image the model
@@ -9,7 +10,7 @@ already got wrong away from its wrong class, often into the right one, and count
 ART's FastGradientMethod runs at about a third of the model's forward+backward rate on CPU
 (benchmarks/README.md): it predicts in a separate forward pass and takes the gradient eagerly.
 `fgsm` does the same arithmetic in one compiled forward+backward per batch; tests/unit/test_attacks.py
-checks that it gives ART's images. `fgsm_art`, `pgd_art` and `apgd_art` keep ART's.
+checks that it gives ART's images.
 """
 
 import logging
@@ -17,28 +18,13 @@ import logging
 import keras
 import numpy as np
 import tensorflow as tf
-from art.attacks.evasion import (AutoAttack, AutoProjectedGradientDescent, FastGradientMethod,
-                                 ProjectedGradientDescent, SquareAttack)
-from art.attacks.evasion.auto_attack import run_attack
 
 from ..data import malignant_mask
 from ..errors import ConfigError
 from . import compiled
 from . import random_search
-from .art_wrapper import as_art_classifier, seeded_globals
-from .budget import art_norm
 
 log = logging.getLogger(__name__)
-
-
-def _one_hot(labels, n):
-    return np.eye(n, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
-
-
-def _art_y(classifier, y, target):
-    """ART's y: the true labels one-hot (untargeted), or the target class for every image."""
-    labels = np.full(len(y), target) if target is not None else y
-    return _one_hot(labels, classifier.nb_classes)
 
 
 def _only_inf(name, norm):
@@ -67,7 +53,8 @@ def _fgsm_step(model, norm, targeted):
     return step
 
 
-def fgsm(model, x, *, y, eps, norm="inf", target=None, batch_size=128):
+def fgsm(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
+         target: int | None = None, batch_size: int = 128) -> np.ndarray:
     """One gradient step of size eps (Goodfellow et al. 2015): the sign of the gradient
     (L-inf) or the gradient scaled to length eps (L2), away from the true label y, or towards
     class index `target`. Our compiled version of ART's FastGradientMethod."""
@@ -80,21 +67,13 @@ def fgsm(model, x, *, y, eps, norm="inf", target=None, batch_size=128):
     return out
 
 
-def fgsm_art(model, x, *, y, eps, norm="inf", target=None, batch_size=128):
-    """One signed-gradient step of size eps (Goodfellow et al. 2015), through ART, away from
-    the true labels y or towards class index `target`."""
-    classifier = as_art_classifier(model)
-    attack = FastGradientMethod(classifier, norm=art_norm(norm), eps=eps, targeted=target is not None,
-                                batch_size=batch_size)
-    return attack.generate(x=x, y=_art_y(classifier, y, target))
-
-
 def _targeted_ce(logits, labels, targets):
     return -compiled.ce_loss(logits, targets, targets)
 
 
-def pgd(model, x, *, y, eps, norm="inf", target=None, steps=10, step_size=None, random_start=True, restarts=1,
-        batch_size=128, seed=0):
+def pgd(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf", target: int | None = None,
+        steps: int = 10, step_size: float | None = None, random_start: bool = True, restarts: int = 1,
+        batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """Projected gradient descent on the cross-entropy (Madry et al. 2018), L-inf: `steps`
     signed steps of `step_size` (default eps / 4), each projected onto the eps-ball, from a
     random start drawn with `seed` if asked; untargeted on the true labels y (each image keeps
@@ -107,22 +86,6 @@ def pgd(model, x, *, y, eps, norm="inf", target=None, steps=10, step_size=None, 
                             batch_size=batch_size, seed=seed, keep="loss")
     return compiled.run(model, x, y, eps=eps, loss="ce", steps=steps, restarts=restarts, step_size=step_size,
                         adaptive=False, random_start=random_start, batch_size=batch_size, seed=seed)
-
-
-def pgd_art(model, x, *, y, eps, norm="inf", target=None, steps=10, step_size=None, random_start=True,
-            batch_size=128, seed=0):
-    """ART's ProjectedGradientDescent (Madry et al. 2018): `steps` steps of `step_size`
-    (default eps / 4), random start drawn with `seed`; true labels y or a target class."""
-    classifier = as_art_classifier(model)
-    attack = ProjectedGradientDescent(
-        classifier, norm=art_norm(norm), eps=eps, eps_step=step_size or eps / 4, max_iter=steps,
-        targeted=target is not None, num_random_init=1 if random_start else 0, batch_size=batch_size,
-        verbose=False,
-    )
-    # ART takes no seed: its random start (art.utils.random_sphere) draws from numpy's global
-    # generator, so np.random.seed(seed) right before generate makes it reproducible.
-    with seeded_globals(seed):
-        return attack.generate(x=x, y=_art_y(classifier, y, target))
 
 
 def _margin_step(model, targeted):
@@ -144,8 +107,9 @@ def _margin_step(model, targeted):
     return step
 
 
-def cw_pgd(model, x, *, y, eps, norm="inf", target=None, steps=20, step_size=None, random_start=True,
-           batch_size=128, seed=0):
+def cw_pgd(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
+           target: int | None = None, steps: int = 20, step_size: float | None = None, random_start: bool = True,
+           batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """PGD on Carlini and Wagner's margin loss (2017), L-inf: `steps` signed steps of
     `step_size` (default eps / 4) raising the largest other logit over the true label's (or
     the target's logit over all others), projected onto the eps-ball, from a uniform random
@@ -170,22 +134,9 @@ def cw_pgd(model, x, *, y, eps, norm="inf", target=None, steps=20, step_size=Non
     return out
 
 
-class _Compiled:
-    """A Keras model's inference forward pass as one compiled graph, for ART: ART calls its
-    model eagerly at every step, which costs most of an iteration on small inputs (APGD-CE on 8
-    images of 16 px: 4.1 s eager, 1.6 s compiled, the same images). Gradients flow through it
-    as through the model, BPDA layers included."""
-
-    def __init__(self, model):
-        self.input_shape, self.output_shape, self.name = model.input_shape, model.output_shape, model.name
-        self._forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
-
-    def __call__(self, images, training=False):
-        return self._forward(images)  # attacks never train: training is always False here
-
-
-def apgd(model, x, *, y, eps, norm="inf", target=None, steps=100, loss="ce", restarts=1, step_size=None,
-         batch_size=128, seed=0):
+def apgd(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
+         target: int | None = None, steps: int = 100, loss: str = "ce", restarts: int = 1,
+         step_size: float | None = None, batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """APGD (Croce & Hein 2020), L-inf: PGD whose per-image step size (initially `step_size`,
     default 2 eps) halves at checkpoints where the loss stopped rising, with momentum 0.75,
     restarting from the best point. loss: ce (APGD-CE) or dlr (APGD-DLR), on the true labels y;
@@ -203,8 +154,9 @@ def apgd(model, x, *, y, eps, norm="inf", target=None, steps=100, loss="ce", res
                         batch_size=batch_size, seed=seed)
 
 
-def apgd_t(model, x, *, y, eps, norm="inf", target=None, steps=100, n_targets=9, restarts=1, batch_size=128,
-           seed=0):
+def apgd_t(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
+           target: int | None = None, steps: int = 100, n_targets: int = 9, restarts: int = 1, batch_size: int = 128,
+           seed: int = 0) -> np.ndarray:
     """APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss towards each of the
     `n_targets` (at most K - 1) highest-scoring classes other than the true label y in turn,
     each on the images no earlier target moved off y. Untargeted as a whole (it takes `target`
@@ -216,7 +168,8 @@ def apgd_t(model, x, *, y, eps, norm="inf", target=None, steps=100, n_targets=9,
                                   batch_size=batch_size, seed=seed)
 
 
-def square(model, x, *, y, eps, norm="inf", target=None, queries=5000, batch_size=128, seed=0):
+def square(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
+           target: int | None = None, queries: int = 5000, batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """Square (Andriushchenko et al. 2020): score-based random search over square patches at
     the corners of the eps-ball (initial share p = 0.8, RobustBench's), at most `queries` queries
     an image, on the margin of the true label y; needs no gradient, so it also finds what a
@@ -228,28 +181,15 @@ def square(model, x, *, y, eps, norm="inf", target=None, queries=5000, batch_siz
     return random_search.square(model, x, y, eps=eps, queries=queries, batch_size=batch_size, seed=seed)
 
 
-def square_art(model, x, *, y, eps, norm="inf", target=None, queries=5000, restarts=1, batch_size=128, seed=0):
-    """ART's SquareAttack (p = 0.8), `queries` iterations per restart, on the margin of the true
-    label y: three queries an iteration and one square for the whole batch (attacks/random_search.py
-    says why ours replaced it); kept as an independent check of `square`."""
-    _only_inf("square_art", norm)
-    if target is not None:
-        raise ConfigError("attack square_art has no targeted mode here")
-    classifier = as_art_classifier(_Compiled(model))
-    attack = SquareAttack(classifier, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=restarts, p_init=0.8,
-                          batch_size=batch_size, verbose=False)
-    with seeded_globals(seed):
-        return attack.generate(x=x, y=_one_hot(y, classifier.nb_classes)).astype(np.float32)
-
-
 # AutoAttack's standard version (Croce & Hein 2020, as RobustBench runs it), in its order. FAB-T
 # is not run: ART has no FAB, and in Croce & Hein's own tables it rarely lowers robust accuracy
 # below what APGD-CE and APGD-T leave (README, "How robust accuracy is counted").
 AUTOATTACK_MEMBERS = ("apgd_ce", "apgd_t", "square")
 
 
-def autoattack(model, x, *, y, eps, norm="inf", target=None, steps=100, n_targets=9, queries=5000, batch_size=128,
-               seed=0):
+def autoattack(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
+               target: int | None = None, steps: int = 100, n_targets: int = 9, queries: int = 5000,
+               batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """AutoAttack, standard version (Croce & Hein 2020; RobustBench's settings): APGD-CE
     (`steps` iterations, 1 start), APGD-T (`n_targets` targets, `steps` iterations each) and
     Square (`queries` queries, 1 restart), each run only on the images every earlier member
@@ -281,49 +221,9 @@ def autoattack(model, x, *, y, eps, norm="inf", target=None, steps=100, n_target
     return out
 
 
-def autoattack_art(model, x, *, y, eps, norm="inf", target=None, batch_size=128, seed=0):
-    """ART's AutoAttack ensemble (ART 1.20's default members: APGD-CE and APGD-DLR, 100
-    iterations and 5 random starts each, initial step 2 eps; DeepFool; Square, 5000 queries,
-    5 restarts), on the true labels y, one member after the other on the images still
-    classified right, each image keeping the first success within the eps-ball. ART's
-    AutoAttack.generate imports the optional package `multiprocess` even when run serially,
-    so the serial loop is ours, calling ART's own per-member step (auto_attack.run_attack).
-    Untargeted only. Expensive: up to 1000 APGD steps per image that resists, then 25 000
-    Square queries. Kept as an independent check of `autoattack`."""
-    if target is not None:
-        raise ConfigError("attack autoattack_art has no targeted mode")
-    classifier = as_art_classifier(_Compiled(model))
-    ensemble = AutoAttack(classifier, norm=art_norm(norm), eps=eps, eps_step=2 * eps, batch_size=batch_size,
-                          targeted=False).attacks
-    x_adv = np.array(x, dtype=np.float32)
-    labels = np.asarray(y)
-    robust = classifier.predict(x_adv, batch_size=batch_size).argmax(axis=1) == labels
-    y_hot = _one_hot(labels, classifier.nb_classes)
-    with seeded_globals(seed):
-        for member in ensemble:
-            if not robust.any():
-                break
-            member.set_params(verbose=False)  # ART builds them with progress bars on
-            x_adv, robust = run_attack(x_adv, y_hot, robust, member, classifier, norm=art_norm(norm), eps=eps)
-    return x_adv.astype(np.float32)
-
-
-def apgd_art(model, x, *, y, eps, norm="inf", target=None, steps=100, restarts=1, step_size=None, batch_size=128,
-             seed=0):
-    """ART's AutoProjectedGradientDescent on the cross-entropy (APGD-CE), true labels y or a
-    target class; kept to check `apgd` against (tests/steps/test_counting.py, benchmarks)."""
-    classifier = as_art_classifier(_Compiled(model))
-    attack = AutoProjectedGradientDescent(
-        classifier, norm=art_norm(norm), eps=eps, eps_step=step_size or 2 * eps, max_iter=steps,
-        targeted=target is not None, nb_random_init=restarts, batch_size=batch_size, loss_type="cross_entropy",
-        verbose=False,
-    )
-    with seeded_globals(seed):
-        return attack.generate(x=x, y=_art_y(classifier, y, target)).astype(np.float32)
-
-
-def health(model, x, *, y, eps, norm="inf", target=None, steps=100, restarts=1, health_map="clinical",
-           batch_size=128, seed=0):
+def health(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
+           target: int | None = None, steps: int = 100, restarts: int = 1, health_map: str = "clinical",
+           batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """The attack on the clinical decision itself: APGD (`steps` iterations, `restarts` random
     starts drawn with `seed`) on the log-odds of the benign classes against the malignant ones
     (compiled.margin_loss), which lowers a cancer's malignancy score (the summed probability of

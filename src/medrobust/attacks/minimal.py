@@ -4,6 +4,8 @@ They search for the smallest perturbation that flips the prediction; the step cl
 to the eps budget afterwards, so a perturbation that needed more than eps is cut back.
 """
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from art.attacks.evasion import CarliniL2Method, CarliniLInfMethod, DeepFool
 
@@ -11,8 +13,12 @@ from ..errors import ConfigError
 from .art_wrapper import as_art_classifier
 from .budget import check_norm
 
+if TYPE_CHECKING:
+    import keras
 
-def cw(model, x, *, y, eps, norm="2", target=None, steps=10, search_steps=3, batch_size=64):
+
+def cw(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "2", target: int | None = None,
+       steps: int = 10, search_steps: int = 3, batch_size: int = 64) -> np.ndarray:
     """Carlini-Wagner (2017), L2 or L-inf: `steps` optimisation iterations (and, for L2,
     `search_steps` binary-search steps over the trade-off constant), away from the true labels y
     or towards `target`."""
@@ -27,7 +33,8 @@ def cw(model, x, *, y, eps, norm="2", target=None, steps=10, search_steps=3, bat
     return attack.generate(x=x, y=np.eye(classifier.nb_classes, dtype=np.float32)[labels])
 
 
-def deepfool(model, x, *, y, eps, norm="2", target=None, steps=50, batch_size=64):
+def deepfool(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "2",
+             target: int | None = None, steps: int = 50, batch_size: int = 64) -> np.ndarray:
     """DeepFool (Moosavi-Dezfooli et al. 2016), untargeted, L2 linearisation: `norm` must be
     '2' and `target` None (it takes both so that every attack is called alike). It crosses the
     nearest decision boundary of the model's own prediction whatever y says (ART's DeepFool

@@ -9,15 +9,20 @@ margin of the true label is kept per image and a change kept only if it lowers i
 `square_art` keeps ART's as an independent check (tests/steps/test_counting.py compares them).
 """
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    import keras
 
 # The authors' schedule of the square's share of the image, by progress through 10,000 queries:
 # p_init until 10, then halved at each of these bounds.
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def share(p_init, iteration, queries):
+def share(p_init: float, iteration: int, queries: int) -> float:
     """The square's area as a share of the image at `iteration` of `queries` (the paper's p)."""
     progress = int(iteration / queries * 10000)
     return p_init / 2 ** sum(progress > bound for bound in _SCHEDULE)
@@ -58,7 +63,8 @@ def _search(forward, x, labels, *, eps, queries, p_init, rng):
     return best
 
 
-def square(model, x, labels, *, eps, queries=5000, p_init=0.8, batch_size=128, seed=0):
+def square(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, eps: float, queries: int = 5000,
+           p_init: float = 0.8, batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """Square on the Keras `model`: x (N, H, W, 3) float32 in [0, 1], labels (N,) true classes,
     `queries` queries per image at most (one an iteration, the start included), random squares
     and signs drawn with `seed`. Returns adversarial images (N, H, W, 3) within eps of x (L-inf)."""

@@ -22,8 +22,9 @@ from .budget import art_norm, check_norm, project
 UAP_ATTACKERS = ("fgsm", "pgd", "deepfool")
 
 
-def uap(model, x, *, y, eps, norm="inf", target=None, uap_attacker="fgsm", attacker_eps=None, uap_delta=0.2,
-        uap_max_iter=5, batch_size=128, seed=0):
+def uap(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf", target: int | None = None,
+        uap_attacker: str = "fgsm", attacker_eps: float | None = None, uap_delta: float = 0.2, uap_max_iter: int = 5,
+        batch_size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """ART's UAP with inner attack `uap_attacker` (fgsm | pgd | deepfool, of size attacker_eps,
     default eps); stops at fooling rate 1 - uap_delta or after uap_max_iter passes, visiting the
     images in an order drawn with `seed`, fooling measured against the true labels y. Untargeted only (it takes `target` so that every
@@ -50,8 +51,10 @@ def _predict(model, x, batch_size):
     return predict_logits(model, x, batch_size).argmax(axis=1)
 
 
-def uap_fast(model, x, *, y, eps, norm="inf", target=None, step_size=None, max_steps=200, target_fooling_rate=0.8,
-             batch_size=128, seed=0, eval_every=10):
+def uap_fast(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
+             target: int | None = None, step_size: float | None = None, max_steps: int = 200,
+             target_fooling_rate: float = 0.8, batch_size: int = 128, seed: int = 0,
+             eval_every: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Batched universal perturbation. Returns (x_adv, perturbation of shape (1, H, W, C)).
 
     Untargeted, it raises the cross-entropy of the true labels y (fooling: pred(x + v) != y);

@@ -23,7 +23,7 @@ class DataConfig(Settings):
                                           "thesis (nv too)", choices=tuple(HEALTH_MAPS))
     cache_dir: str | None = setting(None, "decoded-image cache; none: $MEDROBUST_CACHE, else ~/.cache/medrobust")
 
-    def validate(self):
+    def validate(self) -> None:
         # Read once, here, as an absolute path: a later change of folder cannot break it, and
         # the run logs where the data really was.
         path = self.path or os.environ.get("MEDROBUST_DATA") or None
@@ -71,7 +71,7 @@ class TrainConfig(StepConfig):
     register: bool = setting(True, "register the model version in the MLflow registry")
     alias: str | None = setting("baseline", "registry alias set on the registered version; none: no alias")
 
-    def validate(self):
+    def validate(self) -> None:
         if self.weights not in ("none", "imagenet") and not Path(self.weights).is_file():
             raise ConfigError(f"weights file {self.weights} does not exist (give 'none' or a local weights file)",
                               ["weights"])
@@ -87,7 +87,7 @@ class PoisonConfig(TrainConfig):
                                                           "several: a sweep of nested runs",
                                                   check=lambda v: non_empty(v) or each(between(0, 1, low_open=True))(v))
 
-    def validate(self):
+    def validate(self) -> None:
         super().validate()
         if self.source == self.target:
             raise ConfigError(f"poison source and target are the same class ({self.source})", ["source", "target"])

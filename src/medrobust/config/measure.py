@@ -121,7 +121,7 @@ class TuneConfig(ModelStepConfig):
                                        check=between(0, 1))
     multi_objective: bool = setting(False, "defense: the Pareto front of robust macro recall against clean FNR")
 
-    def validate(self):
+    def validate(self) -> None:
         super().validate()
         apart = [s for s in self.suites if s in ("corruptions", "certified")]
         if apart:  # the defense objective reads the attack ensemble, which these suites do not make
@@ -157,7 +157,7 @@ class PromoteConfig(SuiteConfig):
     alias: str = setting("robust", "alias the version moves to on a pass")
     previous_alias: str = setting("previous", "alias the replaced version gets")
 
-    def validate(self):
+    def validate(self) -> None:
         super().validate()
         if self.max_corrupted_fnr is None:
             return

@@ -4,7 +4,9 @@ Settings base class (every field checked on creation, from_dict / to_dict); shar
 
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import MISSING, asdict, field, fields, is_dataclass
+from typing import Any, Self, TypeVar
 
 from ..data.split import SPLITS  # defined with the split; re-exported here
 from ..errors import ConfigError
@@ -20,8 +22,9 @@ NORMS = ("inf", "2")
 EPS_NOTE = "images are on [0, 1]; 2/255 = 0.0078"
 
 
-def setting(default=MISSING, help="", *, factory=MISSING, check=None, choices=None, flag=None, positional=False,
-            repeat=False):
+def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING,
+            check: Callable[[Any], str | None] | None = None, choices: Sequence[Any] | None = None,
+            flag: str | None = None, positional: bool = False, repeat: bool = False) -> Any:
     """A dataclass field with its help text and check. check(value) returns what is wrong (a
     phrase such as 'must be at least 1') or None; it is not called for None. choices: the
     allowed values (each element, for a tuple field). flag: the CLI option name when it is not
@@ -34,11 +37,12 @@ def setting(default=MISSING, help="", *, factory=MISSING, check=None, choices=No
     return field(default=default, metadata=metadata)
 
 
-def at_least(low):
+def at_least(low: float) -> Callable[[float], str | None]:
     return lambda v: None if v >= low else f"must be at least {low}"
 
 
-def between(low, high, *, low_open=False, high_open=False, note=""):
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False,
+            note: str = "") -> Callable[[float], str | None]:
     """A check for low <= v <= high (either end open if asked); `note` explains the scale."""
     def check(v):
         above = v > low if low_open else v >= low
@@ -50,24 +54,24 @@ def between(low, high, *, low_open=False, high_open=False, note=""):
     return check
 
 
-def positive(v):
+def positive(v: float) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
-def each(check):
+def each(check: Callable[[Any], str | None]) -> Callable[[Iterable[Any]], str | None]:
     def check_all(values):
         return next((f"{problem} (element {v!r})" for v in values if (problem := check(v))), None)
     return check_all
 
 
-def non_empty(values):
+def non_empty(values: Sized) -> str | None:
     return None if len(values) else "needs at least one value"
 
 
 eps_range = between(0, 1, note=EPS_NOTE)
 
 
-def split_fractions(values):
+def split_fractions(values: Sequence[float]) -> str | None:
     if min(values) <= 0 or abs(sum(values) - 1) > 1e-6:
         return "must be three positive numbers summing to 1"
     return None
@@ -86,7 +90,7 @@ def _number(text, kind):
     return kind(text)
 
 
-def coerce(value, kind, name):
+def coerce(value: Any, kind: Any, name: str) -> Any:
     """`value` (text, or already typed) as type `kind`; ConfigError naming `name` if it cannot be."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (types.UnionType, typing.Union):
@@ -156,11 +160,11 @@ class Settings:
                 raise ConfigError(f"{f.name} {problem}, got {value!r}", [f.name])
         self.validate()
 
-    def validate(self):
+    def validate(self) -> None:
         """Checks across fields; a subclass raises ConfigError naming the settings."""
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
         """An instance from {name: value}: nested dicts (or dotted keys such as 'data.image_size')
         for nested settings, text or typed values. Unknown keys are refused by name."""
         nested, own = {}, {}
@@ -192,12 +196,12 @@ class Settings:
                 kwargs[name] = coerce(own[name], f.type, name)
         return cls(**kwargs)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """{name: value}, nested settings as nested dicts; from_dict(to_dict()) gives an equal config."""
         return asdict(self)
 
 
-def flatten(config, prefix=""):
+def flatten(config: Settings, prefix: str = "") -> dict[str, Any]:
     """Flat {name: value} of a (nested) config dataclass; nested names are dotted (data.image_size)."""
     out = {}
     for f in fields(config):
@@ -209,6 +213,9 @@ def flatten(config, prefix=""):
     return out
 
 
-def narrow(config, cls):
+_SettingsT = TypeVar("_SettingsT", bound=Settings)
+
+
+def narrow(config: Settings, cls: type[_SettingsT]) -> _SettingsT:
     """The `cls` view of a config that has all of cls's fields (a PoisonConfig as a TrainConfig)."""
     return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})

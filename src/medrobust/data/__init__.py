@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,9 @@ from .images import default_cache_dir, load_images
 from .labels import CLASSES, HEALTH_MAPS, N_CLASSES, class_index, malignant_mask
 from .sources import DataError, Source, check_all_classes, fingerprint, open_source
 from .split import SPLITS, check_fractions, grouped_stratified_split, stratified_subset, subset_within_splits
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +48,11 @@ class Dataset:
     from_cache: bool
 
     @property
-    def image_size(self):
+    def image_size(self) -> int:
         return int(self.x["train"].shape[1])
 
 
-def resolve_data_path(path, cache_dir=None, image_size=64):
+def resolve_data_path(path: Path | str | None, cache_dir: Path | str | None = None, image_size: int = 64) -> Path:
     """The data path to read: `path`, else $MEDROBUST_DATA, else DermaMNIST downloaded into the cache."""
     path = path or os.environ.get("MEDROBUST_DATA")
     if path:
@@ -59,7 +63,7 @@ def resolve_data_path(path, cache_dir=None, image_size=64):
     return download.dermamnist(Path(cache_dir) if cache_dir else default_cache_dir(), size=size)
 
 
-def load_dataset(config, progress=True, *, whole=False):
+def load_dataset(config: "DataConfig", progress: bool = True, *, whole: bool = False) -> Dataset:
     """Read, subset, split, decode (or read from cache) and scale the data of a DataConfig.
 
     whole: every image goes to the test split (train and val empty) and a class may have no
@@ -106,7 +110,7 @@ def _sample(data, split, max_images, seed):
     return sides, (stratified_subset(y, max_images, seed=seed) if max_images else None)
 
 
-def images(data, split, max_images, seed):
+def images(data: Dataset, split: str, max_images: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of one split, or of every image for split 'all'; max_images: a class-stratified
     sample of that many."""
     sides, keep = _sample(data, split, max_images, seed)
@@ -115,7 +119,7 @@ def images(data, split, max_images, seed):
     return (x, y) if keep is None else (x[keep], y[keep])
 
 
-def image_ids(data, split, max_images, seed):
+def image_ids(data: Dataset, split: str, max_images: int | None, seed: int) -> np.ndarray:
     """(N,) the image ids of images(data, split, max_images, seed), in its order."""
     sides, keep = _sample(data, split, max_images, seed)
     ids = np.concatenate([data.table.image_id[data.table.split == s].to_numpy() for s in sides])

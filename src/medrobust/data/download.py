@@ -31,7 +31,7 @@ class DownloadError(DataError):
     """A download failed or its checksum did not match."""
 
 
-def md5sum(path, chunk=1 << 20):
+def md5sum(path: Path | str, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -39,7 +39,7 @@ def md5sum(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def fetch(url, dest, md5, timeout=60, progress=True):
+def fetch(url: str, dest: Path | str, md5: str, timeout: float = 60, progress: bool = True) -> Path:
     """Download `url` to `dest` unless a file with the right MD5 is already there.
 
     The file is written under a temporary name and moved into place only once its MD5 matches,
@@ -69,7 +69,7 @@ def fetch(url, dest, md5, timeout=60, progress=True):
     return dest
 
 
-def dermamnist(cache_dir, size=28, mirror=None):
+def dermamnist(cache_dir: Path | str, size: int = 28, mirror: str | None = None) -> Path:
     """Path of the DermaMNIST .npz at `size` px in `cache_dir`, downloading it when needed."""
     if size not in DERMAMNIST:
         raise ConfigError(f"DermaMNIST comes at sizes {sorted(DERMAMNIST)}, not {size}")

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import simplejpeg
 from PIL import Image
 
 from ..console import progress as progress_bar
-from .sources import DataError, load_medmnist_arrays
+from .sources import DataError, Source, load_medmnist_arrays
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,11 @@ RESAMPLE = "bilinear"
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
-def default_cache_dir():
+def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDROBUST_CACHE") or Path.home() / ".cache" / "medrobust")
 
 
-def check_jpeg(data, path):
+def check_jpeg(data: bytes, path: Path | str) -> None:
     """Raise DataError if libjpeg reports corrupt data in a JPEG's bytes. Pillow decodes such
     a file without a word (libjpeg's "Corrupt JPEG data" is only a warning); simplejpeg's
     strict mode turns it into an error, so an image with bytes overwritten mid-file stops
@@ -47,7 +48,7 @@ def check_jpeg(data, path):
         raise DataError(f"{path}: cannot decode image: corrupt JPEG data ({e})") from e
 
 
-def decode_image(path, size):
+def decode_image(path: Path | str, size: int) -> np.ndarray:
     """One image file as uint8 (size, size, 3): RGB, resized with antialiasing, aspect not kept."""
     try:
         data = Path(path).read_bytes()
@@ -56,7 +57,8 @@ def decode_image(path, size):
     return decode_bytes(data, size, where=path, jpeg=Path(path).suffix.lower() in JPEG_SUFFIXES)
 
 
-def decode_bytes(data, size, *, where, jpeg=None, formats=None, max_pixels=None):
+def decode_bytes(data: bytes, size: int, *, where: Path | str, jpeg: bool | None = None,
+                 formats: Sequence[str] | None = None, max_pixels: int | None = None) -> np.ndarray:
     """An encoded image (JPEG, PNG, ... bytes) as uint8 (size, size, 3), exactly as decode_image
     decodes a file. jpeg: check it strictly as JPEG (None: when it starts as one). where: what
     the errors name. For bytes from a request: formats, the Pillow formats accepted (None: any);
@@ -81,7 +83,7 @@ def decode_bytes(data, size, *, where, jpeg=None, formats=None, max_pixels=None)
         raise DataError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
 
 
-def resize_array(images, size):
+def resize_array(images: np.ndarray, size: int) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8 with the same resampling as decode_image."""
     if images.shape[1:3] == (size, size):
         return images
@@ -90,7 +92,8 @@ def resize_array(images, size):
     )
 
 
-def decode_files(files, size, workers=None, progress=True):
+def decode_files(files: Sequence[Path | str], size: int, workers: int | None = None,
+                 progress: bool = True) -> np.ndarray:
     """Decode every file into one (N, size, size, 3) uint8 array, on `workers` threads.
 
     Pillow releases the GIL while it decodes and resizes, so threads use every core without
@@ -101,7 +104,7 @@ def decode_files(files, size, workers=None, progress=True):
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     errors = []
 
-    def work(i):
+    def work(i: int) -> None:
         try:
             out[i] = decode_image(files[i], size)
         except DataError as e:
@@ -118,16 +121,16 @@ def decode_files(files, size, workers=None, progress=True):
     return out
 
 
-def cache_key(fingerprint, size):
+def cache_key(fingerprint: str, size: int) -> str:
     text = f"{fingerprint}|size={size}|resample={RESAMPLE}|v={DECODE_VERSION}|pillow={PIL.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def pixels_digest(images):
+def pixels_digest(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
 
 
-def read_cache(path, shape):
+def read_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """The cached array at `path` if it loads, has `shape` and matches the digest beside it;
     else None, with the files deleted and one line saying why."""
     digest_path = path.with_suffix(".sha256")
@@ -162,7 +165,8 @@ def _write_atomically(path, write):
             os.unlink(tmp)
 
 
-def load_images(source, fingerprint, size, cache_dir=None, progress=True):
+def load_images(source: Source, fingerprint: str, size: int, cache_dir: Path | str | None = None,
+                progress: bool = True) -> tuple[np.ndarray, Path, bool]:
     """uint8 array (N, size, size, 3) aligned with source.records, from the cache when present.
 
     Returns (images, cache_path, from_cache).

@@ -21,7 +21,7 @@ HEALTH_MAPS = {
 }
 
 
-def class_index(name):
+def class_index(name: str) -> int:
     """Index of class `name` (case-insensitive) in CLASSES; ValueError naming the choices."""
     key = str(name).strip().lower()
     if key not in CLASSES:
@@ -29,7 +29,7 @@ def class_index(name):
     return CLASSES.index(key)
 
 
-def malignant_mask(health_map="clinical"):
+def malignant_mask(health_map: str = "clinical") -> np.ndarray:
     """Boolean array of shape (N_CLASSES,): True where the class counts as malignant."""
     if health_map not in HEALTH_MAPS:
         raise ConfigError(f"unknown health_map {health_map!r}; expected one of {', '.join(HEALTH_MAPS)}")

@@ -36,7 +36,7 @@ class Source:
     csv: Path | None = None  # the metadata / ground-truth CSV, for folder layouts
 
 
-def open_source(path):
+def open_source(path: Path | str) -> Source:
     """Detect the layout of `path` and read its records. Raises DataError on any bad input."""
     path = Path(path)
     if not path.exists():
@@ -64,7 +64,7 @@ def open_source(path):
     )
 
 
-def text_encoding(csv):
+def text_encoding(csv: Path | str) -> str:
     """The encoding to read a CSV with: UTF-16 or UTF-8 with a byte-order mark, else UTF-8.
     Anything else (Latin-1 from an old spreadsheet, say) is a DataError naming the file and
     the line of the first byte that is not UTF-8."""
@@ -147,14 +147,14 @@ def _check_lesions(csv, records):
         )
 
 
-def check_all_classes(records, where):
+def check_all_classes(records: pd.DataFrame, where: Path | str) -> None:
     counts = np.bincount(records["label"].to_numpy(), minlength=len(CLASSES))
     missing = [c for c, n in zip(CLASSES, counts) if n == 0]
     if missing:
         raise DataError(f"{where}: class {', '.join(missing)} has no image; every class of {CLASSES} needs one")
 
 
-def read_ham10000(folder, csv):
+def read_ham10000(folder: Path | str, csv: Path | str) -> Source:
     """Records of a HAM10000-layout folder with metadata CSV `csv`."""
     folder, csv = Path(folder), Path(csv)
     table = _read_csv(csv)
@@ -178,7 +178,7 @@ def read_ham10000(folder, csv):
     return Source("ham10000", folder, _attach_files(csv, folder, records), csv)
 
 
-def read_isic2018(folder, csv):
+def read_isic2018(folder: Path | str, csv: Path | str) -> Source:
     """Records of an ISIC 2018 Task 3 folder with ground-truth CSV `csv`.
 
     Lesion ids come from a CSV with columns `image,lesion_id` in the same folder (the official
@@ -224,7 +224,7 @@ def read_isic2018(folder, csv):
     return Source("isic2018", folder, _attach_files(csv, folder, records), csv)
 
 
-def read_medmnist(npz):
+def read_medmnist(npz: Path | str) -> Source:
     """Records of a MedMNIST DermaMNIST .npz; the official split is kept in column `split`."""
     npz = Path(npz)
     arrays = load_medmnist_arrays(npz)
@@ -238,7 +238,7 @@ def read_medmnist(npz):
     return Source("medmnist", npz, records)
 
 
-def load_medmnist_arrays(npz):
+def load_medmnist_arrays(npz: Path | str) -> dict[str, np.ndarray]:
     """{key: array} of a DermaMNIST npz, validated: labels (N,) int64 in range, images (N,H,W,3) uint8."""
     try:
         with np.load(npz) as z:
@@ -268,7 +268,7 @@ def load_medmnist_arrays(npz):
     return arrays
 
 
-def fingerprint(source):
+def fingerprint(source: Source) -> str:
     """SHA-256 of what the source's records hold: ids, labels and every image's bytes.
 
     Two copies of the same data give the same fingerprint wherever they lie; any relabelled,

@@ -5,7 +5,10 @@ approximate class proportions; here each class must land at 70 / 17.5 / 12.5 % t
 image while no lesion is on two sides.
 """
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
+import pandas as pd
 
 from ..errors import ConfigError
 
@@ -13,14 +16,15 @@ SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.70, 0.175, 0.125)
 
 
-def check_fractions(fractions):
+def check_fractions(fractions: Iterable[float]) -> tuple[float, ...]:
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
     return fractions
 
 
-def grouped_stratified_split(labels, groups, fractions=DEFAULT_FRACTIONS, seed=0):
+def grouped_stratified_split(labels: np.ndarray | pd.Series, groups: np.ndarray | pd.Series,
+                             fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0) -> np.ndarray:
     """Assign each image to train (0), val (1) or test (2).
 
     labels: (N,) class of each image; groups: (N,) lesion id of each image (one class per lesion).
@@ -64,7 +68,8 @@ def grouped_stratified_split(labels, groups, fractions=DEFAULT_FRACTIONS, seed=0
     return out
 
 
-def subset_by_class(labels, groups, per_class, seed=0):
+def subset_by_class(labels: np.ndarray | pd.Series, groups: np.ndarray | pd.Series, per_class: int,
+                    seed: int = 0) -> np.ndarray:
     """Indices of at most about `per_class` images of each class, taken as whole lesions.
 
     Lesions are drawn in seeded random order until the class reaches `per_class` images (the
@@ -87,7 +92,7 @@ def subset_by_class(labels, groups, per_class, seed=0):
     return np.sort(np.concatenate(keep))
 
 
-def subset_within_splits(records, per_class, seed=0):
+def subset_within_splits(records: pd.DataFrame, per_class: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of about `per_class` images of each class, taken as whole lesions
     (subset_by_class) from each split in proportion to its share of the images: the subset's
     split is the one the whole data has. records: a table with label, lesion_id and, where the
@@ -103,7 +108,7 @@ def subset_within_splits(records, per_class, seed=0):
     return np.sort(np.concatenate(keep))
 
 
-def stratified_subset(labels, n, seed=0):
+def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of `n` images drawn so that each class keeps its share (largest
     remainders round the quotas; seeded). Taking the first n instead would follow the
     metadata's order, which in HAM10000 is grouped by class. n >= len(labels): every index."""

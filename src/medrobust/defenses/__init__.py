@@ -17,8 +17,11 @@ config, hooks)`, starting from the parent network (spec.py says what a builder i
 Adding a defense = a builder in its family's module + one DefenseSpec line below.
 """
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, fields
+from typing import Any
 
+from ..config import DefendConfig
 from ..errors import ConfigError
 from . import detector, distill, retrain, smoothing, transforms
 from .defended import DefendedClassifier, load_defended
@@ -55,7 +58,7 @@ DEFENSES = {spec.name: spec for spec in (
 )}
 
 
-def parse_spec(spec):
+def parse_spec(spec: str) -> tuple[str, ...]:
     """`retrain+llt` -> ('retrain', 'llt') in application order; 'none' -> ().
 
     Raises ConfigError for an empty part, an unknown defense or one named twice.
@@ -73,7 +76,7 @@ def parse_spec(spec):
     return tuple(name for name in DEFENSES if name in parts)
 
 
-def readers():
+def readers() -> dict[str, tuple[str, ...]]:
     """{DefendConfig field: (the defenses that read it, in DEFENSES' order)} over every spec."""
     out = {}
     for spec in DEFENSES.values():
@@ -82,7 +85,7 @@ def readers():
     return {setting: tuple(names) for setting, names in out.items()}
 
 
-def check_settings(names, config, also_read=()):
+def check_settings(names: Sequence[str], config: DefendConfig, also_read: Iterable[str] = ()) -> None:
     """Refuse a setting given for nothing: ConfigError when a DefendConfig field that some
     defenses read differs from its default while none of `names` reads it (the caller names
     in `also_read` the fields it reads itself, e.g. uap_max_steps for its own uap_fast).
@@ -103,7 +106,7 @@ def check_settings(names, config, also_read=()):
                           f"(default {defaults[setting]!r})", [setting])
 
 
-def applicable(names, values, also_read=()):
+def applicable(names: Sequence[str], values: Mapping[str, Any], also_read: Iterable[str] = ()) -> dict[str, Any]:
     """`values` ({DefendConfig field: value}) without the defense settings that none of `names`
     (nor `also_read`, as in check_settings) reads: what a caller that holds settings for every
     defense (the baseline job) hands to a DefendConfig so that check_settings accepts it."""
@@ -112,7 +115,7 @@ def applicable(names, values, also_read=()):
     return {k: v for k, v in values.items() if k not in owned or k in read}
 
 
-def input_chain(names, params):
+def input_chain(names: Iterable[str], params: Mapping[str, dict[str, int]]) -> tuple[tuple[str, dict[str, int]], ...]:
     """The ((transform, {params}), ...) chain of the input transformations among `names`;
     `params` maps a transform to its settings (e.g. {'llt': {'quality': 75}})."""
     return tuple((name, dict(TRANSFORMS[name][1], **params.get(name, {}))) for name in names if name in TRANSFORMS)

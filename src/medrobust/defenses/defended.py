@@ -36,22 +36,22 @@ class DefendedClassifier:
     smoothing: dict | None = None  # {"sigma", "samples", "alpha", "seed"}: answer by a vote under noise
 
     @property
-    def can_reject(self):
+    def can_reject(self) -> bool:
         """Whether `rejected` can say True: a detector, or smoothing's abstention."""
         return self.detector is not None or self.smoothing is not None
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...]:
         return tuple(self.network.input_shape[1:])
 
     @property
-    def n_classes(self):
+    def n_classes(self) -> int:
         return int(self.network.output_shape[-1])
 
-    def transform(self, x):
+    def transform(self, x: np.ndarray) -> np.ndarray:
         return apply_chain(x, self.chain) if self.chain else np.asarray(x, dtype=np.float32)
 
-    def votes(self, x):
+    def votes(self, x: np.ndarray) -> np.ndarray:
         """(N, K) smoothing's vote counts: noise on the images as given, then the transformations
         and the network (seeded per image; the last call's counts are kept, since `logits` and
         `rejected` ask for the same images in turn)."""
@@ -66,14 +66,14 @@ class DefendedClassifier:
         self._votes = (key, counts)
         return counts
 
-    def logits(self, x, batch_size=256, *, direct=False):
+    def logits(self, x: np.ndarray, batch_size: int = 256, *, direct: bool = False) -> np.ndarray:
         """(N, K) logits of the network on the transformed images (direct: see predict_logits);
         with smoothing, the log vote shares (smoothing.vote_logits)."""
         if self.smoothing is not None:
             return vote_logits(self.votes(x))
         return predict_logits(self.network, self.transform(x), batch_size, direct=direct)
 
-    def rejected(self, x, batch_size=256, *, direct=False):
+    def rejected(self, x: np.ndarray, batch_size: int = 256, *, direct: bool = False) -> np.ndarray:
         """(N,) bool: the detector calls the raw input adversarial, or smoothing abstains (all
         False without either)."""
         out = np.zeros(len(x), dtype=bool)
@@ -83,7 +83,7 @@ class DefendedClassifier:
             out |= abstains(self.votes(x), self.smoothing["alpha"])
         return out
 
-    def as_keras(self):
+    def as_keras(self) -> "keras.Model":
         """A Keras model for attacks: forward exactly as `logits`, gradients through the
         transformations by BPDA (see transforms.py). With no chain, the network itself. With
         smoothing, the network on one noisy copy per call (fresh noise every step: an attack on
@@ -98,7 +98,7 @@ class DefendedClassifier:
         outputs = self.network(x)
         return keras.Model(inputs, outputs, name=f"defended_{self.network.name}")
 
-    def save(self, folder):
+    def save(self, folder: Path | str) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.network.save(folder / "network.keras")
@@ -111,7 +111,7 @@ class DefendedClassifier:
         return folder
 
 
-def load_defended(folder):
+def load_defended(folder: Path | str) -> DefendedClassifier:
     folder = Path(folder)
     spec = json.loads((folder / "defense.json").read_text())
     if spec.get("format") not in READS:
@@ -126,7 +126,8 @@ def load_defended(folder):
     return DefendedClassifier(network, chain, detector, float(spec["threshold"]), spec.get("info", {}), smoothing)
 
 
-def adversarial_probability(detector, x, batch_size=256, *, direct=False):
+def adversarial_probability(detector: "keras.Model", x: np.ndarray, batch_size: int = 256, *,
+                            direct: bool = False) -> np.ndarray:
     logits = predict_logits(detector, np.asarray(x, dtype=np.float32), batch_size, direct=direct)
     return np.asarray(tf.nn.softmax(logits, axis=-1))[:, 1]
 
@@ -139,7 +140,7 @@ class AlwaysNoise(keras.layers.Layer):
         self.stddev = float(stddev)
         self.generator = keras.random.SeedGenerator(seed)
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         return x + keras.random.normal(keras.ops.shape(x), stddev=self.stddev, seed=self.generator)
 
 
@@ -151,7 +152,7 @@ class ChainLayer(keras.layers.Layer):
         super().__init__(trainable=False, **kwargs)
         self.chain = tuple(chain)
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         chain = self.chain
 
         @tf.custom_gradient
@@ -166,5 +167,5 @@ class ChainLayer(keras.layers.Layer):
 
         return bpda(tf.convert_to_tensor(x, dtype=tf.float32))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape

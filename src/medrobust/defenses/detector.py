@@ -4,22 +4,32 @@ classifier in ART only to call fit on it; ours trains with the same seeded loop 
 other network and saves as a plain Keras model inside the defended model."""
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import attacks
+from ..config import DefendConfig, TrainConfig
 from ..models.training import fit, set_seed
 from ..models.zoo import small_cnn
-from .spec import training_config
+from .spec import Hooks, training_config
+
+if TYPE_CHECKING:
+    import keras
+
+    from ..data import Dataset
+    from .defended import DefendedClassifier
 
 log = logging.getLogger(__name__)
 
 DETECTOR_WIDTHS = (16, 32, 64)
 
 
-def paired_set(network, x, methods, eps, attack_params=None, seed=0):
+def paired_set(network: "keras.Model", x: np.ndarray, methods: Sequence[str], eps: float,
+               attack_params: dict[str, dict[str, Any]] | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels): x (label 0) and x attacked on `network` (label 1), the images split
     evenly between `methods`; pairs make the detector learn the perturbation, not the lesion.
     attack_params: {method: {parameter: value}}; seed goes to the attacks that take one."""
@@ -31,8 +41,10 @@ def paired_set(network, x, methods, eps, attack_params=None, seed=0):
     return np.concatenate([x, adv]), np.concatenate([np.zeros(len(x), int), np.ones(len(x), int)])
 
 
-def train_detector(network, x, x_val, train_config, methods=("fgsm",), eps=2 / 255, epochs=5, attack_params=None,
-                   on_epoch=None):
+def train_detector(network: "keras.Model", x: np.ndarray, x_val: np.ndarray, train_config: TrainConfig,
+                   methods: Sequence[str] = ("fgsm",), eps: float = 2 / 255, epochs: int = 5,
+                   attack_params: dict[str, dict[str, Any]] | None = None,
+                   on_epoch: Callable[[int, dict], None] | None = None) -> "tuple[keras.Model, dict[str, list]]":
     """Train a detector on `x` and its attacked twins (attacks crafted on `network`); the
     validation pairs come from x_val. Returns (detector, history); the detector outputs the
     logits of (clean, adversarial)."""
@@ -45,7 +57,8 @@ def train_detector(network, x, x_val, train_config, methods=("fgsm",), eps=2 / 2
     return detector, history
 
 
-def build(classifier, data, config, hooks):
+def build(classifier: "DefendedClassifier", data: "Dataset", config: DefendConfig,
+          hooks: Hooks) -> "DefendedClassifier":
     """Registry builder: the classifier with a detector trained against its network as it is
     now (after distill and retrain), rejecting at `config.detector_threshold`."""
     log.info("training the detector on %s at eps %.4f, %d epochs", ", ".join(config.detector_attacks),

@@ -12,21 +12,30 @@ examples (Carlini & Wagner 2016): the transfer rows of its report show what is l
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ..config import DefendConfig, TrainConfig
 from ..errors import ConfigError
 from ..models.training import fit, predict_logits
-from .spec import training_config
+from .spec import Hooks, training_config
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from .defended import DefendedClassifier
 
 log = logging.getLogger(__name__)
 
 
-def distill(teacher, x, y, x_val, y_val, train_config, temperature=20.0, epochs=4, on_epoch=None):
+def distill(teacher: "keras.Model", x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+            train_config: TrainConfig, temperature: float = 20.0, epochs: int = 4,
+            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> "tuple[keras.Model, dict[str, list]]":
     """A student trained on the teacher's probabilities with its own logits divided by
     `temperature`, deployed as is (T = 1). It starts from the teacher's weights, so a few
     epochs suffice on a CPU, and keeps the teacher's architecture and input.
@@ -44,7 +53,8 @@ def distill(teacher, x, y, x_val, y_val, train_config, temperature=20.0, epochs=
     return student, history
 
 
-def build(classifier, data, config, hooks):
+def build(classifier: "DefendedClassifier", data: "Dataset", config: DefendConfig,
+          hooks: Hooks) -> "DefendedClassifier":
     """Registry builder: the classifier with its network replaced by a student distilled at
     `config.temperature` for `config.distill_epochs` epochs on the training split."""
     log.info("distillation at T=%g, %d epochs", config.temperature, config.distill_epochs)

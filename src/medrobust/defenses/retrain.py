@@ -3,24 +3,33 @@ and Madry-style on-the-fly adversarial training as the stronger variant."""
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from .. import attacks
+from ..config import DefendConfig, TrainConfig
 from ..errors import ConfigError
 from ..models.training import check_finite, class_weights, fit, optimizer, training_dataset
-from .spec import training_config
+from .spec import Hooks, training_config
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from .defended import DefendedClassifier
 
 log = logging.getLogger(__name__)
 
 ON_THE_FLY_METHODS = ("fgsm", "pgd")
 
 
-def adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params=None, seed=0):
+def adversarial_set(model: "keras.Model", x: np.ndarray, y: np.ndarray, methods: Sequence[str], eps: float,
+                    ratio: float, rng: np.random.Generator, attack_params: dict[str, dict[str, Any]] | None = None,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Perturb a random `ratio` of (x, y) with the attacks `methods` (the chosen images split
     evenly between them), each crafted on `model` as it is now. attack_params: {method:
     {parameter: value}} for the methods that take some (uap_fast: max_steps); seed goes to
@@ -38,8 +47,11 @@ def adversarial_set(model, x, y, methods, eps, ratio, rng, attack_params=None, s
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def retrain_rounds(model, x, y, x_val, y_val, train_config, methods=("fgsm",), eps=2 / 255, rounds=5, ratio=0.5,
-                   epochs_per_round=5, seed=0, attack_params=None, on_epoch=None):
+def retrain_rounds(model: "keras.Model", x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                   train_config: TrainConfig, methods: Sequence[str] = ("fgsm",), eps: float = 2 / 255, rounds: int = 5,
+                   ratio: float = 0.5, epochs_per_round: int = 5, seed: int = 0,
+                   attack_params: dict[str, dict[str, Any]] | None = None,
+                   on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, list]:
     """The thesis' adversarial retraining, in place on `model`: each round crafts a fresh
     adversarial set from a `ratio` of (x, y) against the current model, adds it to the clean
     images with their true labels and trains `epochs_per_round` epochs (no early stopping:
@@ -63,8 +75,9 @@ def retrain_rounds(model, x, y, x_val, y_val, train_config, methods=("fgsm",), e
     return history
 
 
-def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epochs=5, pgd_steps=5, seed=0,
-                     on_epoch=None):
+def train_on_the_fly(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_config: TrainConfig,
+                     method: str = "fgsm", eps: float = 2 / 255, epochs: int = 5, pgd_steps: int = 5, seed: int = 0,
+                     on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, list[float]]:
     """Madry-style adversarial training, in place: every batch is attacked afresh against the
     current weights (FGSM, or PGD with `pgd_steps` steps of eps/4 from a random start) and the
     model learns on the clean and the adversarial half together. Our own loop, since crafting
@@ -119,7 +132,8 @@ def train_on_the_fly(model, x, y, train_config, method="fgsm", eps=2 / 255, epoc
     return history
 
 
-def build(classifier, data, config, hooks):
+def build(classifier: "DefendedClassifier", data: "Dataset", config: DefendConfig,
+          hooks: Hooks) -> "DefendedClassifier":
     """Registry builder: the classifier's network adversarially retrained (in place) on
     `config.retrain_on`, in rounds (the thesis) or on the fly (Madry) as `config.on_the_fly` says."""
     x, y = data.x["train"], data.y["train"]

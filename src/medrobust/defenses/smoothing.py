@@ -17,27 +17,35 @@ seeded through numpy's global generator, which ART draws from.
 
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 from scipy import stats
 
+from ..config import DefendConfig, TrainConfig
 from ..models.training import fit
-from .spec import training_config
+from .spec import Hooks, training_config
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from .defended import DefendedClassifier
 
 log = logging.getLogger(__name__)
 
 
-def image_seeds(x, seed):
+def image_seeds(x: np.ndarray, seed: int) -> list[tuple[int, int]]:
     """(N,) one seed per image, from its pixels and `seed`: an image gets the same noise wherever
     it sits in a request, so a served version answers the same image the same way."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     return [(seed, zlib.crc32(image.tobytes())) for image in x]
 
 
-def vote_counts(classify, x, *, sigma, samples, seed=0, batch_size=512):
+def vote_counts(classify: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, sigma: float, samples: int,
+                seed: int = 0, batch_size: int = 512) -> np.ndarray:
     """(N, K) int counts: per image, how often classify(images) -> (M, K) logits puts each class
     on top over `samples` copies with Gaussian noise of standard deviation sigma (on the [0, 1]
     scale) added to the image, each image's noise seeded by image_seeds."""
@@ -58,7 +66,7 @@ def vote_counts(classify, x, *, sigma, samples, seed=0, batch_size=512):
     return counts if counts is not None else np.zeros((0, 0), dtype=np.int64)
 
 
-def confirmed_below_half(counts, n, alpha):
+def confirmed_below_half(counts: np.ndarray, n: int, alpha: float) -> np.ndarray:
     """(N,) bool: a class's count out of n votes puts its share below 1/2 at level alpha (the
     Clopper-Pearson upper bound under 0.5): evidence, not sampling noise, that it lost the vote."""
     counts = np.asarray(counts)
@@ -66,14 +74,14 @@ def confirmed_below_half(counts, n, alpha):
     return upper < 0.5
 
 
-def vote_logits(counts):
+def vote_logits(counts: np.ndarray) -> np.ndarray:
     """(N, K) log vote shares (add-half smoothed, so no class is -inf): a softmax of them gives
     the shares, which is what a smoothed classifier's probabilities are."""
     counts = np.asarray(counts, dtype=np.float64)
     return np.log((counts + 0.5) / (counts.sum(axis=1, keepdims=True) + 0.5 * counts.shape[1]))
 
 
-def abstains(counts, alpha):
+def abstains(counts: np.ndarray, alpha: float) -> np.ndarray:
     """(N,) bool: Cohen's PREDICT abstains when a two-sided binomial test of the top two
     classes' counts cannot tell them apart at level alpha."""
     top = np.sort(np.asarray(counts), axis=1)[:, ::-1]
@@ -81,7 +89,8 @@ def abstains(counts, alpha):
                      for a, b in zip(top[:, 0], top[:, 1])])
 
 
-def certify(network, x, *, sigma, n0=100, n=1000, alpha=0.001, seed=0, batch_size=256):
+def certify(network: "keras.Model", x: np.ndarray, *, sigma: float, n0: int = 100, n: int = 1000, alpha: float = 0.001,
+            seed: int = 0, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(predicted (N,) int, -1 where it abstains; radius (N,) float, the certified L2 radius on
     the [0, 1] pixel scale, 0 where it abstains): ART's CERTIFY on the smoothed network."""
     from art.estimators.certification.randomized_smoothing import TensorFlowV2RandomizedSmoothing
@@ -98,7 +107,9 @@ def certify(network, x, *, sigma, n0=100, n=1000, alpha=0.001, seed=0, batch_siz
     return predicted.astype(np.int64), radius.astype(np.float64)
 
 
-def train_under_noise(network, x, y, x_val, y_val, train_config, *, sigma, epochs, on_epoch=None):
+def train_under_noise(network: "keras.Model", x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                      train_config: TrainConfig, *, sigma: float, epochs: int,
+                      on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, list]:
     """Fine-tune `network` in place on images with Gaussian noise of sigma added (a noise layer
     in front, active in training only), so that its vote under noise is right: Cohen's training.
     Returns the per-epoch history."""
@@ -108,7 +119,8 @@ def train_under_noise(network, x, y, x_val, y_val, train_config, *, sigma, epoch
     return fit(trainer, x, y, x_val, y_val, replace(train_config, epochs=epochs, patience=0), on_epoch=on_epoch)
 
 
-def build(classifier, data, config, hooks):
+def build(classifier: "DefendedClassifier", data: "Dataset", config: DefendConfig,
+          hooks: Hooks) -> "DefendedClassifier":
     """Registry builder: the network fine-tuned under noise of config.sigma for
     config.smoothing_epochs epochs, answering by a vote of config.smoothing_samples noisy copies
     (abstaining at config.smoothing_alpha)."""

@@ -38,10 +38,10 @@ class Hooks:
     """What a builder reports through, so that defenses never import tracking. The defend
     step passes a subclass that logs to MLflow; this one reports nothing."""
 
-    def on_epoch(self, part, epoch, logs):
+    def on_epoch(self, part: str, epoch: int, logs: dict[str, float]) -> None:
         """After each training epoch of `part` (e.g. 'retrain'): logs is {metric: value}."""
 
-    def on_history(self, part, history):
+    def on_history(self, part: str, history: dict[str, list]) -> None:
         """Once `part` has trained: history is {metric: [value per epoch]}."""
 
 

@@ -11,13 +11,23 @@ through the rest (compression, filtering, quantisation).
 """
 
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from art.defences.preprocessor import FeatureSqueezing, JpegCompression, SpatialSmoothing
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from ..config import DefendConfig
+    from ..data import Dataset
+    from .defended import DefendedClassifier
+    from .spec import Hooks
 
 
 def _check_quality(quality):
@@ -33,7 +43,7 @@ def _as_images(x):
     return x
 
 
-def webp(x, quality=75):
+def webp(x: np.ndarray, quality: int = 75) -> np.ndarray:
     """Each image through a lossy WebP encode and decode at `quality` (1..100)."""
     quality = _check_quality(quality)
     x = _as_images(x)
@@ -47,23 +57,23 @@ def webp(x, quality=75):
     return out
 
 
-def hflip(x):
+def hflip(x: np.ndarray) -> np.ndarray:
     return _as_images(x)[:, :, ::-1, :].copy()
 
 
-def llt(x, quality=75):
+def llt(x: np.ndarray, quality: int = 75) -> np.ndarray:
     """The thesis' LLT: WebP compression at `quality`, then a horizontal flip."""
     return hflip(webp(x, quality))
 
 
-def jpeg(x, quality=75):
+def jpeg(x: np.ndarray, quality: int = 75) -> np.ndarray:
     """JPEG compression at `quality` (ART's JpegCompression)."""
     quality = _check_quality(quality)
     out, _ = JpegCompression(clip_values=(0.0, 1.0), quality=quality, channels_first=False)(_as_images(x))
     return out.astype(np.float32)
 
 
-def smooth(x, window=3):
+def smooth(x: np.ndarray, window: int = 3) -> np.ndarray:
     """Median filter over a window x window neighbourhood per channel (ART's SpatialSmoothing)."""
     if not (isinstance(window, (int, np.integer)) and window >= 2):
         raise ConfigError(f"smooth window must be an integer >= 2, got {window!r}")
@@ -71,7 +81,7 @@ def smooth(x, window=3):
     return out.astype(np.float32)
 
 
-def squeeze(x, bits=5):
+def squeeze(x: np.ndarray, bits: int = 5) -> np.ndarray:
     """Colour depth reduced to `bits` bits per channel (ART's FeatureSqueezing)."""
     if not (isinstance(bits, (int, np.integer)) and 1 <= bits <= 8):
         raise ConfigError(f"squeeze bits must be an integer in 1..8, got {bits!r}")
@@ -92,7 +102,7 @@ TRANSFORMS = {
 }
 
 
-def apply_chain(x, chain):
+def apply_chain(x: np.ndarray, chain: Sequence[tuple[str, dict[str, int]]]) -> np.ndarray:
     """x through each (name, params) of `chain`, first to last."""
     x = _as_images(x)
     for name, params in chain:
@@ -100,14 +110,15 @@ def apply_chain(x, chain):
     return x
 
 
-def backward_chain(dy, chain):
+def backward_chain(dy: "tf.Tensor", chain: Sequence[tuple[str, dict[str, int]]]) -> "tf.Tensor":
     """The BPDA gradient of apply_chain: each transform's backward pass, last to first."""
     for name, _ in reversed(chain):
         dy = TRANSFORMS[name][2](dy)
     return dy
 
 
-def builder(name, **settings):
+def builder(name: str,
+            **settings: str) -> "Callable[[DefendedClassifier, Dataset, DefendConfig, Hooks], DefendedClassifier]":
     """Registry builder of transform `name`: the classifier with (name, params) appended to its
     chain, where `settings` maps each parameter of the transform to the DefendConfig field it is
     read from (llt: quality='llt_quality'); parameters not named keep TRANSFORMS' defaults."""
@@ -116,7 +127,8 @@ def builder(name, **settings):
     if unknown:  # a programming error, caught at import
         raise TypeError(f"transform {name} has no parameter {', '.join(sorted(unknown))}")
 
-    def build(classifier, data, config, hooks):
+    def build(classifier: "DefendedClassifier", data: "Dataset", config: "DefendConfig",
+              hooks: "Hooks") -> "DefendedClassifier":
         params = dict(defaults, **{param: getattr(config, field) for param, field in settings.items()})
         return replace(classifier, chain=tuple(classifier.chain) + ((name, params),))
 

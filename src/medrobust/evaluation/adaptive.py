@@ -10,6 +10,8 @@ Not in the ATTACKS registry: joint_pgd takes a second model, the detector.
 """
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -18,6 +20,9 @@ import tensorflow as tf
 from ..defenses.transforms import TRANSFORMS
 from ..errors import ConfigError
 from ..attacks.budget import apply_budget, check_norm
+
+if TYPE_CHECKING:
+    from ..defenses.defended import DefendedClassifier
 
 # The transformations of defenses.transforms.TRANSFORMS that draw random numbers: none of
 # ours does (llt, jpeg, smooth and squeeze are deterministic; tests/unit/test_adaptive.py checks
@@ -90,8 +95,9 @@ def _joint_step(model, detector, norm, eps, step_size, detector_weight, margin_t
     return step, measure, predict
 
 
-def joint_pgd(model, detector, x, *, y=None, eps, norm="inf", steps=20, step_size=None, detector_weight=1.0, threshold=0.5,
-              seed=0, batch_size=128):
+def joint_pgd(model: keras.Model, detector: keras.Model, x: np.ndarray, *, y: np.ndarray | None = None, eps: float,
+              norm: str = "inf", steps: int = 20, step_size: float | None = None, detector_weight: float = 1.0,
+              threshold: float = 0.5, seed: int = 0, batch_size: int = 128) -> np.ndarray:
     """White-box PGD against a classifier and the detector beside it, at once.
 
     Each step ascends, per image, the classifier's cross-entropy on the true label y (None: its
@@ -149,7 +155,7 @@ def joint_pgd(model, detector, x, *, y=None, eps, norm="inf", steps=20, step_siz
     return apply_budget(x, out, eps, norm)
 
 
-def eot_note(chain):
+def eot_note(chain: Sequence[tuple[str, dict]]) -> str:
     """One sentence for the report: whether any input transformation of `chain` ((name,
     params), ...) is random, hence whether EOT (expectation over transformation, Athalye et al.
     2018) has to average the attack's gradient over several draws of it."""
@@ -169,7 +175,7 @@ def eot_note(chain):
             "transformation, Athalye et al. 2018) reduces to one sample, the BPDA gradient of a single pass.")
 
 
-def adaptive_notes(model):
+def adaptive_notes(model: "DefendedClassifier") -> list[str]:
     """What the adaptive suite can adapt to in this model, as sentences for the report."""
     notes = [eot_note(model.chain)] if model.chain else []
     if getattr(model, "smoothing", None) is not None:

@@ -20,7 +20,9 @@ input transformations included: Cohen's theorem holds for any base classifier.
 """
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,13 +30,17 @@ from .. import attacks
 from ..data import malignant_mask
 from ..defenses.smoothing import certify, confirmed_below_half
 from .intervals import bootstrap_indices, percentile_interval
-from .records import CERTIFIED, record
+from .records import CERTIFIED, Record, record
+
+if TYPE_CHECKING:
+    from ..defenses.defended import DefendedClassifier
 
 SMOOTHING = "smoothing"  # its attack column
 RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 
-def certified_counts(y, predicted, radius, malignant, radii=RADII):
+def certified_counts(y: np.ndarray, predicted: np.ndarray, radius: np.ndarray, malignant: np.ndarray,
+                     radii: Sequence[float] = RADII) -> dict[float, dict[str, np.ndarray | None]]:
     """{radius: {"certified_accuracy": (N,) bool, "certified_miss": (N,) bool over cancers or
     None}} per image: certified right at that radius; a cancer not certified malignant there."""
     y, predicted, radius = np.asarray(y), np.asarray(predicted), np.asarray(radius)
@@ -56,8 +62,10 @@ def _with_interval(name, per_image, idx):
     return {name: float(per_image.mean()), f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
-def measure_certified(classifier, x, y, *, sigma, n=1000, n0=100, alpha=0.001, model, health_map="clinical", seed=0,
-                      n_resamples=1000, radii=RADII, attack_steps=10):
+def measure_certified(classifier: "DefendedClassifier", x: np.ndarray, y: np.ndarray, *, sigma: float, n: int = 1000,
+                      n0: int = 100, alpha: float = 0.001, model: str, health_map: str = "clinical", seed: int = 0,
+                      n_resamples: int = 1000, radii: Sequence[float] = RADII,
+                      attack_steps: int = 10) -> tuple[list[Record], float]:
     """(records, seconds per certified image) of `classifier` (a DefendedClassifier) certified
     on x (N, H, W, 3) with labels y (N,): Cohen's CERTIFY with n0 selection and n estimation
     samples at level alpha under noise sigma, then per radius the figures above with 95 %
@@ -96,7 +104,8 @@ def measure_certified(classifier, x, y, *, sigma, n=1000, n0=100, alpha=0.001, m
     return records, seconds
 
 
-def violations(smoothed, x_adv, certified_class, *, n, alpha):
+def violations(smoothed: "DefendedClassifier", x_adv: np.ndarray, certified_class: np.ndarray, *, n: int,
+               alpha: float) -> int:
     """How many of x_adv (attacked images whose n0-sample vote left their certified class) a
     fresh vote of n samples confirms lost it: the certified class's share below 1/2 at level
     alpha (smoothing.confirmed_below_half). A disagreement of the small vote alone is sampling."""
@@ -107,7 +116,7 @@ def violations(smoothed, x_adv, certified_class, *, n, alpha):
     return int(confirmed_below_half(counts, n, alpha).sum())
 
 
-def certified_curve(records, *, model, metric):
+def certified_curve(records: Iterable[Record], *, model: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """(radii, values) float64 of `metric` over `model`'s certified rows, radius ascending."""
     points = sorted((r["eps"], r["value"]) for r in records
                     if r["model"] == model and r["threat"] == CERTIFIED and r["metric"] == metric)

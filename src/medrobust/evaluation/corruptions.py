@@ -22,6 +22,7 @@ Pillow, seeded per (corruption, severity), about 150 lines.
 
 import io
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,12 +37,12 @@ def _scale(x):
     return x.shape[1] / 32.0  # spatial parameters are CIFAR-10-C's at 32 px
 
 
-def gaussian_noise(x, severity, rng):
+def gaussian_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     c = (0.04, 0.06, 0.08, 0.09, 0.10)[severity - 1]
     return x + rng.normal(0.0, c, size=x.shape)
 
 
-def shot_noise(x, severity, rng):
+def shot_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     c = (500, 250, 100, 75, 50)[severity - 1]
     return rng.poisson(np.clip(x, 0, 1) * c) / c
 
@@ -55,14 +56,14 @@ def _disk(radius, alias_blur):
     return kernel / kernel.sum()
 
 
-def defocus_blur(x, severity, rng):
+def defocus_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     radius, alias = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1))[severity - 1]
     s = _scale(x)
     kernel = _disk(radius * s, alias * s)
     return ndimage.convolve(x, kernel[None, :, :, None], mode="reflect")
 
 
-def motion_blur(x, severity, rng):
+def motion_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """A straight streak of `length` pixels at an angle drawn per image (a moving hand)."""
     length = (2, 3, 4, 5, 6)[severity - 1] * _scale(x)
     out = np.empty_like(x)
@@ -84,20 +85,20 @@ def _from_hsv(hsv):
     return np.asarray(Image.fromarray(_to_uint8(hsv), "HSV").convert("RGB"), dtype=np.float64) / 255.0
 
 
-def brightness(x, severity, rng):
+def brightness(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """CIFAR-10-C's amounts, added to every channel (CIFAR-10-C adds them to HSV value, which
     keeps hue and saturation; added to RGB the lesion also pales a little)."""
     c = (0.05, 0.1, 0.15, 0.2, 0.3)[severity - 1]
     return x + c
 
 
-def contrast(x, severity, rng):
+def contrast(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     c = (0.75, 0.5, 0.4, 0.3, 0.15)[severity - 1]
     means = x.mean(axis=(1, 2, 3), keepdims=True)
     return (x - means) * c + means
 
 
-def saturate(x, severity, rng):
+def saturate(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     scale, shift = ((0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2))[severity - 1]
     out = np.empty_like(x)
     for i in range(len(x)):
@@ -107,7 +108,7 @@ def saturate(x, severity, rng):
     return out
 
 
-def color_temperature(x, severity, rng):
+def color_temperature(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """White balance off towards warm or cool light (the sign drawn per image): red up and blue
     down by c, or the reverse."""
     c = (0.05, 0.1, 0.15, 0.2, 0.3)[severity - 1]
@@ -116,7 +117,7 @@ def color_temperature(x, severity, rng):
     return x * gains
 
 
-def jpeg(x, severity, rng):
+def jpeg(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     quality = (80, 65, 58, 50, 40)[severity - 1]
     out = np.empty_like(x)
     for i in range(len(x)):
@@ -126,7 +127,7 @@ def jpeg(x, severity, rng):
     return out
 
 
-def rotate(x, severity, rng):
+def rotate(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """A small rotation, clockwise or not (drawn per image), corners filled by reflection."""
     degrees = (5, 10, 15, 20, 30)[severity - 1]
     out = np.empty_like(x)
@@ -135,7 +136,7 @@ def rotate(x, severity, rng):
     return out
 
 
-def zoom(x, severity, rng):
+def zoom(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """The centre magnified (a dermatoscope held closer), cropped back to the image size."""
     factor = (1.06, 1.12, 1.18, 1.24, 1.32)[severity - 1]
     h, w = x.shape[1:3]
@@ -144,7 +145,7 @@ def zoom(x, severity, rng):
     return zoomed[:, top:top + h, left:left + w]
 
 
-def hair(x, severity, rng):
+def hair(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Dark hairs across the image: curved strokes drawn at 4x and shrunk, so they are thin and
     anti-aliased at any image size."""
     count = (1, 2, 4, 6, 10)[severity - 1]
@@ -165,7 +166,7 @@ def hair(x, severity, rng):
     return out
 
 
-def vignette(x, severity, rng):
+def vignette(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """The dark edge of a contact dermatoscope's circular field: black outside a circle whose
     radius (a share of half the image's diagonal) shrinks with severity, with a soft rim."""
     radius = (1.0, 0.9, 0.8, 0.7, 0.6)[severity - 1]
@@ -185,7 +186,7 @@ def _to_uint8(x):
     return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
 
 
-def check_corruptions(names, severities):
+def check_corruptions(names: Sequence[str], severities: Sequence[int]) -> None:
     """ConfigError (naming the setting) for an unknown corruption or a severity outside 1..5."""
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown:
@@ -199,7 +200,7 @@ def check_corruptions(names, severities):
 CHUNK = 256  # images corrupted at a time: the float64 working copies stay small at 224 px
 
 
-def corrupt(x, name, severity, *, seed=0, start=0):
+def corrupt(x: np.ndarray, name: str, severity: int, *, seed: int = 0, start: int = 0) -> np.ndarray:
     """`x` (N, H, W, 3) float in [0, 1] under corruption `name` at `severity` (1..5), as float32
     in [0, 1], quantised to 8 bits as a saved image would be. Worked CHUNK images at a time, each
     chunk seeded by (seed, corruption, severity, its first image's index): the same call gives

@@ -21,6 +21,7 @@ computed on one set of resamples.
 """
 
 import math
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _check_settings(n_resamples, level=None):
         raise ConfigError(f"level must be in (0, 1), got {level!r}")
 
 
-def bootstrap_indices(n, *, n_resamples=1000, seed=0):
+def bootstrap_indices(n: int, *, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
     """Indices of `n_resamples` resamples of n images drawn with replacement.
 
     Returns int64 (n_resamples, n): row r lists the images (indices in [0, n)) of resample r.
@@ -53,7 +54,8 @@ def bootstrap_indices(n, *, n_resamples=1000, seed=0):
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n), dtype=np.int64)
 
 
-def bootstrap_confusion(y_true, y_pred, n_classes, *, n_resamples=1000, seed=0):
+def bootstrap_confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, n_resamples: int = 1000,
+                        seed: int = 0) -> np.ndarray:
     """Confusion matrix of every resample, int64 (n_resamples, n_classes, n_classes).
 
     y_true, y_pred: integer (N,) labels in [0, n_classes). Matrix r counts the (true,
@@ -78,7 +80,7 @@ def _macro(values):
     return metrics._ratio(np.where(defined, values, 0.0).sum(axis=-1), defined.sum(axis=-1))
 
 
-def batched_summary(cms, malignant):
+def batched_summary(cms: np.ndarray, malignant: np.ndarray) -> dict[str, np.ndarray]:
     """The INTERVAL_METRICS of each matrix of a stack, {name: float64 (R,)}.
 
     cms: (R, K, K) confusion matrices (rows true); malignant: bool (K,). Same definitions as
@@ -109,7 +111,7 @@ def batched_summary(cms, malignant):
     return {name: np.atleast_1d(np.asarray(out[name], dtype=np.float64)) for name in INTERVAL_METRICS}
 
 
-def percentile_interval(values, *, level=0.95):
+def percentile_interval(values: np.ndarray, *, level: float = 0.95) -> tuple[float, float]:
     """(low, high) percentile interval of resampled values (R,) at `level`, NaN values left
     out; (nan, nan) if every value is NaN."""
     _check_settings(1, level)
@@ -120,7 +122,9 @@ def percentile_interval(values, *, level=0.95):
     return (float(low), float(high))
 
 
-def bootstrap_metrics(y_true, y_pred, metric_fns, *, n_resamples=1000, seed=0, level=0.95):
+def bootstrap_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                      metric_fns: Mapping[str, Callable[[np.ndarray, np.ndarray], float]], *, n_resamples: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
     """{name: (point, low, high)} for each fn of metric_fns {name: fn(y_true, y_pred) -> float}.
 
     y_true: (N,) labels; y_pred: any per-image array with N rows (predicted labels, scores,
@@ -141,7 +145,8 @@ def bootstrap_metrics(y_true, y_pred, metric_fns, *, n_resamples=1000, seed=0, l
     return out
 
 
-def interval_summary(y_true, y_pred, malignant, *, n_resamples=1000, seed=0, level=0.95, prefix=""):
+def interval_summary(y_true: np.ndarray, y_pred: np.ndarray, malignant: np.ndarray, *, n_resamples: int = 1000,
+                     seed: int = 0, level: float = 0.95, prefix: str = "") -> dict[str, float]:
     """Flat dict of INTERVAL_METRICS with their bootstrap intervals.
 
     y_true, y_pred: integer (N,) labels in [0, K); malignant: bool (K,), K the number of
@@ -164,7 +169,7 @@ def interval_summary(y_true, y_pred, malignant, *, n_resamples=1000, seed=0, lev
     return out
 
 
-def overlap(a, b):
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Whether closed intervals a = (low, high) and b = (low, high) share a point (touching
     counts). An interval with a NaN bound is unknown and counts as overlapping: it gives no
     ground to call two figures different."""
@@ -178,7 +183,9 @@ def overlap(a, b):
 PAIRED_METRICS = ("accuracy", "macro_recall", "fnr")
 
 
-def paired_difference(y_true, pred_a, pred_b, malignant, *, n_resamples=1000, seed=0, level=0.95, prefix="delta_"):
+def paired_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, malignant: np.ndarray, *,
+                      n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                      prefix: str = "delta_") -> dict[str, float]:
     """The difference a - b of two sets of predictions of the same images, with its paired
     bootstrap interval: the images are resampled once and both figures are taken on each
     resample, so what the two share (which images are hard) cancels out. Overlapping marginal

@@ -33,7 +33,7 @@ def _scores_and_truth(scores, is_malignant):
     return scores, is_malignant
 
 
-def malignancy_score(probabilities, malignant):
+def malignancy_score(probabilities: np.ndarray, malignant: np.ndarray) -> np.ndarray:
     """Summed probability of the malignant classes, float64 (N,), in [0, 1].
 
     probabilities: (N, K) class probabilities (rows sum to 1, e.g. a softmax of logits);
@@ -48,7 +48,7 @@ def malignancy_score(probabilities, malignant):
     return probabilities[:, malignant].sum(axis=1)
 
 
-def threshold_for_sensitivity(scores, is_malignant, *, target=0.95):
+def threshold_for_sensitivity(scores: np.ndarray, is_malignant: np.ndarray, *, target: float = 0.95) -> float:
     """The largest threshold t whose sensitivity on these images, the share of malignant
     images with score >= t, is at least `target`.
 
@@ -76,7 +76,7 @@ def threshold_for_sensitivity(scores, is_malignant, *, target=0.95):
     return float(positives[k - 1])
 
 
-def health_at_threshold(scores, is_malignant, threshold):
+def health_at_threshold(scores: np.ndarray, is_malignant: np.ndarray, threshold: float) -> dict[str, float]:
     """The health view of calling malignant every image with score >= threshold.
 
     scores: (N,) malignancy scores; is_malignant: bool (N,) truth. Returns {sensitivity,
@@ -92,7 +92,8 @@ def health_at_threshold(scores, is_malignant, threshold):
     return {k: float(health[k]) for k in ("sensitivity", "specificity", "npv", "ppv", "fnr", "accuracy")}
 
 
-def operating_summary(scores, is_malignant, threshold, *, n_resamples=1000, seed=0, level=0.95):
+def operating_summary(scores: np.ndarray, is_malignant: np.ndarray, threshold: float, *, n_resamples: int = 1000,
+                      seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """OPERATING_FIGURES at the threshold with their bootstrap intervals, flat and prefixed `op_`.
 
     scores: (N,) malignancy scores; is_malignant: bool (N,) truth. Returns {op_m, op_m_ci_low,
@@ -108,7 +109,7 @@ def operating_summary(scores, is_malignant, threshold, *, n_resamples=1000, seed
     return {f"op_{m}{end}": figures[f"{m}{end}"] for m in OPERATING_FIGURES for end in ("", "_ci_low", "_ci_high")}
 
 
-def roc(scores, is_malignant):
+def roc(scores: np.ndarray, is_malignant: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(fpr, tpr, thresholds, auc) of the malignancy score against the truth.
 
     fpr, tpr, thresholds: float arrays from sklearn.metrics.roc_curve (an image is positive

@@ -11,8 +11,12 @@ Each model's records are the evaluate step's: the measured model is "target" (re
 """
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 
-from .records import CERTIFIED, MEAN, is_corruption
+import numpy as np
+import pandas as pd
+
+from .records import CERTIFIED, MEAN, Record, is_corruption
 from .report import condition_label, format_eps, rows, with_interval
 
 MEASURED = "target"  # the measured model's name in the evaluate step's records
@@ -20,7 +24,7 @@ UNDEFENDED = "undefended"
 _NAN = float("nan")
 
 
-def model_rows(records):
+def model_rows(records: Iterable[Record]) -> dict[tuple[str, str, float], dict[str, str | float]]:
     """{(attack, threat, eps): row} of the measured model's rows (report.rows), eps rounded to
     1e-9 so that the same budget read back from two CSV files is one key. Of the natural
     corruptions only the mean over them per severity, and no certificate: each is in its run's
@@ -29,7 +33,7 @@ def model_rows(records):
             if r["threat"] != CERTIFIED and (not is_corruption(r) or r["attack"] == MEAN)}
 
 
-def comparison(models, *, metrics):
+def comparison(models: Mapping[str, Iterable[Record]], *, metrics: Sequence[str]) -> list[dict[str, str | float]]:
     """One dict per (model, condition), models in the order given, each model's conditions in
     its own order: {"model", "condition", "attack", "threat", "eps", <metric>, <metric>_ci_low,
     <metric>_ci_high} for each of `metrics` (NaN where the row lacks it)."""
@@ -45,7 +49,7 @@ def comparison(models, *, metrics):
     return out
 
 
-def shared_conditions(models):
+def shared_conditions(models: Mapping[str, Iterable[Record]]) -> list[tuple[str, str, float]]:
     """The attacked (attack, threat, eps) conditions every defended model holds (natural
     corruptions aside: they are no attack), in the first
     model's order; the undefended model may hold the white-box row instead of a transfer one
@@ -64,14 +68,15 @@ def _lookup(table, name, condition):
     return row
 
 
-def stages(models, condition, *, metric):
+def stages(models: Mapping[str, Iterable[Record]], condition: tuple[str, str, float], *,
+           metric: str) -> tuple[list[str], list[float], list[float], list[float]]:
     """The thesis' recap curve of one metric under one attack: the undefended model clean, then
     every model under `condition` ((attack, threat, eps)). Returns (labels, values, lows, highs),
     lists of equal length; NaN where a model lacks the row or its interval."""
     condition = (condition[0], condition[1], round(float(condition[2]), 9))
     labels, values, lows, highs = [], [], [], []
 
-    def add(label, row):
+    def add(label: str, row: Mapping[str, str | float] | None) -> None:
         labels.append(label)
         values.append(float(row.get(metric, _NAN)) if row else _NAN)
         lows.append(float(row.get(f"{metric}_ci_low", _NAN)) if row else _NAN)
@@ -85,7 +90,8 @@ def stages(models, condition, *, metric):
     return labels, values, lows, highs
 
 
-def paired_to_parent(child, parent, malignant, *, n_resamples=1000, seed=0):
+def paired_to_parent(child: pd.DataFrame, parent: pd.DataFrame, malignant: np.ndarray, *, n_resamples: int = 1000,
+                     seed: int = 0) -> list[Record] | None:
     """delta_<figure> records of a defended model against its parent, each measured by its own
     evaluate run under the same suite on the same images: child, parent are per-image frames
     (image_id, label, one column `attack@threat@eps` of counted predictions per clean and
@@ -114,7 +120,7 @@ def _cell(row, metric):
     return with_interval(row[metric], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"])
 
 
-def comparison_text(table, metrics):
+def comparison_text(table: Iterable[Mapping[str, str | float]], metrics: Sequence[str]) -> str:
     """The comparison as fixed-width text, one line per row: model, condition, then each metric
     as 'value [low, high]' (value alone without an interval)."""
     header = ["model", "condition", *metrics]
@@ -126,7 +132,8 @@ def comparison_text(table, metrics):
 
 
 
-def render_recap_html(*, title, summary, table, metrics, figures):
+def render_recap_html(*, title: str, summary: Mapping[str, str], table: Iterable[Mapping[str, str | float]],
+                      metrics: Sequence[str], figures: Mapping[str, bytes]) -> str:
     """One self-contained HTML page: summary ({label: text}), the comparison table (rows of
     comparison(), metrics with intervals) and figures ({caption: PNG bytes})."""
     import html

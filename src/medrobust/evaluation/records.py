@@ -18,9 +18,14 @@ are `clean_*` and its attacked ones `adv_<attack>_<threat>_*`; another model's c
 
 import csv
 import io
-from typing import TypedDict
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, TypedDict
 
+import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from .suite import Evaluation
 
 FIELDS = ("model", "attack", "threat", "eps", "metric", "value")
 CLEAN = "none"  # the attack of a clean row
@@ -33,12 +38,12 @@ THREAT_TITLES = {"clean": "clean", "transfer": "transfer", "whitebox": "white-bo
                  CERTIFIED: "certified"}
 
 
-def is_corruption(row):
+def is_corruption(row: Mapping[str, object]) -> bool:
     """Whether a record or report row is a natural corruption's (not an attack's)."""
     return row["threat"] == CORRUPTION
 
 
-def measured_apart(row):
+def measured_apart(row: Mapping[str, object]) -> bool:
     """Whether a record or report row is measured apart from the attack suite (a natural
     corruption, a certificate): never an attack's headline, ensemble or recap condition."""
     return row["threat"] in (CORRUPTION, CERTIFIED)
@@ -60,7 +65,7 @@ def record(model: str, attack: str, threat: str, eps: float, metric: str, value:
             "value": float(value)}
 
 
-def condition_name(model, attack, threat, primary="defended"):
+def condition_name(model: str, attack: str, threat: str, primary: str = "defended") -> str:
     """The metric-name prefix (without its trailing '_') of a condition, e.g. 'clean',
     'adv_fgsm_transfer', 'parent_clean', 'parent_fgsm'; also names its confusion artifacts."""
     if threat == "clean":
@@ -70,7 +75,7 @@ def condition_name(model, attack, threat, primary="defended"):
     return f"{model}_{attack}" if threat == "whitebox" else f"{model}_{attack}_{threat}"
 
 
-def column_title(model, attack, threat, primary="defended"):
+def column_title(model: str, attack: str, threat: str, primary: str = "defended") -> str:
     """The table title of a condition: 'parent clean', 'defended clean', 'parent fgsm',
     'fgsm transfer', 'fgsm white-box'."""
     if threat == "clean":
@@ -80,7 +85,7 @@ def column_title(model, attack, threat, primary="defended"):
     return f"{model} {attack}" if threat == "whitebox" else f"{model} {attack} {THREAT_TITLES[threat]}"
 
 
-def by_condition(records):
+def by_condition(records: Iterable[Record]) -> dict[tuple[str, str, str, float], dict[str, float]]:
     """{(model, attack, threat, eps): {metric: value}}, conditions and metrics in record order."""
     out = {}
     for r in records:
@@ -99,7 +104,7 @@ def _named(records, name_of):
     return out
 
 
-def flat_metrics(records, primary="defended"):
+def flat_metrics(records: Iterable[Record], primary: str = "defended") -> dict[str, float]:
     """The flat {`<condition>_<metric>`: value} dict MLflow logs (see condition_name).
     ValueError if two records' conditions differ only by eps (the names would collide)."""
     return {f"{name}_{metric}": value
@@ -107,13 +112,13 @@ def flat_metrics(records, primary="defended"):
             for metric, value in values.items()}
 
 
-def wide_table(records, primary="defended"):
+def wide_table(records: Iterable[Record], primary: str = "defended") -> dict[str, dict[str, float]]:
     """{column title: {metric: value}}, one column per condition in record order (see
     column_title); what steps.logbook.format_table prints."""
     return _named(records, lambda *c: column_title(*c, primary))
 
 
-def records_csv(records):
+def records_csv(records: Iterable[Record]) -> str:
     """The records as CSV text with a header row (FIELDS); values at full precision."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
@@ -122,7 +127,7 @@ def records_csv(records):
     return out.getvalue()
 
 
-def read_records_csv(text):
+def read_records_csv(text: str) -> list[Record]:
     """Records from records_csv's text, eps and value as floats. ValueError, naming the
     columns found, for a header other than FIELDS."""
     reader = csv.DictReader(io.StringIO(text))
@@ -132,7 +137,7 @@ def read_records_csv(text):
             for r in reader]
 
 
-def per_image_csv(ids, y, evaluation, model):
+def per_image_csv(ids: np.ndarray, y: np.ndarray, evaluation: "Evaluation", model: str) -> str:
     """CSV text: per image its id, true label, and the measured model's counted prediction on
     the clean row and each ensemble row of `model` (columns `attack@threat@eps`): what a paired comparison
     with another model's run on the same images needs (steps/report.py)."""

@@ -16,11 +16,13 @@ A condition is (attack, threat, eps); the intervals of figure m are the records 
 import base64
 import html
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .intervals import overlap
-from .records import CERTIFIED, CORRUPTION, ENSEMBLE, MEAN, THREAT_TITLES, by_condition, is_corruption, measured_apart
+from .records import (CERTIFIED, CORRUPTION, ENSEMBLE, MEAN, THREAT_TITLES, Record, by_condition, is_corruption,
+                      measured_apart)
 
 # The headline figures and which end of each is the worst; op_fnr (the FNR at the clinical
 # operating point) only where the report has an operating point.
@@ -38,7 +40,7 @@ def _defined(value):
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def format_eps(eps):
+def format_eps(eps: float) -> str:
     """'0' for 0, 'n/255' when eps is a multiple of 1/255 (on the [0, 1] image scale), else 4 decimals."""
     eps = float(eps)
     if eps == 0:
@@ -49,7 +51,7 @@ def format_eps(eps):
     return f"{eps:.4f}"
 
 
-def condition_label(attack, threat, eps):
+def condition_label(attack: str, threat: str, eps: float) -> str:
     """'pgd 8/255 (white-box)', 'fgsm 2/255 (transfer)'; 'no attack (clean)' for a clean row."""
     if threat == "clean":
         return "no attack (clean)"
@@ -71,7 +73,7 @@ def _num(value, digits=3):
     return "nan" if not _defined(value) else f"{value:.{digits}f}"
 
 
-def with_interval(value, low, high):
+def with_interval(value: float | None, low: float | None, high: float | None) -> str:
     """'0.712 [0.650, 0.770]'; the value alone when a bound is missing; 'nan' for no value."""
     text = _num(value)
     if _defined(low) and _defined(high):
@@ -79,14 +81,15 @@ def with_interval(value, low, high):
     return text
 
 
-def rows(records, *, model):
+def rows(records: Iterable[Record], *, model: str) -> list[dict[str, str | float]]:
     """One dict per condition of `model`, in first-seen order:
     {"attack", "threat", "eps", <metric>: value, ...} (interval bounds included as `m_ci_low`, `m_ci_high`)."""
     return [{"attack": attack, "threat": threat, "eps": eps, **values}
             for (m, attack, threat, eps), values in by_condition(records).items() if m == model]
 
 
-def headline(records, *, model, worst=WORST):
+def headline(records: Iterable[Record], *, model: str,
+             worst: Mapping[str, Callable[[list[float]], float]] = WORST) -> dict[str, dict[str, str | float | None]]:
     """The worst value of each figure over the ensemble rows of `model` and its clean row (over
     every attacked row where there is no ensemble row; natural corruptions are no attack and
     have their own summary, corruptions.worst_corruption). An ensemble row is the per-image worst case over
@@ -119,7 +122,7 @@ def headline(records, *, model, worst=WORST):
     return out
 
 
-def headline_text(h):
+def headline_text(h: Mapping[str, Mapping[str, str | float | None]]) -> list[str]:
     """One line per metric of headline(), e.g.
     'worst accuracy 0.412 [0.385, 0.440] under pgd 8/255 (white-box)'."""
     lines = []
@@ -136,7 +139,7 @@ def _clean_row(table):
     return next((r for r in table if r["threat"] == "clean"), None)
 
 
-def overlap_notes(records, *, model, metric="accuracy"):
+def overlap_notes(records: Iterable[Record], *, model: str, metric: str = "accuracy") -> list[str]:
     """For each attacked row of `model` with an interval of `metric`, whether it overlaps the
     clean row's, e.g. 'pgd 2/255 (white-box) accuracy 0.610 [0.580, 0.640] vs clean 0.730
     [0.700, 0.750]: different' or '...: intervals overlap, not called different'. Rows without
@@ -162,7 +165,7 @@ def overlap_notes(records, *, model, metric="accuracy"):
     return notes
 
 
-def security_curves(records, *, model, metric):
+def security_curves(records: Iterable[Record], *, model: str, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{attack: (eps, values)} over the white-box rows of `model` that hold `metric`, eps
     ascending (float64 arrays, eps on the [0, 1] image scale); the clean row's value is added
     at eps 0 to every attack without its own eps-0 row."""
@@ -206,7 +209,7 @@ CORRUPTION_COLUMNS = ("accuracy", "macro_recall", "fnr", "op_fnr", "op_specifici
                       "change_op_fnr")
 
 
-def corruption_section(corrupted):
+def corruption_section(corrupted: Sequence[Mapping[str, str | float]]) -> list[str]:
     """HTML lines of the natural corruptions' table: one row per corruption and severity (the
     mean of the corruptions last at each severity), figures with intervals and their paired
     change from clean."""
@@ -229,7 +232,7 @@ CERTIFIED_COLUMNS = ("certified_accuracy", "certified_fnr", "abstain_rate", "emp
                      "violations")
 
 
-def certified_section(certified):
+def certified_section(certified: Sequence[Mapping[str, str | float]]) -> list[str]:
     """HTML lines of the certificates' table: per L2 radius the certified accuracy and FNR with
     intervals, the abstention rate and the L2 PGD check; the certification settings above it."""
     e = html.escape
@@ -251,14 +254,15 @@ def certified_section(certified):
     return parts + ["</table>"]
 
 
-def figure_html(name, png):
+def figure_html(name: str, png: bytes) -> str:
     """A <figure> holding PNG bytes inline (base64) with `name` as its caption."""
     data = base64.b64encode(bytes(png)).decode("ascii")
     name = html.escape(str(name))
     return f'<figure><img src="data:image/png;base64,{data}" alt="{name}"><figcaption>{name}</figcaption></figure>'
 
 
-def render_html(*, title, summary, records, model, figures):
+def render_html(*, title: str, summary: Mapping[str, str], records: Sequence[Record], model: str,
+                figures: Mapping[str, bytes]) -> str:
     """One self-contained HTML page (inline CSS, figures inline as base64 PNG, no links).
 
     summary: {label: text} shown as a definition list (data, fingerprint, class counts, model

@@ -9,7 +9,8 @@ from .. import metrics
 from ..data import CLASSES, malignant_mask
 
 
-def evaluate(y_true, y_pred, health_map="clinical", prefix="clean_"):
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, health_map: str = "clinical",
+             prefix: str = "clean_") -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """(flat metrics dict keyed `<prefix><name>`, 7x7 matrix, 2x2 health matrix) of integer
     predictions y_pred (N,) against y_true (N,)."""
     cm = metrics.confusion_matrix(y_true, y_pred, len(CLASSES))
@@ -18,7 +19,8 @@ def evaluate(y_true, y_pred, health_map="clinical", prefix="clean_"):
     return metrics.summary(cm, malignant, CLASSES, prefix=prefix), cm, cm2
 
 
-def with_rejection(y_true, y_pred, rejected, health_map="clinical"):
+def with_rejection(y_true: np.ndarray, y_pred: np.ndarray, rejected: np.ndarray,
+                   health_map: str = "clinical") -> tuple[np.ndarray, np.ndarray]:
     """(strict, referred) predictions (N,) for rejected images: strict turns each into an error
     that also flips its health call (a rejected cancer counts as missed, a rejected benign
     lesion as a false alarm); referred makes it correct (a rejected image goes to a doctor,
@@ -40,7 +42,9 @@ class Scores(NamedTuple):
     health_confusion: np.ndarray  # (2, 2) of `counted`
 
 
-def score(y_true, y_pred, rejected=None, reference=None, health_map="clinical", *, raw=None):
+def score(y_true: np.ndarray, y_pred: np.ndarray, rejected: np.ndarray | None = None,
+          reference: np.ndarray | None = None, health_map: str = "clinical", *,
+          raw: np.ndarray | None = None) -> Scores:
     """Every figure of predictions y_pred (N,) against y_true (N,), as Scores.
 
     rejected: (N,) bool detector verdicts, or None without a detector. With them the figures

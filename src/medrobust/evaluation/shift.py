@@ -12,6 +12,8 @@ Pure: no MLflow.
 """
 
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import special
@@ -20,15 +22,19 @@ from ..data import malignant_mask
 from .corruptions import CHUNK, CORRUPTIONS, SEVERITIES, check_corruptions, corrupt
 from .intervals import batched_summary, bootstrap_confusion, percentile_interval
 from .operating_point import malignancy_score
-from .records import CORRUPTION, MEAN, record
+from .records import CORRUPTION, MEAN, Record, record
 from .scoring import with_rejection
+
+if TYPE_CHECKING:
+    from ..defenses.defended import DefendedClassifier
 
 # The figures of a corruption row: argmax ones, and the health call at the operating threshold.
 FIGURES = ("accuracy", "macro_recall", "fnr")
 OPERATING = ("op_fnr", "op_specificity")
 
 
-def resampled_figures(y, predictions, scores, malignant, threshold, *, n_resamples, seed):
+def resampled_figures(y: np.ndarray, predictions: np.ndarray, scores: np.ndarray, malignant: np.ndarray,
+                      threshold: float | None, *, n_resamples: int, seed: int) -> dict[str, tuple[float, np.ndarray]]:
     """{figure: (value on all N images, (R,) values on bootstrap resamples)} of FIGURES, and of
     OPERATING when threshold is not None. The resamples are intervals.bootstrap_indices(N,
     n_resamples, seed), the same for every call with the same N: figures of two sets of
@@ -47,7 +53,8 @@ def resampled_figures(y, predictions, scores, malignant, threshold, *, n_resampl
     return out
 
 
-def row_values(figures, clean):
+def row_values(figures: Mapping[str, tuple[float, np.ndarray]],
+               clean: Mapping[str, tuple[float, np.ndarray]]) -> dict[str, float]:
     """A row's {figure, figure_ci_low, figure_ci_high, change_figure, change_figure_ci_low,
     change_figure_ci_high}: its figures with 95 % intervals and the paired change from `clean`
     (this row minus clean on the same resamples), both from resampled_figures."""
@@ -60,9 +67,11 @@ def row_values(figures, clean):
     return out
 
 
-def measure_corruptions(classifier, x, y, clean_predictions, clean_scores, *, threshold, model,
-                        health_map="clinical", corruptions=tuple(CORRUPTIONS), severities=SEVERITIES, seed=0,
-                        n_resamples=1000, progress=None):
+def measure_corruptions(classifier: "DefendedClassifier", x: np.ndarray, y: np.ndarray, clean_predictions: np.ndarray,
+                        clean_scores: np.ndarray, *, threshold: float | None, model: str, health_map: str = "clinical",
+                        corruptions: Sequence[str] = tuple(CORRUPTIONS), severities: Sequence[int] = SEVERITIES,
+                        seed: int = 0, n_resamples: int = 1000,
+                        progress: Callable[[str, int], None] | None = None) -> list[Record]:
     """Records of `classifier` on x (N, H, W, 3) under each corruption and severity, and per
     severity their mean over the corruptions (attack MEAN).
 
@@ -106,7 +115,8 @@ def measure_corruptions(classifier, x, y, clean_predictions, clean_scores, *, th
     return records
 
 
-def corruption_grid(records, *, model, metric):
+def corruption_grid(records: Iterable[Record], *, model: str,
+                    metric: str) -> tuple[tuple[str, ...], tuple[int, ...], np.ndarray]:
     """(corruptions, severities, values (C, S) float64) of `metric` over `model`'s corruption
     rows (the mean row left out), NaN where a pair was not measured; what the heat map shows.
     Empty tuples and a (0, 0) array without corruption rows."""
@@ -120,7 +130,8 @@ def corruption_grid(records, *, model, metric):
     return names, severities, values
 
 
-def worst_corruption(records, *, model, metric, severity, worst=max):
+def worst_corruption(records: Iterable[Record], *, model: str, metric: str, severity: int,
+                     worst: Callable = max) -> dict[str, str | float] | None:
     """The corruption whose `metric` is worst at `severity` (max for an error rate, min for
     accuracy), as {"value", "corruption", "ci_low", "ci_high"}; None if no row holds it."""
     values = {}
@@ -135,7 +146,8 @@ def worst_corruption(records, *, model, metric, severity, worst=max):
             "ci_high": values[name].get(f"{metric}_ci_high", math.nan)}
 
 
-def corruption_summary(records, *, model, severities):
+def corruption_summary(records: Sequence[Record], *, model: str,
+                       severities: Iterable[int]) -> tuple[dict[str, str], dict[str, float]]:
     """({label: text} for a report's summary, {metric: value} for MLflow): per severity the mean
     accuracy over the corruptions and the worst op_fnr (fnr without an operating point), e.g.
     'mean accuracy 0.612 [0.570, 0.650] (change from clean -0.110); worst op_fnr 0.210 [...]

@@ -15,7 +15,9 @@ scores, the confusion matrices and a few adversarial examples. Nothing here logs
 
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import special
@@ -25,9 +27,13 @@ from ..data import malignant_mask
 from ..defenses.defended import DefendedClassifier
 from ..errors import ConfigError
 from .operating_point import malignancy_score
-from .records import CLEAN, ENSEMBLE, THREAT_TITLES, column_title, condition_name, flat_metrics, record, wide_table
+from .records import (CLEAN, ENSEMBLE, THREAT_TITLES, Record, column_title, condition_name, flat_metrics, record,
+                      wide_table)
 from .scoring import score, with_rejection
 from .worst import worst_predictions, worst_scores
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ class Condition:
     norm: str = "inf"
     params: dict = field(default_factory=dict)
 
-    def check(self):
+    def check(self) -> None:
         """ConfigError for a threat other than transfer or whitebox, or an attack request
         attacks.check_attack refuses (unknown method, eps, norm, a parameter it does not take)."""
         if self.threat not in ATTACKED:
@@ -54,7 +60,8 @@ class Condition:
         attacks.check_attack(self.attack, self.eps, self.norm, params=tuple(self.params))
 
 
-def suite(methods, eps, threats=ATTACKED, norm="inf", params=None):
+def suite(methods: Sequence[str], eps: float, threats: Sequence[str] = ATTACKED, norm: str = "inf",
+          params: Mapping[str, Mapping[str, object]] | None = None) -> tuple[Condition, ...]:
     """Conditions for each of `methods` under each of `threats`, method by method:
     suite(('fgsm', 'uap_fast'), 2/255) -> fgsm transfer, fgsm whitebox, uap_fast transfer, ...
     params: {method: {parameter: value}} for the methods listed there."""
@@ -81,7 +88,7 @@ class Measurement:
     scores: np.ndarray | None = None  # (N,) the malignancy score the operating point counts: the most harmful
     strict: np.ndarray | None = None  # (N,) this condition's own predictions, rejections counted strictly
 
-    def records(self):
+    def records(self) -> list[Record]:
         return [record(self.model, self.attack, self.threat, self.eps, metric, value)
                 for metric, value in self.values.items()]
 
@@ -94,32 +101,32 @@ class Evaluation:
     measurements: list
 
     @property
-    def records(self):
+    def records(self) -> list[Record]:
         """Long-format records (see evaluation.records), one per (model, condition, metric)."""
         return [r for m in self.measurements for r in m.records()]
 
-    def get(self, model, attack=CLEAN, threat="clean"):
+    def get(self, model: str, attack: str = CLEAN, threat: str = "clean") -> Measurement:
         """The Measurement of `model` in (attack, threat); KeyError if it was not measured."""
         for m in self.measurements:
             if (m.model, m.attack, m.threat) == (model, attack, threat):
                 return m
         raise KeyError(f"no measurement of {model} under {attack} ({threat})")
 
-    def name(self, m):
+    def name(self, m: Measurement) -> str:
         """The metric prefix of a measurement (evaluation.records.condition_name)."""
         return condition_name(m.model, m.attack, m.threat, self.primary)
 
-    def title(self, m):
+    def title(self, m: Measurement) -> str:
         return column_title(m.model, m.attack, m.threat, self.primary)
 
-    def metrics(self):
+    def metrics(self) -> dict[str, float]:
         return flat_metrics(self.records, self.primary)
 
-    def table(self):
+    def table(self) -> dict[str, dict[str, float]]:
         return wide_table(self.records, self.primary)
 
 
-def softmax(logits):
+def softmax(logits: np.ndarray) -> np.ndarray:
     """(N, K) probabilities of (N, K) logits (scipy's, in float64)."""
     return special.softmax(np.asarray(logits, dtype=np.float64), axis=1)
 
@@ -128,8 +135,9 @@ def _as_classifier(model):
     return model if isinstance(model, DefendedClassifier) else DefendedClassifier(model)
 
 
-def add_measurement(out, y, name, classifier, attack, threat, eps, images, *, health_map="clinical", started=None,
-                    n_examples=6):
+def add_measurement(out: list[Measurement], y: np.ndarray, name: str, classifier: DefendedClassifier, attack: str,
+                    threat: str, eps: float, images: np.ndarray, *, health_map: str = "clinical",
+                    started: float | None = None, n_examples: int = 6) -> Measurement:
     """Measure `classifier` (a DefendedClassifier) on `images` and append the Measurement to
     `out`, the list of measurements made so far on the same images x with true labels y (N,).
     An attacked row counts, per image, the most harmful of the same model's clean row (which
@@ -159,8 +167,10 @@ def add_measurement(out, y, name, classifier, attack, threat, eps, images, *, he
     return out[-1]
 
 
-def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical", seed=0,
-            names=("defended", "parent"), n_examples=6, ensemble=True):
+def measure(target: "DefendedClassifier | keras.Model", x: np.ndarray, y: np.ndarray,
+            conditions: Iterable[Condition] = (), *, surrogate: "DefendedClassifier | keras.Model | None" = None,
+            health_map: str = "clinical", seed: int = 0, names: tuple[str, str] = ("defended", "parent"),
+            n_examples: int = 6, ensemble: bool = True) -> Evaluation:
     """Measure `target` clean and under each condition; returns an Evaluation.
 
     target: a DefendedClassifier (network, input transformations, detector) or a Keras model.
@@ -194,7 +204,8 @@ def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical
     target_name, surrogate_name = names
     out = []
 
-    def add(name, classifier, attack, threat, eps, images, started=None):
+    def add(name: str, classifier: DefendedClassifier, attack: str, threat: str, eps: float, images: np.ndarray,
+            started: float | None = None) -> None:
         add_measurement(out, y, name, classifier, attack, threat, eps, images, health_map=health_map,
                         started=started, n_examples=n_examples)
 
@@ -224,7 +235,7 @@ def measure(target, x, y, conditions=(), *, surrogate=None, health_map="clinical
     return evaluation
 
 
-def ensembles(evaluation):
+def ensembles(evaluation: Evaluation) -> list[Measurement]:
     """The ENSEMBLE Measurements of an Evaluation: per model and per budget of its attacked
     rows, per image the most harmful outcome over the clean image and every attacked row of
     that model at that budget or below. Threat 'whitebox'. Returns a list, models in first-seen

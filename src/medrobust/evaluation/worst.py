@@ -18,10 +18,12 @@ for a cancer, the highest for a benign lesion (`worst_scores`).
     scores = worst_scores(malignant_mask()[y], [clean_score, fgsm_score, pgd_score])
 """
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 
 
-def harm(y_true, predictions, malignant):
+def harm(y_true: np.ndarray, predictions: np.ndarray, malignant: np.ndarray) -> np.ndarray:
     """Harm of predictions (..., N) against y_true (N,): int array of predictions' shape, 0
     right, 1 wrong with the same benign / malignant call as the truth, 2 the call flipped.
     malignant: bool (K,) mask of the malignant classes."""
@@ -32,7 +34,7 @@ def harm(y_true, predictions, malignant):
     return wrong.astype(np.int64) + flipped.astype(np.int64)
 
 
-def worst_choice(y_true, candidates, malignant):
+def worst_choice(y_true: np.ndarray, candidates: Iterable[np.ndarray], malignant: np.ndarray) -> np.ndarray:
     """(N,) index into `candidates` of the most harmful prediction per image (first on ties).
     candidates: a sequence of C prediction arrays (N,)."""
     stack = np.stack([np.asarray(c) for c in candidates])
@@ -41,14 +43,14 @@ def worst_choice(y_true, candidates, malignant):
     return harm(y_true, stack, malignant).argmax(axis=0)  # argmax takes the first maximum
 
 
-def worst_predictions(y_true, candidates, malignant):
+def worst_predictions(y_true: np.ndarray, candidates: Sequence[np.ndarray], malignant: np.ndarray) -> np.ndarray:
     """(N,) per image the most harmful of `candidates` (sequence of (N,) predictions), the
     first on ties: the predictions a suite's figures count."""
     stack = np.stack([np.asarray(c) for c in candidates])
     return stack[worst_choice(y_true, stack, malignant), np.arange(stack.shape[1])]
 
 
-def worst_scores(is_malignant, candidates):
+def worst_scores(is_malignant: np.ndarray, candidates: Sequence[np.ndarray]) -> np.ndarray:
     """(N,) per image the most harmful malignancy score of `candidates` (sequence of (N,)
     scores): the lowest for a malignant image, the highest for a benign one."""
     stack = np.stack([np.asarray(c, dtype=np.float64) for c in candidates])

@@ -4,26 +4,27 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import keras
 import tensorflow as tf
 
 from .. import metrics
-from ..config import CLASS_WEIGHTS
+from ..config import CLASS_WEIGHTS, TrainConfig
 from ..errors import ConfigError, TrainingError
 from .zoo import backbone
 
 log = logging.getLogger(__name__)
 
 
-def set_seed(seed):
+def set_seed(seed: int) -> None:
     """Seed Python, numpy and TensorFlow, and make TensorFlow's kernels deterministic."""
     keras.utils.set_random_seed(int(seed))
     tf.config.experimental.enable_op_determinism()
 
 
-def class_weights(y, n_classes, mode="balanced"):
+def class_weights(y: np.ndarray, n_classes: int, mode: str = "balanced") -> dict[int, float]:
     """{class: weight} for the loss, the thesis' answer to HAM10000's imbalance.
 
     balanced: n / (K * n_k), so every class carries the same total weight (sklearn's
@@ -43,7 +44,7 @@ def class_weights(y, n_classes, mode="balanced"):
     return {k: float(v) for k, v in enumerate(w)}
 
 
-def augment_batch(images, seed):
+def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Each image of a (B, H, W, C) batch gets one of the 8 flips and 90-degree rotations,
     drawn from a stateless seed: a dermoscopic image has no up, down, left or right.
     Done on the whole batch at once (three selects) rather than image by image, which on two
@@ -54,7 +55,7 @@ def augment_batch(images, seed):
     return tf.where(draws[2], tf.reverse(images, axis=[1]), images)
 
 
-def training_dataset(x, y, batch_size, seed, augment=True):
+def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment: bool = True) -> tf.data.Dataset:
     """Endless shuffled (and augmented) batches; each batch has its own stateless seed, so a
     run is reproducible and every epoch sees fresh augmentations."""
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -67,7 +68,7 @@ def training_dataset(x, y, batch_size, seed, augment=True):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def predict_logits(model, x, batch_size=256, *, direct=False):
+def predict_logits(model: "keras.Model", x: np.ndarray, batch_size: int = 256, *, direct: bool = False) -> np.ndarray:
     """Logits of shape (N, K) for images x of shape (N, H, W, 3). A network whose output is not
     finite (diverged weights) raises TrainingError rather than answer argmax 0 for every image.
     direct: one call of the network on all of x, for a served request's few images, where
@@ -82,7 +83,7 @@ def predict_logits(model, x, batch_size=256, *, direct=False):
     return logits
 
 
-def check_finite(model, loss, where):
+def check_finite(model: "keras.Model", loss: float, where: str) -> None:
     """Raise TrainingError naming `where` (e.g. 'train epoch 3') if the loss or any weight is not finite."""
     if not np.isfinite(loss):
         raise TrainingError(f"training diverged at {where}: loss is {loss}; lower the learning rate")
@@ -101,7 +102,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         super().__init__()
         self.x_val, self.y_val, self.n_classes, self.batch_size = x_val, y_val, n_classes, batch_size
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logits = predict_logits(self.model, self.x_val, self.batch_size)
         cm = metrics.confusion_matrix(self.y_val, logits.argmax(axis=1), self.n_classes)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(self.y_val, logits)
@@ -119,10 +120,10 @@ class EpochLog(keras.callbacks.Callback):
         super().__init__()
         self.phase, self.epochs, self.start = phase, epochs, time.perf_counter()
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.start = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         figures = "  ".join(f"{k.replace('categorical_', '')} {float(v):.4f}" for k, v in (logs or {}).items()
                             if k in self.SHOWN)
         log.info("%s epoch %d/%d  %s  (%.0f s)", self.phase, epoch + 1, self.epochs, figures,
@@ -137,7 +138,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
         super().__init__()
         self.phase = phase
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         check_finite(self.model, float((logs or {}).get("loss", 0.0)), f"{self.phase} epoch {epoch + 1}")
 
 
@@ -146,11 +147,11 @@ class EpochHook(keras.callbacks.Callback):
         super().__init__()
         self.fn, self.offset = fn, offset
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.fn(epoch + self.offset, dict(logs or {}))
 
 
-def distribution_scope(distribute):
+def distribution_scope(distribute: str) -> contextlib.AbstractContextManager:
     """The context a network is built and trained in: "mirrored" is tf.distribute's
     MirroredStrategy (one replica per visible GPU, the CPU when there is none; Keras splits
     each batch across them); "none" is no strategy."""
@@ -163,7 +164,7 @@ def distribution_scope(distribute):
     return strategy.scope()
 
 
-def optimizer(learning_rate, total_steps, weight_decay=0.0):
+def optimizer(learning_rate: float, total_steps: int, weight_decay: float = 0.0) -> "keras.optimizers.Optimizer":
     """Adam (AdamW with weight_decay > 0) on a cosine decay from learning_rate over total_steps."""
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1), alpha=0.05)
     if weight_decay > 0:
@@ -180,7 +181,9 @@ def _compile(model, learning_rate, total_steps, loss=None, weight_decay=0.0):
     )
 
 
-def fit(model, x_train, y_train, x_val, y_val, config, on_epoch=None, loss=None, labels_for_weights=None):
+def fit(model: "keras.Model", x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+        config: TrainConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        loss: "keras.losses.Loss | None" = None, labels_for_weights: np.ndarray | None = None) -> dict[str, list]:
     """Train `model` in place as TrainConfig `config` says; returns the per-epoch history.
 
     With a pretrained backbone the base is frozen for `head_epochs` (only the new head learns,

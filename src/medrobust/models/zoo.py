@@ -5,6 +5,8 @@ see the same input scale as the data and the loss stays numerically stable. Any 
 normalisation a backbone expects is a frozen layer inside the network.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import keras
 from keras import layers
@@ -30,7 +32,8 @@ def _conv_bn_relu(x, filters, name):
 SMALL_CNN_WIDTHS = (32, 64, 128, 256)
 
 
-def small_cnn(input_shape, n_classes, weights="none", widths=SMALL_CNN_WIDTHS, dropout=0.3):
+def small_cnn(input_shape: tuple[int, ...], n_classes: int, weights: str | None = "none",
+              widths: tuple[int, ...] = SMALL_CNN_WIDTHS, dropout: float = 0.3) -> "keras.Model":
     """Four conv-BN-ReLU stages with max pooling, global average pooling, dropout, dense logits.
 
     Sized for CPU: about 0.4 M parameters, ~120 training images/s at 64 px on 2 cores.
@@ -65,7 +68,8 @@ def _residual_block(x, filters, stride, name):
     return layers.ReLU(name=f"{name}_relu2")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
-def small_resnet(input_shape, n_classes, weights="none", widths=SMALL_RESNET_WIDTHS, dropout=0.3):
+def small_resnet(input_shape: tuple[int, ...], n_classes: int, weights: str | None = "none",
+                 widths: tuple[int, ...] = SMALL_RESNET_WIDTHS, dropout: float = 0.3) -> "keras.Model":
     """A strided stem and one residual block per stage (strided convolutions, no pooling),
     global average pooling, dropout, dense logits: built unlike small_cnn, so that transfer
     between the two is transfer between architectures, and as cheap on CPU (about 0.3 M
@@ -128,14 +132,16 @@ def _fast_batchnorm_statistics(model):
             layer.momentum = SCRATCH_BN_MOMENTUM
 
 
-def resnet50(input_shape, n_classes, weights="none", dropout=0.3):
+def resnet50(input_shape: tuple[int, ...], n_classes: int, weights: str | None = "none",
+             dropout: float = 0.3) -> "keras.Model":
     """keras.applications ResNet50 with our head; `weights`: none or a local *_notop.h5 path."""
     return _backbone_classifier(
         keras.applications.ResNet50, _caffe_preprocess(), 32, input_shape, n_classes, weights, dropout, "resnet50"
     )
 
 
-def inception_v3(input_shape, n_classes, weights="none", dropout=0.3):
+def inception_v3(input_shape: tuple[int, ...], n_classes: int, weights: str | None = "none",
+                 dropout: float = 0.3) -> "keras.Model":
     """keras.applications InceptionV3 with our head (inputs scaled to [-1, 1]); needs >= 75 px."""
     scale = layers.Rescaling(2.0, offset=-1.0, name="imagenet_preprocess")
     return _backbone_classifier(
@@ -143,7 +149,8 @@ def inception_v3(input_shape, n_classes, weights="none", dropout=0.3):
     )
 
 
-def mobilenet_v2(input_shape, n_classes, weights="none", dropout=0.3, width=1.0):
+def mobilenet_v2(input_shape: tuple[int, ...], n_classes: int, weights: str | None = "none", dropout: float = 0.3,
+                 width: float = 1.0) -> "keras.Model":
     """keras.applications MobileNetV2 with our head (inputs scaled to [-1, 1]); `width` is its
     alpha (channel multiplier; a local weights file exists for 0.35, 0.5, 0.75, 1.0, 1.3, 1.4).
     On 2 CPU cores it spends about a minute tracing each fit; CPU grids take small_resnet."""
@@ -167,7 +174,8 @@ WIDTH_SCALED = ("small_cnn", "mobilenet_v2", "small_resnet")
 _STAGE_WIDTHS = {"small_cnn": SMALL_CNN_WIDTHS, "small_resnet": SMALL_RESNET_WIDTHS}
 
 
-def create_model(arch, input_shape, n_classes, weights="none", *, dropout=0.3, width=1.0):
+def create_model(arch: str, input_shape: Sequence[int], n_classes: int, weights: str | None = "none", *,
+                 dropout: float = 0.3, width: float = 1.0) -> "keras.Model":
     """Build architecture `arch` for images of `input_shape` (H, W, 3) and `n_classes` logits.
 
     dropout: rate before the dense head (every network); width: the channel multiplier of
@@ -186,7 +194,7 @@ def create_model(arch, input_shape, n_classes, weights="none", *, dropout=0.3, w
     return ARCHITECTURES[arch](tuple(input_shape), n_classes, weights=weights, dropout=dropout, **extra)
 
 
-def backbone(model):
+def backbone(model: "keras.Model") -> "keras.Model | None":
     """The pretrained base of a transfer-learning model, or None for a model without one."""
     try:
         return model.get_layer("backbone")

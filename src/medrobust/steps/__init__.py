@@ -12,9 +12,10 @@ so `medrobust --help` does not load TensorFlow.
 
 from dataclasses import dataclass, field
 from importlib import import_module
+from typing import Any
 
 from ..config import (AttackConfig, BaselineConfig, DefendConfig, EvaluateConfig, PipelineConfig, PoisonConfig, PredictConfig,
-                      PromoteConfig, ReportConfig, TrainConfig, TuneConfig)
+                      PromoteConfig, ReportConfig, Settings, TrainConfig, TuneConfig)
 
 
 MODEL, RUN = "model", "run"  # what a step hands the next: a model URI, or its run id
@@ -40,23 +41,23 @@ class Step:
     moving: str | None = None  # "module:function(config) -> {name: value}": inputs beyond the model alias that move
     referred: str | None = None  # "module:function(with) -> problem or None": may this step's output be referred to
 
-    def run(self, config):
+    def run(self, config: Settings) -> Any:
         """Run the step on `config` (an instance of self.config) and return its result."""
         if not isinstance(config, self.config):
             raise TypeError(f"step {self.name} takes a {self.config.__name__}, got {type(config).__name__}")
         return _resolve(self.function)(config)
 
     @property
-    def result_type(self):
+    def result_type(self) -> type:
         return _resolve(self.result)
 
-    def call(self, hook, *args):
+    def call(self, hook: str, *args: Any) -> Any:
         """The entry's `hook` (route, check, moving, referred) called on args; None where the
         entry has none."""
         reference = getattr(self, hook)
         return _resolve(reference)(*args) if reference else None
 
-    def takes(self, setting, step):
+    def takes(self, setting: str, step: "Step") -> bool:
         """Whether `setting` of this step may take the output of `step` (a Step)."""
         accepted = self.references.get(setting, ())
         return step.name in accepted or (step.output in accepted)
@@ -67,7 +68,7 @@ def _resolve(reference):
     return getattr(import_module(f"{__name__}.{module}"), attribute)
 
 
-def step(name, config, summary, **kw):
+def step(name: str, config: type[Settings], summary: str, **kw: Any) -> Step:
     """A table entry by convention: function run_<name> and result <Name>Result in module <name>."""
     return Step(name, config, f"{name}:run_{name}", f"{name}:{name.capitalize()}Result", summary, **kw)
 

@@ -2,7 +2,9 @@
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -44,14 +46,14 @@ def _load_models(config):
     return target, surrogate
 
 
-def method_settings():
+def method_settings() -> tuple[str, ...]:
     """The AttackConfig fields that only some attacks take (steps, uap_delta, ...): those some
     registered attack accepts, beside the common seed and batch_size."""
     accepted = {p for spec in attacks.ATTACKS.values() for p in spec.params}
     return tuple(f.name for f in fields(AttackConfig) if f.name in accepted and f.name not in ("seed", "batch_size"))
 
 
-def method_params(config):
+def method_params(config: AttackConfig) -> dict[str, Any]:
     """The attack's own settings from the config. A setting the method does not take, changed
     from its default, is refused by name: it would otherwise be ignored without a word."""
     spec = attacks.ATTACKS[config.method]
@@ -131,7 +133,7 @@ def run_attack(config: AttackConfig) -> AttackResult:
     return AttackResult(run_id, values, perturbation)
 
 
-def route(grid, values):
+def route(grid: Mapping[str, list[Any]], values: dict[str, Any]) -> dict[str, Any]:
     """A pipeline instance's settings (`values`; `grid`: the settings its step varies). Where the
     grid varies the method, a method's own setting given once (`max_steps: 60` beside `method:
     [fgsm, uap_fast]`) goes to the methods that take it; one that no method of the grid takes is
@@ -147,7 +149,7 @@ def route(grid, values):
     return {k: v for k, v in values.items() if k in takes or k not in method_settings()}
 
 
-def check_request(config):
+def check_request(config: AttackConfig) -> None:
     """What an AttackConfig cannot check itself, before any run: the method, budget and norm
     against the attack registry, and the settings the method takes."""
     attacks.check_attack(config.method, config.eps, config.norm)

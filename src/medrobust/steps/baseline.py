@@ -3,6 +3,7 @@ evaluate the defended model under the standard, adaptive and health suites, all 
 runs of one parent run, and log clean against attacked, before against after."""
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from .. import tracking
@@ -27,7 +28,7 @@ class BaselineResult:
     evaluation: object | None = None  # EvaluateResult of the last model, or None with evaluate_suites=none
 
 
-def strip_prefix(values, prefix):
+def strip_prefix(values: Mapping[str, float], prefix: str) -> dict[str, float]:
     """{name without prefix: value} of the metrics that carry `prefix`, plus fooling_rate."""
     out = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
     if "fooling_rate" in values and prefix != "clean_":

@@ -3,13 +3,15 @@ registered with config.alias, @candidate by default), measured at once, clean an
 attack suite, transfer from the parent and white-box."""
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import keras
 
 from .. import attacks, plots, tracking
 from ..config import DefendConfig, flatten
-from ..data import CLASSES, N_CLASSES, load_dataset, malignant_mask, stratified_subset
+from ..data import CLASSES, N_CLASSES, Dataset, load_dataset, malignant_mask, stratified_subset
 from ..defenses import DEFENSES, DefendedClassifier, Hooks, applicable, check_settings, parse_spec
 from ..defenses.retrain import ON_THE_FLY_METHODS
 from ..errors import ConfigError, ModelError
@@ -37,17 +39,17 @@ class DefendResult:
     records: list = field(default_factory=list)  # long format: {model, attack, threat, eps, metric, value}
 
     @property
-    def output(self):
+    def output(self) -> str:
         """What a pipeline hands the next step: the registered version, else the logged model."""
         return f"models:/{self.registered_name}/{self.version}" if self.version else self.model_uri
 
 
-def eval_params(config):
+def eval_params(config: DefendConfig) -> dict[str, dict[str, Any]]:
     """{method: {parameter: value}} of the suite's attacks that take step-level settings."""
     return {"uap_fast": {"max_steps": config.uap_max_steps}}
 
 
-def check_request(config):
+def check_request(config: DefendConfig) -> tuple[tuple[str, ...], keras.Model]:
     """Every check before any work: (defense names, parent network)."""
     names = parse_spec(config.defense)
     if not names:
@@ -76,7 +78,7 @@ def check_request(config):
     return names, parent.network
 
 
-def copy_network(network):
+def copy_network(network: keras.Model) -> keras.Model:
     twin = keras.models.clone_model(network)
     twin.set_weights(network.get_weights())
     return twin
@@ -86,10 +88,10 @@ class TrackingHooks(Hooks):
     """Builders' per-epoch metrics (`<part>_<metric>` at step = epoch) and histories
     (training/<part>_history.json and _curves.png) into the active run."""
 
-    def on_epoch(self, part, epoch, logs):
+    def on_epoch(self, part: str, epoch: int, logs: Mapping[str, Any]) -> None:
         tracking.log_metrics({f"{part}_{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=epoch)
 
-    def on_history(self, part, history):
+    def on_history(self, part: str, history: dict[str, list[float]]) -> None:
         tracking.log_json(history, f"training/{part}_history.json")
         if history.get("loss"):
             fig = plots.training_curves_figure(history)
@@ -97,7 +99,8 @@ class TrackingHooks(Hooks):
             plots.close(fig)
 
 
-def build_defense(names, parent, data, config, hooks=None, retrained=None):
+def build_defense(names: Sequence[str], parent: keras.Model, data: Dataset, config: DefendConfig,
+                  hooks: Hooks | None = None, retrained: keras.Model | None = None) -> DefendedClassifier:
     """The DefendedClassifier of spec `names` made from network `parent` (which stays as it
     is): a fold of the registry's builders over a copy of it, in DEFENSES' order. With
     `retrained` (retrained_network's), the fold starts from it and skips retrain."""
@@ -111,7 +114,7 @@ def build_defense(names, parent, data, config, hooks=None, retrained=None):
     return classifier
 
 
-def retrained_network(config):
+def retrained_network(config: DefendConfig) -> keras.Model | None:
     """The network of config.retrained_uri, or None when none is given. It must be a `retrain`
     defense of config.model_uri (pinned) logged with this config's retrain and data settings and
     seed: retraining is deterministic by seed, so it is the network retraining would make.
@@ -206,7 +209,7 @@ def run_defend(config: DefendConfig) -> DefendResult:
     return DefendResult(run_id, model_uri, name, version, values, table, records)
 
 
-def route(grid, values):
+def route(grid: Mapping[str, list[Any]], values: dict[str, Any]) -> dict[str, Any]:
     """A pipeline instance's settings (`values`; `grid`: the settings its step varies). Where
     the grid varies the defense, a setting given once (`rounds: 2`) goes to the instances whose
     defense reads it (retrain, not llt); with one defense, a setting it does not read stays an

@@ -6,10 +6,12 @@ training images are caught alike."""
 
 import io
 import logging
+from collections.abc import Sequence
 
 import pandas as pd
 
 from .. import tracking
+from ..data import Dataset
 from ..errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,7 @@ SEEN_SPLITS = {"test": ("train", "val"), "all": ("train", "val"), "val": ("train
 MAX_DEPTH = 8
 
 
-def seen_images(model_uri, splits=("train", "val")):
+def seen_images(model_uri: str, splits: Sequence[str] = ("train", "val")) -> set[str]:
     """Image ids the model at `model_uri` and the models it was made from had in `splits` of
     their data; set() where no run of the lineage logged its split (a model made elsewhere)."""
     seen, uri = set(), model_uri
@@ -43,7 +45,7 @@ def seen_images(model_uri, splits=("train", "val")):
     return seen
 
 
-def check_unseen(model_uri, data, split="test"):
+def check_unseen(model_uri: str, data: Dataset, split: str = "test") -> None:
     """DataError when `data`'s `split` (every image for "all") holds images the model at
     `model_uri` trained or validated on, with their count and a few ids."""
     if split not in SEEN_SPLITS:  # the train split itself: seen by definition, measured on purpose

@@ -2,19 +2,27 @@
 and the before/after table as text. The figures come from medrobust.evaluation."""
 
 import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .. import plots, tracking
-from ..data import CLASSES, malignant_mask
+from ..data import CLASSES, Dataset, malignant_mask
 from ..evaluation import evaluate
 from ..evaluation.operating_point import malignancy_score, threshold_for_sensitivity
 from ..evaluation.suite import softmax
+
+if TYPE_CHECKING:
+    from ..defenses import DefendedClassifier
 
 __all__ = ["TABLE_ROWS", "evaluate", "format_table", "log_confusion", "log_evaluation", "operating_point"]
 
 log = logging.getLogger(__name__)
 
 
-def operating_point(classifier, data, *, target_sensitivity, health_map):
+def operating_point(classifier: "DefendedClassifier", data: Dataset, *, target_sensitivity: float,
+                    health_map: str) -> dict[str, float | str]:
     """The operating point a version carries (its pyfunc and version tags), so that predict and
     a served model make the health call a clinic would: the malignancy threshold catching
     `target_sensitivity` of the validation split's cancers. Logged as the run's
@@ -34,7 +42,8 @@ def operating_point(classifier, data, *, target_sensitivity, health_map):
     return point
 
 
-def log_evaluation(y_true, y_pred, health_map="clinical", condition="clean"):
+def log_evaluation(y_true: np.ndarray, y_pred: np.ndarray, health_map: str = "clinical",
+                   condition: str = "clean") -> dict[str, float]:
     """Log `<condition>_*` metrics and the confusion matrices (JSON and figure) under confusion/."""
     values, cm, cm2 = evaluate(y_true, y_pred, health_map, prefix=f"{condition}_")
     tracking.log_metrics(values)
@@ -42,7 +51,7 @@ def log_evaluation(y_true, y_pred, health_map="clinical", condition="clean"):
     return values
 
 
-def log_confusion(cm, cm2, health_map, condition):
+def log_confusion(cm: np.ndarray, cm2: np.ndarray, health_map: str, condition: str) -> None:
     """Log the 7x7 matrix `cm` and the 2x2 health matrix `cm2` of `condition` as
     confusion/<condition>_7x7.json/.png and confusion/<condition>_2x2.json/.png."""
     tracking.log_json(
@@ -74,7 +83,7 @@ TABLE_ROWS = (
 )
 
 
-def format_table(columns):
+def format_table(columns: Mapping[str, Mapping[str, float]]) -> str:
     """{column title: {condition-free metric name: value}} as a plain-text table, one metric per
     line and one column per condition; a metric a column lacks is shown as '-', one no column
     has is left out."""

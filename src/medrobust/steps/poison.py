@@ -2,7 +2,9 @@
 them, and measure the damage on the clean test split."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +21,8 @@ SWEEP_METRICS = ("clean_accuracy", "clean_macro_recall", "clean_macro_specificit
                  "clean_fnr", "clean_npv")
 
 
-def poison_labels(y, source, target, fraction, seed=0):
+def poison_labels(y: np.ndarray, source: int, target: int, fraction: float,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Relabel round(fraction * n_source) images of class `source` as `target`.
 
     y: (N,) int labels. Returns (poisoned copy of y, sorted indices of the flipped images).
@@ -40,7 +43,7 @@ class PoisonResult:
     runs: dict  # fraction -> TrainResult
 
     @property
-    def output(self):
+    def output(self) -> str:
         """One fraction: its model; a sweep: its parent run (no one model stands for it)."""
         return next(iter(self.runs.values())).output if len(self.runs) == 1 else self.run_id
 
@@ -63,7 +66,8 @@ def _one(config, data, source, target, fraction, on_epoch=None):
     return result
 
 
-def run_poison(config: PoisonConfig, *, on_epoch=None) -> PoisonResult:
+def run_poison(config: PoisonConfig, *,
+               on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> PoisonResult:
     """One poisoned training per fraction; several fractions run as nested runs under a parent
     that draws every metric against the fraction (the thesis' Figure 4.6). on_epoch(epoch,
     logs): called after each training epoch (see run_train)."""
@@ -91,7 +95,7 @@ def run_poison(config: PoisonConfig, *, on_epoch=None) -> PoisonResult:
     return PoisonResult(parent, runs)
 
 
-def referred(settings):
+def referred(settings: dict[str, Any]) -> str | None:
     """Why a pipeline step may not take this poison step's output as a model (its `with`
     settings): a sweep's output is its parent run. None when it may."""
     fractions = settings.get("poison_fractions")

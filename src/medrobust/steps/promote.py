@@ -11,12 +11,14 @@ MLflow's deprecated stages map to aliases: Staging = @candidate (set by defend),
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from .. import tracking
 from ..config import EvaluateConfig, PromoteConfig, SuiteConfig, flatten
 from ..errors import ConfigError, GateFailed
-from ..evaluation.records import ENSEMBLE, read_records_csv
+from ..evaluation.records import ENSEMBLE, Record, read_records_csv
 from ..evaluation.report import condition_label, rows
 from ..evaluation.shift import worst_corruption
 from .evaluate import MODEL, run_evaluate
@@ -43,7 +45,7 @@ class PromoteResult:
     aliases: dict  # {alias: version} of the registered model afterwards
 
 
-def check_request(config):
+def check_request(config: PromoteConfig) -> tuple[str, int]:
     """(name, version) of the version to promote; ConfigError before any work for a URI that
     names no registered version or a gate that checks nothing."""
     if not any(v is not None for v in (config.min_robust_macro_recall, config.max_attacked_fnr,
@@ -64,7 +66,7 @@ def check_request(config):
     return found
 
 
-def evaluation_of(config, experiment, reuse):
+def evaluation_of(config: EvaluateConfig, experiment: str, reuse: bool) -> tuple[list[Record], str, bool]:
     """(records, evaluate run id, reused) of an EvaluateConfig: a finished evaluate run of the
     same version with the same settings if `reuse`, else a new one (nested in the active run)."""
     if reuse:
@@ -79,7 +81,7 @@ def evaluation_of(config, experiment, reuse):
     return result.records, result.run_id, False
 
 
-def gate_figures(records, eps, severity=3):
+def gate_figures(records: Sequence[Record], eps: float, severity: int = 3) -> dict[str, tuple[float, str]]:
     """{figure: (value, where)} the gate reads from one evaluate run's records: the clean
     accuracy, and from the ensemble row at the gate's budget `eps` (per image the worst over
     every attack of the suites up to it; evaluation/worst.py; a security curve's larger budgets
@@ -101,7 +103,8 @@ def gate_figures(records, eps, severity=3):
     return out
 
 
-def judge(config, figures, robust_accuracy):
+def judge(config: PromoteConfig, figures: Mapping[str, tuple[float, str]],
+          robust_accuracy: float | None) -> list[dict[str, Any]]:
     """The criteria as dicts {criterion, value, limit, passed, where}; ConfigError for a
     criterion the suite does not produce."""
     out = []
@@ -125,7 +128,7 @@ def judge(config, figures, robust_accuracy):
     return out
 
 
-def describe(c):
+def describe(c: Mapping[str, Any]) -> str:
     """'max_attacked_fnr 0.612 > 0.5 (pgd 2/255 (white-box))' for a failed criterion."""
     sign = (">=" if c["passed"] else "<") if c["criterion"].startswith("min") else ("<=" if c["passed"] else ">")
     return f"{c['criterion']} {c['value']:.3f} {sign} {c['limit']:g} ({c['where']})"
@@ -180,7 +183,7 @@ def run_promote(config: PromoteConfig) -> PromoteResult:
     return result
 
 
-def moving_inputs(config):
+def moving_inputs(config: PromoteConfig) -> dict[str, int | None]:
     """What a promote reads that its settings do not fix (a pipeline keys its runs on it): the
     version its gate compares against, @alias now. Once the gate has promoted its own version,
     a re-run is the same gate (and is reused), not a new one."""

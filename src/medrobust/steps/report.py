@@ -7,6 +7,7 @@ a run of its own: CSV, text, one HTML page and the figures."""
 import csv
 import io
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -18,7 +19,7 @@ from ..data import malignant_mask
 from ..errors import ConfigError, ModelError
 from ..evaluation.recap import (UNDEFENDED, comparison, comparison_text, paired_to_parent, render_recap_html,
                                 shared_conditions, stages)
-from ..evaluation.records import read_records_csv
+from ..evaluation.records import Record, read_records_csv
 from ..evaluation.report import condition_label
 from .evaluate import PER_IMAGE
 
@@ -35,12 +36,12 @@ class ReportResult:
     figures: list  # captions of the recap curves
 
 
-def model_label(spec):
+def model_label(spec: str | None) -> str:
     """'undefended' for a plain model, else the defense spec ('retrain+llt')."""
     return UNDEFENDED if spec in (None, "", "none") else spec
 
 
-def recap_order(label):
+def recap_order(label: str) -> tuple[int, tuple[int, ...]]:
     """Undefended first, then single defenses before combinations, each in DEFENSES' order
     (the thesis' baseline, retrain, llt, retrain+llt)."""
     base = label.split(" (")[0]  # "llt (evaluate-full)": two runs of one kind of model
@@ -51,7 +52,7 @@ def recap_order(label):
     return (len(parts), tuple(names.index(p) for p in parts))
 
 
-def evaluate_runs(config):
+def evaluate_runs(config: ReportConfig) -> dict[str, str]:
     """{label: run id}: the runs named (each must be a finished evaluate run), or the latest
     finished evaluate run per model label of config.experiment. ConfigError when none is found."""
     if config.runs:
@@ -85,7 +86,7 @@ def _per_image(run_id):
     return pd.read_csv(io.StringIO(tracking.load_text_artifact(run_id, PER_IMAGE)))
 
 
-def with_parent_deltas(models, chosen):
+def with_parent_deltas(models: Mapping[str, list[Record]], chosen: Mapping[str, str]) -> dict[str, list[Record]]:
     """models ({label: records}) where each defended model whose parent's evaluate run is among
     `chosen` carries, on its clean and ensemble rows, the paired difference to that run on the
     same images (evaluation.recap.paired_to_parent), in place of the in-run one: the parent

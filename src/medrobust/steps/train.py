@@ -1,11 +1,14 @@
 """The `train` step: data -> trained network -> MLflow run + registered model version (@baseline)."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from .. import plots, tracking
 from ..config import TrainConfig, flatten
-from ..data import N_CLASSES, load_dataset
+from ..data import N_CLASSES, Dataset, load_dataset
 from ..defenses import DefendedClassifier
 from ..models.training import distribution_scope, fit, predict_logits, set_seed
 from ..models.zoo import create_model
@@ -30,16 +33,16 @@ class TrainResult:
     alias: str | None = None  # the registry alias pointing at the version (baseline)
 
     @property
-    def output(self):
+    def output(self) -> str:
         """What a pipeline hands the next step: the registered version, else the logged model."""
         return f"models:/{self.registered_name}/{self.version}" if self.version else self.model_uri
 
 
-def registered_name(arch):
+def registered_name(arch: str) -> str:
     return f"medrobust-{arch}"
 
 
-def run_train(config: TrainConfig, *, on_epoch=None) -> TrainResult:
+def run_train(config: TrainConfig, *, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Train `config.arch` on `config.data`, log everything, register the model; see TrainResult.
     on_epoch(epoch, logs): called after each epoch is logged (a tuning trial reports and prunes there)."""
     tags = {"medrobust.step": "train", "medrobust.arch": config.arch}
@@ -51,7 +54,7 @@ def run_train(config: TrainConfig, *, on_epoch=None) -> TrainResult:
     return result
 
 
-def headline(result):
+def headline(result: TrainResult) -> str:
     """One line: the run, the figures a clinician reads first, what was registered."""
     m = result.metrics
     text = (f"run {result.run_id}  accuracy {m['clean_accuracy']:.3f}  macro recall {m['clean_macro_recall']:.3f}  "
@@ -61,7 +64,9 @@ def headline(result):
     return text
 
 
-def train_in_run(run_id, config, data, y_train=None, registered_as=None, extra_tags=None, on_epoch=None):
+def train_in_run(run_id: str, config: TrainConfig, data: Dataset, y_train: np.ndarray | None = None,
+                 registered_as: str | None = None, extra_tags: dict[str, str] | None = None,
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Inside an active run: train on `data` (with `y_train` in place of the train labels if
     given, as poisoning does), evaluate on the clean test split, log and register.
     Returns a TrainResult."""

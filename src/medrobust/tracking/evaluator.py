@@ -11,14 +11,23 @@ imports no step.
 """
 
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
+import pandas as pd
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, JsonEvaluationArtifact, TextEvaluationArtifact
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from ..errors import MedrobustError
 from .models import ClassifierPyfunc
+
+if TYPE_CHECKING:
+    from mlflow.data.evaluation_dataset import EvaluationDataset
+
+    from ..defenses import DefendedClassifier
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +37,8 @@ ARTIFACTS = {"report": ("report/report.html", TextEvaluationArtifact),
              "headline": ("report/headline.json", JsonEvaluationArtifact)}
 
 
-def model_evaluator(measure):
+def model_evaluator(measure: Callable[["DefendedClassifier", pd.DataFrame | np.ndarray, np.ndarray, dict[str, Any]],
+                                      dict[str, float] | None]) -> type[ModelEvaluator]:
     """A ModelEvaluator class whose evaluate() calls measure(classifier, features, labels,
     settings) -> {metric: value}, with the version's DefendedClassifier, the dataset's features
     (a DataFrame or a 2-D array) and labels, and the evaluator_config; measure logs into the
@@ -39,10 +49,12 @@ def model_evaluator(measure):
 
     class MedrobustEvaluator(ModelEvaluator):
         @classmethod
-        def can_evaluate(cls, *, model_type, evaluator_config, **kwargs):
+        def can_evaluate(cls, *, model_type: str, evaluator_config: dict[str, Any] | None, **kwargs: Any) -> bool:
             return model_type == "classifier"
 
-        def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, **kwargs):
+        def evaluate(self, *, model_type: str, dataset: "EvaluationDataset", run_id: str,
+                     evaluator_config: dict[str, Any] | None, model: "mlflow.pyfunc.PyFuncModel | None" = None,
+                     **kwargs: Any) -> EvaluationResult | None:
             python_model = None if model is None else model.unwrap_python_model()
             if not isinstance(python_model, ClassifierPyfunc):
                 # mlflow.models.evaluate without `evaluators` asks every registered evaluator:

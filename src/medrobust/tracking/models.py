@@ -6,6 +6,7 @@ import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -18,6 +19,11 @@ from ..errors import ModelError
 from .queries import get_run
 from .registry import model_aliases, model_versions
 from .store import configure, tracking_uri
+
+if TYPE_CHECKING:
+    import keras
+
+    from ..defenses import DefendedClassifier
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ def _model_requirements():
     return out
 
 
-def serving_signature():
+def serving_signature() -> ModelSignature:
     """The one signature of every version: a `path` or an `image` column in, RESPONSE_COLUMNS out."""
     from ..predict import RESPONSE_COLUMNS
 
@@ -54,7 +60,7 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
     $MEDROBUST_IMAGE_ROOT (never a folder the request names); with none set, paths are refused.
     A bad request raises MlflowException(INVALID_PARAMETER_VALUE): an HTTP 400 naming the row."""
 
-    def load_context(self, context):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from ..defenses import load_defended
         from ..predict import RESPONSE_COLUMNS
 
@@ -91,7 +97,7 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
 DefendedPyfunc = ClassifierPyfunc  # the name defended versions logged before every version was one were pickled with
 
 
-def log_classifier(classifier, name="model"):
+def log_classifier(classifier: "DefendedClassifier", name: str = "model") -> tuple[str, str]:
     """Log a DefendedClassifier (network, input transformations, detector, operating point in
     its info; a trained network is one with no transformations) as the one pyfunc model every
     version is, with its signature. The Keras network travels inside it, for attacks and
@@ -123,7 +129,7 @@ def _own_requirements():
     return out
 
 
-def load_classifier(model_uri):
+def load_classifier(model_uri: str) -> "DefendedClassifier":
     """A DefendedClassifier from any model URI: a version logged by log_classifier (its saved
     parts, read without running the pyfunc), or a plain Keras network an earlier version of
     medrobust logged. Raises ModelError naming a URI that does not resolve or holds something else."""
@@ -147,7 +153,7 @@ def load_classifier(model_uri):
     raise ModelError(f"model URI {model_uri} is not a medrobust classifier (flavours: {', '.join(flavors)})")
 
 
-def serves_contract(model_uri):
+def serves_contract(model_uri: str) -> bool:
     """Whether the model at model_uri serves the one contract (its signature is
     serving_signature()): every version log_classifier logged, none logged before it."""
     configure()
@@ -159,13 +165,13 @@ def serves_contract(model_uri):
     return signature is not None and signature.to_dict() == serving_signature().to_dict()
 
 
-def pyfunc_predict(model_uri, model_input):
+def pyfunc_predict(model_uri: str, model_input: pd.DataFrame) -> pd.DataFrame | pd.Series:
     """Predict through MLflow's generic pyfunc loader, as `mlflow models predict` and serving do."""
     configure()
     return mlflow.pyfunc.load_model(model_uri).predict(model_input)
 
 
-def load_keras_model(model_uri):
+def load_keras_model(model_uri: str) -> "keras.Model":
     """The Keras network of the model at `model_uri` (without its input transformations), for
     attacks, transfer and benchmarks. A URI that does not resolve raises ModelError naming it."""
     return load_classifier(model_uri).network
@@ -199,7 +205,7 @@ def _unresolved(model_uri, error):
     return ModelError(f"model URI {model_uri} does not resolve: {first}")
 
 
-def model_run_id(model_uri):
+def model_run_id(model_uri: str) -> str | None:
     """The id of the run that logged the model at `model_uri` (any model URI)."""
     configure()
     _check_uri(model_uri)
@@ -209,6 +215,6 @@ def model_run_id(model_uri):
         raise _unresolved(model_uri, e) from e
 
 
-def model_run_params(model_uri):
+def model_run_params(model_uri: str) -> dict[str, str]:
     """The parameters logged by the run that logged the model at `model_uri` (any model URI)."""
     return get_run(model_run_id(model_uri))["params"]

@@ -4,16 +4,17 @@ one that was killed (kill -9, a lost machine)."""
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 HOST_TAG, PID_TAG, SINCE_TAG = "medrobust.host", "medrobust.pid", "medrobust.since"
 
 
-def this_process():
+def this_process() -> dict[str, str]:
     """{tag: value} naming this process and the time (Unix seconds) the tags were made."""
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), SINCE_TAG: f"{time.time():.3f}"}
 
 
-def alive(pid):
+def alive(pid: int) -> bool:
     """Whether process `pid` of this host runs."""
     try:
         os.kill(pid, 0)
@@ -24,7 +25,7 @@ def alive(pid):
     return True
 
 
-def gone(tags, *, ttl_s):
+def gone(tags: Mapping[str, str], *, ttl_s: float) -> bool:
     """Whether the holder named by `tags` (this_process()) is gone: a process of this host that
     no longer runs, or, on another host, where its process cannot be checked, tags older than
     `ttl_s` seconds."""

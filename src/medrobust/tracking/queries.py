@@ -1,5 +1,9 @@
 """Read-only questions to the tracking store: runs, their figures and artifacts."""
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import mlflow
 from mlflow.tracking import MlflowClient
 
@@ -7,7 +11,7 @@ from ..errors import ConfigError, ModelError
 from .store import configure, tracking_uri
 
 
-def get_run(run_id):
+def get_run(run_id: str) -> dict[str, Any]:
     """{'status', 'params', 'metrics', 'tags', 'artifact_uri', 'experiment_id', 'name', 'seconds'} of a
     run; ConfigError naming an id the tracking store does not hold."""
     configure()
@@ -27,14 +31,14 @@ def get_run(run_id):
     }
 
 
-def experiment_name(run_id):
+def experiment_name(run_id: str) -> str:
     """The name of the experiment a run is in (one request; get_run does not ask for it)."""
     configure()
     client = MlflowClient()
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
 
 
-def list_artifacts(run_id, path=None):
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
     """Paths of every artifact of a run, recursively."""
     configure()
     client = MlflowClient()
@@ -45,7 +49,7 @@ def list_artifacts(run_id, path=None):
     return sorted(out)
 
 
-def load_text_artifact(run_id, path):
+def load_text_artifact(run_id: str, path: str) -> str:
     """The text of artifact `path` of a run; ModelError if the run has no such artifact."""
     configure()
     try:
@@ -54,12 +58,12 @@ def load_text_artifact(run_id, path):
         raise ModelError(f"run {run_id} has no artifact {path} ({e})") from e
 
 
-def load_json_artifact(run_id, path):
+def load_json_artifact(run_id: str, path: str) -> dict[str, Any]:
     configure()
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
 
 
-def search_runs(experiment=None):
+def search_runs(experiment: str | None = None) -> list[dict[str, str | None]]:
     """[{'run_id', 'status', 'name', 'experiment', 'parent', 'step'}] of an experiment's runs (of
     every experiment if None), oldest first; parent is the parent run's id or None."""
     configure()
@@ -74,7 +78,8 @@ def search_runs(experiment=None):
              "step": r.data.tags.get("medrobust.step")} for r in found]
 
 
-def finished_runs(experiment, tags, statuses=("FINISHED",)):
+def finished_runs(experiment: str, tags: Mapping[str, str],
+                  statuses: Sequence[str] = ("FINISHED",)) -> list[dict[str, Any]]:
     """[{'run_id', 'params', 'metrics', 'tags'}] of the runs of `experiment` that ended in one
     of `statuses` holding every tag of `tags` ({key: value}), newest first; [] for an experiment
     that does not exist."""
@@ -92,7 +97,7 @@ def finished_runs(experiment, tags, statuses=("FINISHED",)):
              "tags": dict(r.data.tags)} for r in runs]
 
 
-def run_inputs(run_id):
+def run_inputs(run_id: str) -> list[dict[str, str | None]]:
     """[{'name', 'digest', 'source', 'context'}] of the datasets a run logged as inputs."""
     configure()
     inputs = MlflowClient().get_run(run_id).inputs.dataset_inputs
@@ -100,12 +105,12 @@ def run_inputs(run_id):
              "context": next((t.value for t in i.tags if t.key == "mlflow.data.context"), None)} for i in inputs]
 
 
-def download_artifact(run_id, path, dst):
+def download_artifact(run_id: str, path: str, dst: Path | str) -> str:
     """Copy artifact `path` of a run into folder `dst`; returns the local path."""
     configure()
     return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst))
 
 
-def metric_history(run_id, key):
+def metric_history(run_id: str, key: str) -> list[float]:
     configure()
     return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]

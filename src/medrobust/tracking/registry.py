@@ -7,6 +7,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -18,7 +20,8 @@ from .store import configure
 log = logging.getLogger(__name__)
 
 
-def register_model(model_uri, name, tags=None, alias=None):
+def register_model(model_uri: str, name: str, tags: Mapping[str, object] | None = None,
+                   alias: str | None = None) -> int:
     """Register `model_uri` as a new version of `name` with its `tags` (one request) and, if
     given, point `alias` (e.g. candidate) at it; returns the version. The version @alias held
     before is recorded on the new one (REPLACED_TAG), so that deleting the new version, should
@@ -62,7 +65,7 @@ def _delete_version(client, name, version, reason):
         return False
 
 
-def model_versions(name):
+def model_versions(name: str) -> list[dict[str, Any]]:
     """[{'version', 'run_id', 'tags'}] of a registered model, oldest first; [] if it does not exist."""
     configure()
     client = MlflowClient()
@@ -76,7 +79,7 @@ def model_versions(name):
     )
 
 
-def registered_version(model_uri):
+def registered_version(model_uri: str) -> tuple[str, int] | None:
     """(name, version) of a models:/<name>/<version> or models:/<name>@<alias> URI; None for
     any other URI (runs:/..., a path) or one that names no version."""
     if not str(model_uri).startswith("models:/"):
@@ -94,14 +97,14 @@ def registered_version(model_uri):
         return None
 
 
-def pinned_uri(model_uri):
+def pinned_uri(model_uri: str) -> str:
     """models:/<name>/<version> for a models:/<name>@<alias> URI (an alias moves; a record of
     where a model came from must not); any other URI as it is."""
     found = registered_version(model_uri) if "@" in str(model_uri) else None
     return f"models:/{found[0]}/{found[1]}" if found else model_uri
 
 
-def tag_model_version(model_uri, tags):
+def tag_model_version(model_uri: str, tags: Mapping[str, object]) -> tuple[str, int] | None:
     """Set tags on the registered version a models:/ URI points to; returns (name, version) or
     None when the URI names no registered version (nothing is tagged then)."""
     found = registered_version(model_uri)
@@ -111,7 +114,7 @@ def tag_model_version(model_uri, tags):
     return found
 
 
-def model_version_tags(model_uri):
+def model_version_tags(model_uri: str) -> dict[str, str]:
     """{tag: value} of the registered version a models:/ URI points to; {} for any other URI."""
     found = registered_version(model_uri)
     if not found:
@@ -119,13 +122,13 @@ def model_version_tags(model_uri):
     return dict(MlflowClient().get_model_version(found[0], str(found[1])).tags)
 
 
-def set_alias(name, alias, version):
+def set_alias(name: str, alias: str, version: int) -> None:
     """Point `alias` of registered model `name` at `version` (moving it from any other)."""
     configure()
     MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
-def model_aliases(name):
+def model_aliases(name: str) -> dict[str, int]:
     """{alias: version} of a registered model; {} if it does not exist."""
     configure()
     try:
@@ -135,7 +138,7 @@ def model_aliases(name):
     return {alias: int(version) for alias, version in model.aliases.items()}
 
 
-def delete_versions_of_runs(run_ids, *, reason):
+def delete_versions_of_runs(run_ids: Iterable[str], *, reason: str) -> list[tuple[str, int]]:
     """Delete every registered version logged by one of `run_ids` (a run that failed or was
     killed registers nothing), one log line each; returns [(name, version)]."""
     run_ids = sorted(set(run_ids))
@@ -147,7 +150,7 @@ def delete_versions_of_runs(run_ids, *, reason):
             if _delete_version(client, v.name, v.version, reason)]
 
 
-def delete_unfinished_versions():
+def delete_unfinished_versions() -> list[tuple[str, int]]:
     """Delete the versions whose run ended FAILED or KILLED: a process killed (kill -9) after
     registering and before its run finished leaves such a version READY, and only a version of
     a finished run may be used. Returns [(name, version)]."""
@@ -181,7 +184,8 @@ _CONTENDED = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "TEMPORARILY
 
 
 @contextlib.contextmanager
-def promotion_lock(name, *, owner, wait_s=900.0, poll_s=0.5):
+def promotion_lock(name: str, *, owner: str, wait_s: float = 900.0,
+                   poll_s: float = 0.5) -> Iterator[Callable[[int, str, str], int | None]]:
     """Hold the promotion lock of registered model `name` for the run `owner`: a second
     promote waits for it (up to `wait_s` seconds, then ConfigError naming the holder). A lock
     whose holder was killed is recovered first (recover_promotion). Yields a move(version,
@@ -248,7 +252,7 @@ def _heartbeat(lock, stop):
             log.debug("promotion lock heartbeat: %s", e)
 
 
-def lock_holder(name):
+def lock_holder(name: str) -> dict[str, str] | None:
     """The tags of the process holding `name`'s promotion lock; None when nobody holds it."""
     configure()
     return _holder(MlflowClient(), name + LOCK)
@@ -293,7 +297,7 @@ def _undo(client, name, intent):
                 ", ".join(f"@{a} = v{v}" if v is not None else f"no @{a}" for a, v in intent["before"].items()))
 
 
-def recover_promotion(client, name, holder):
+def recover_promotion(client: MlflowClient, name: str, holder: Mapping[str, str]) -> bool:
     """If the holder of `name`'s promotion lock is gone (killed), undo its recorded move and
     remove the lock; returns whether it did. Two commands recovering at once: the lock is
     first renamed to one named by the dead holder's token, which only one of them can do, so
@@ -319,7 +323,7 @@ def recover_promotion(client, name, holder):
     return True
 
 
-def recover_promotions():
+def recover_promotions() -> None:
     """recover_promotion for every promotion lock in the store (a lock left mid-recovery by a
     command killed then is finished too)."""
     client = MlflowClient()

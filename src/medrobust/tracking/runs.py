@@ -5,8 +5,10 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -18,11 +20,16 @@ from . import registry
 from .process import HOST_TAG, PID_TAG, gone, this_process
 from .store import configure, experiment_id
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..data import Dataset
+
 log = logging.getLogger(__name__)
 
 
 @contextmanager
-def run(experiment, run_name=None, tags=None):
+def run(experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
     """Start a run and yield its id; it is nested where it belongs.
 
     - Inside an active run (a step of `baseline`, of a pipeline, of a tuning trial): a nested run
@@ -75,7 +82,7 @@ def _started(active, parent, tags, run_name):
     return active.info.run_id
 
 
-def recover_store():
+def recover_store() -> None:
     """Undo what killed processes left half-done, before a command starts its own run: runs
     left RUNNING (fail_orphaned_runs), versions registered by runs that did not finish, and a
     promotion cut between its alias moves (registry.recover_promotions)."""
@@ -86,7 +93,7 @@ def recover_store():
             log.warning("could not %s: %s", recover.__name__.replace("_", " "), e)
 
 
-def fail_orphaned_runs():
+def fail_orphaned_runs() -> list[str]:
     """Mark FAILED every RUNNING run of this host whose process is gone (kill -9, a lost
     machine): without it the UI would show them as live for ever. Returns their ids.
     A run of another host is left alone: its process cannot be checked from here."""
@@ -109,7 +116,7 @@ def fail_orphaned_runs():
     return orphans
 
 
-def log_dataset(data, context):
+def log_dataset(data: "Dataset", context: str) -> None:
     """Record a Dataset (data.load_dataset) as the run's input: its source and fingerprint,
     so the MLflow UI's dataset column and `dataset.digest` searches work. The digest is the
     fingerprint's first 32 hex digits (MLflow's column holds 36 characters); the whole
@@ -133,17 +140,17 @@ def _param_text(value):
     return str(value)
 
 
-def params_match(logged, params):
+def params_match(logged: Mapping[str, str], params: Mapping[str, object]) -> bool:
     """Whether a run's logged parameters hold every one of `params` ({name: value}) as
     log_params would have written it."""
     return all(logged.get(k) == _param_text(v) for k, v in params.items())
 
 
-def active_run_id():
+def active_run_id() -> str:
     return mlflow.active_run().info.run_id
 
 
-def log_params(params):
+def log_params(params: Mapping[str, object]) -> None:
     """Log a flat {name: value} dict (None as 'none', booleans as 'true'/'false', like the CLI).
 
     Keys that `mlflow run` already logged from the entry point's parameters are left as they
@@ -153,33 +160,33 @@ def log_params(params):
     mlflow.log_params({k: _param_text(v) for k, v in params.items() if k not in logged})
 
 
-def log_metrics(values, step=None):
+def log_metrics(values: Mapping[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
 
-def set_tags(tags):
+def set_tags(tags: Mapping[str, object]) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def tag_run(run_id, tags):
+def tag_run(run_id: str, tags: Mapping[str, object]) -> None:
     """Set tags on a run by id (finished or not), all in one request: a kill cannot leave some."""
     configure()
     MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def log_json(obj, path):
+def log_json(obj: dict[str, Any] | list[Any], path: str) -> None:
     mlflow.log_dict(obj, path)
 
 
-def log_text(text, path):
+def log_text(text: str, path: str) -> None:
     mlflow.log_text(text, path)
 
 
-def log_figure(figure, path):
+def log_figure(figure: "Figure", path: str) -> None:
     mlflow.log_figure(figure, path)
 
 
-def log_bytes(data, path):
+def log_bytes(data: bytes, path: str) -> None:
     """Log raw bytes (a PNG made elsewhere) as artifact `path`."""
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / Path(path).name
@@ -187,7 +194,7 @@ def log_bytes(data, path):
         mlflow.log_artifact(str(local), artifact_path=str(Path(path).parent) if Path(path).parent != Path(".") else None)
 
 
-def log_array(array, path):
+def log_array(array: np.ndarray, path: str) -> None:
     """Save an array as .npy and log it as artifact `path`."""
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / Path(path).name

@@ -14,11 +14,11 @@ from ..errors import ConfigError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
-def tracking_uri():
+def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def configure():
+def configure() -> None:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
@@ -49,7 +49,7 @@ def _prepare_sqlite(uri):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def experiment_id(name):
+def experiment_id(name: str) -> str:
     """The id of experiment `name`, created if missing. On a SQLite store its artifacts go to
     <database folder>/mlartifacts/<experiment id>, beside the database whatever the working
     folder (MLflow's default is ./mlruns of wherever the experiment was first created)."""

@@ -11,10 +11,13 @@ conditions.py says what a request measures and checks it; measured.py measures a
 
 import logging
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ... import tracking
 from ...config import EvaluateConfig, flatten
-from ...data import image_ids, images, load_dataset, malignant_mask
+from ...data import Dataset, image_ids, images, load_dataset, malignant_mask
 from ...evaluation.operating_point import malignancy_score, threshold_for_sensitivity
 from ...evaluation.report import headline_text, rows
 from ...evaluation.suite import softmax
@@ -22,6 +25,9 @@ from ...models.training import set_seed
 from ..lineage import check_unseen
 from .conditions import MODEL, SURROGATE, attack_params, check_request, suite_conditions
 from .measured import PER_IMAGE, measure_and_log, metric_name
+
+if TYPE_CHECKING:
+    from ...defenses import DefendedClassifier
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,8 @@ class EvaluateResult:
     notes: list  # what the suite could not do as asked, and why
 
 
-def operating_threshold(config, model, data, malignant):
+def operating_threshold(config: EvaluateConfig, model: "DefendedClassifier", data: Dataset,
+                        malignant: np.ndarray) -> float | None:
     """The malignancy threshold: given, or chosen on the validation split for the target sensitivity."""
     if config.threshold is not None:
         return config.threshold

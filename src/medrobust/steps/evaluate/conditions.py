@@ -1,16 +1,22 @@
 """What an evaluate request measures: the suites' attacked conditions, the natural
 corruptions, and every check made before any work."""
 
+from typing import TYPE_CHECKING, Any
+
 from ... import attacks, tracking
+from ...config import EvaluateConfig, SuiteConfig
 from ...data import CLASSES, N_CLASSES
 from ...errors import ModelError
 from ...evaluation import Condition
 from ...evaluation.adaptive import adaptive_notes
 from ...evaluation.corruptions import CORRUPTIONS, check_corruptions
 
+if TYPE_CHECKING:
+    from ...defenses import DefendedClassifier
+
 MODEL, SURROGATE = "target", "surrogate"  # the names of the two models in the records
 
-def attack_params(config, method):
+def attack_params(config: SuiteConfig, method: str) -> dict[str, Any]:
     """The step-level settings of an attack (each attack gets only what it takes)."""
     return {"pgd": {"steps": config.pgd_steps, "random_start": True}, "cw_pgd": {"steps": config.cw_steps},
             "uap_fast": {"max_steps": config.uap_max_steps}, "uap": {"uap_max_iter": config.uap_max_iter},
@@ -22,7 +28,7 @@ def attack_params(config, method):
                        "health_map": config.data.health_map}}.get(method, {})
 
 
-def suite_conditions(config, has_surrogate):
+def suite_conditions(config: SuiteConfig, has_surrogate: bool) -> tuple[tuple[Condition, ...], list[str]]:
     """(conditions, notes): the Conditions of config.suites in order, without repeats; a
     transfer condition without a surrogate runs white-box instead, and a note says so."""
     wanted, notes = [], []
@@ -63,16 +69,17 @@ def suite_conditions(config, has_surrogate):
     return tuple(unique), notes
 
 
-def wants_corruptions(config):
+def wants_corruptions(config: SuiteConfig) -> bool:
     return "corruptions" in config.suites or "full" in config.suites
 
 
-def corruption_names(config):
+def corruption_names(config: SuiteConfig) -> tuple[str, ...]:
     """The corruptions measured: config.corruptions, or every one when none is named."""
     return config.corruptions or tuple(CORRUPTIONS)
 
 
-def check_request(config):
+def check_request(config: EvaluateConfig) -> tuple[tuple[Condition, ...], list[str], "DefendedClassifier",
+                                                   "DefendedClassifier | None"]:
     """Every check before any work: (conditions, notes, model, surrogate or None)."""
     for method in config.curve_attacks:
         attacks.check_attack(method, max(config.curve_eps), "inf")

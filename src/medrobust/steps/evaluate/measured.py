@@ -4,12 +4,15 @@ the report's figures, and `measure_and_log`, which evaluate and the MLflow evalu
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ... import plots, tracking
+from ...config import SuiteConfig
 from ...data import CLASSES, N_CLASSES, malignant_mask, stratified_subset
-from ...evaluation import interval_summary, measure, record, records_csv
+from ...evaluation import Evaluation, Record, interval_summary, measure, record, records_csv
 from ...evaluation.adaptive import joint_pgd
 from ...evaluation.intervals import paired_difference
 from ...evaluation.operating_point import malignancy_score, operating_summary, roc
@@ -20,12 +23,16 @@ from ...evaluation.shift import corruption_grid, corruption_summary, measure_cor
 from ...evaluation.suite import add_measurement, ensembles
 from .conditions import MODEL, SURROGATE, corruption_names, suite_conditions, wants_corruptions
 
+if TYPE_CHECKING:
+    from ...defenses import DefendedClassifier
+
 log = logging.getLogger(__name__)
 
 PER_IMAGE = "report/per_image.csv"  # per image: the counted predictions a paired comparison needs
 
 
-def corrupted_records(model, x, y, evaluation, threshold, config):
+def corrupted_records(model: "DefendedClassifier", x: np.ndarray, y: np.ndarray, evaluation: Evaluation,
+                      threshold: float | None, config: SuiteConfig) -> list[Record]:
     """The natural corruptions' records (evaluation/corruptions.py): the model on x under each
     corruption and severity, paired against its own clean row of `evaluation`."""
     clean = evaluation.get(MODEL)
@@ -38,7 +45,8 @@ def corrupted_records(model, x, y, evaluation, threshold, config):
                                progress=lambda name, severity: log.debug("corruption %s, severity %d", name, severity))
 
 
-def certified_records(model, x, y, config, notes):
+def certified_records(model: "DefendedClassifier", x: np.ndarray, y: np.ndarray, config: SuiteConfig,
+                      notes: list[str]) -> list[Record]:
     """Randomized smoothing's certificate (evaluation/certified.py) on a class-stratified sample
     of certify_images of the measured images, at the model's own noise or certify_sigma."""
     own = (model.smoothing or {}).get("sigma")
@@ -55,7 +63,8 @@ def certified_records(model, x, y, config, notes):
     return records
 
 
-def with_intervals_and_operating_point(evaluation, y, malignant, threshold, config):
+def with_intervals_and_operating_point(evaluation: Evaluation, y: np.ndarray, malignant: np.ndarray,
+                                       threshold: float | None, config: SuiteConfig) -> list[Record]:
     """The records of an Evaluation plus, per measurement, 95 % bootstrap intervals and the
     health figures at the operating threshold (on the per-image worst malignancy scores: op_fnr
     is the share of cancers the suite gets below the threshold, 1 - op_specificity the share of
@@ -73,7 +82,7 @@ def with_intervals_and_operating_point(evaluation, y, malignant, threshold, conf
     return out + paired_records(evaluation, malignant, config)
 
 
-def paired_records(evaluation, malignant, config):
+def paired_records(evaluation: Evaluation, malignant: np.ndarray, config: SuiteConfig) -> list[Record]:
     """delta_<figure> records (with _ci_low, _ci_high) on the measured model's clean row: its
     figure minus the surrogate's on the same images, with the paired bootstrap interval
     (intervals.paired_difference). Not on the ensemble rows: here the surrogate faces only the
@@ -93,7 +102,8 @@ def paired_records(evaluation, malignant, config):
     return out
 
 
-def joint_attack(model, x, y, evaluation, config):
+def joint_attack(model: "DefendedClassifier", x: np.ndarray, y: np.ndarray, evaluation: Evaluation,
+                 config: SuiteConfig) -> None:
     """PGD on classifier and detector at once (the image must fool one and pass the other) on
     the true labels, added to `evaluation` as a row counted like every other (rejections
     strictly, the per-image worst of clean and attacked) and so part of the ensemble."""
@@ -105,7 +115,7 @@ def joint_attack(model, x, y, evaluation, config):
                     health_map=config.data.health_map, started=started)
 
 
-def metric_name(r):
+def metric_name(r: Record) -> str:
     """The flat MLflow name of a record: clean_<metric>, or <attack>_<threat>_<eps>_<metric> with
     eps in /255 units (pgd_whitebox_8_accuracy), corruption_<name>_<severity>_<metric> for a
     natural corruption (corruption_mean_3_accuracy); the surrogate's rows start with surrogate_."""
@@ -167,7 +177,7 @@ def _figures(records, roc_curve, evaluation, worst, x):
     return out
 
 
-def log_rows(records, experiment):
+def log_rows(records: Sequence[Record], experiment: str) -> None:
     """One nested run per report row (condition of the measured model), named by its condition,
     holding that row's figures without prefix, so the MLflow UI compares rows side by side."""
     for row in rows(records, model=MODEL):
@@ -180,7 +190,11 @@ def log_rows(records, experiment):
                                   and isinstance(v, (int, float)) and np.isfinite(v)})
 
 
-def measure_and_log(model, x, y, *, config, threshold, surrogate=None, notes=None, ids=None, summary=None, title=""):
+def measure_and_log(model: "DefendedClassifier", x: np.ndarray, y: np.ndarray, *, config: SuiteConfig,
+                    threshold: float | None, surrogate: "DefendedClassifier | None" = None,
+                    notes: list[str] | None = None, ids: np.ndarray | None = None,
+                    summary: Mapping[str, str] | None = None,
+                    title: str = "") -> tuple[list[Record], dict[str, dict[str, str | float | None]]]:
     """Measure `model` (a DefendedClassifier) on x (N, H, W, 3) float32 in [0, 1] with true
     labels y (N,) under config's suites (a SuiteConfig) and log everything into the active run:
     the metrics (flat names, metric_name), one nested run per row, report/records.csv,

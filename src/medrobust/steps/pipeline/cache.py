@@ -5,19 +5,21 @@ import hashlib
 import json
 import logging
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ... import __version__, tracking
-from ...config import flatten
+from ...config import PipelineConfig, Settings, flatten
 from .. import MODEL, STEPS
-from .instances import build_config
+from .instances import Instance, build_config
 
 log = logging.getLogger(__name__)
 
 KEY_TAG, OUTPUT_TAG, NAME_TAG = "medrobust.pipeline_key", "medrobust.pipeline_output", "medrobust.pipeline_step"
 
 
-def code_identity():
+def code_identity() -> dict[str, str | None]:
     """{version, source, commit}: the package version, a SHA-256 of its source files
     (uncommitted edits count) and the git commit of its checkout (None outside git)."""
     package = Path(__file__).resolve().parents[2]
@@ -33,7 +35,7 @@ def code_identity():
     return {"version": __version__, "source": digest.hexdigest(), "commit": commit}
 
 
-def moving_inputs(step, config):
+def moving_inputs(step: str, config: Settings) -> dict[str, Any]:
     """What a step reads that its settings do not fix: the version a models:/<name>@<alias>
     URI points at now, and what the step's entry names (promote: the version its gate compares
     against, @robust)."""
@@ -45,7 +47,8 @@ def moving_inputs(step, config):
     return out | (STEPS[step].call("moving", config) or {})
 
 
-def instance_key(step, config, inputs, code, moving=None):
+def instance_key(step: str, config: Settings, inputs: Iterable[str], code: Mapping[str, str | None],
+                 moving: Mapping[str, Any] | None = None) -> str:
     """SHA-256 over the step, its whole resolved configuration (the run name aside), the run
     ids it consumes, what it reads that moves (moving_inputs) and the code: the package version
     and its source hash. Not the git commit: a commit that changes only documents, tests or
@@ -70,7 +73,8 @@ def _reuse(instance, run):
         instance.note = "gate failed (reused run; the reasons are the version's gate_reasons tag)"
 
 
-def plan(instances, config, code, experiment):
+def plan(instances: Sequence[Instance], config: PipelineConfig, code: Mapping[str, str | None],
+         experiment: str) -> None:
     """Dry run: key every instance whose inputs are known and say which runs would be reused."""
     for instance in instances:
         if any(u.output is None for u in instance.upstream):

@@ -3,8 +3,10 @@ labelled, and turned into step configs (checked before any run)."""
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ...config import PipelineConfig, Settings
 from ...errors import ConfigError
 from ...evaluation.report import format_eps
 from .. import MODEL, STEPS
@@ -30,7 +32,7 @@ class Instance:
     note: str = ""
 
     @property
-    def upstream(self):
+    def upstream(self) -> "list[Instance]":
         out = []
         for v in self.values.values():
             out += [u for u in (v if isinstance(v, list) else [v]) if isinstance(u, Instance)]
@@ -48,7 +50,7 @@ def _consistent(lineages):
 
 
 
-def expand(specs, max_instances=1000):
+def expand(specs: Sequence[StepSpec], max_instances: int = 1000) -> list[Instance]:
     """Every Instance of every step, in run order (file order, then grid order). A step whose
     grid would make more than `max_instances` instances, or a file that would in all, is refused
     before anything is built (a typo'd grid of 10^6 runs would otherwise expand for minutes)."""
@@ -153,7 +155,7 @@ def _resolve(values):
 
 
 
-def build_config(instance, pipeline):
+def build_config(instance: Instance, pipeline: PipelineConfig) -> Settings:
     """The step config of an instance (its upstream outputs resolved), in the pipeline's
     experiment, seed unless the step sets its own."""
     step = _step(instance.spec.step)
@@ -179,7 +181,7 @@ def _placeholder(instance):
     return "models:/medrobust-placeholder/1" if _step(instance.spec.step).output == MODEL else "0" * 32
 
 
-def check(instances, pipeline):
+def check(instances: Sequence[Instance], pipeline: PipelineConfig) -> None:
     """Build every instance's config with placeholder outputs: bad settings fail before any run."""
     for instance in instances:
         saved = {id(u): u.output for u in instance.upstream}

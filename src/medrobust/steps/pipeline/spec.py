@@ -3,8 +3,10 @@ and reference checked against the step table before anything runs."""
 
 import re
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -46,7 +48,7 @@ def _lines(node, prefix=()):
     return out
 
 
-def read(path):
+def read(path: Path | str) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """(document, {key path: line}) of a pipeline file; ConfigError naming file and line for
     YAML that does not parse, duplicate keys or a document that is not a mapping."""
     path = Path(path)
@@ -128,7 +130,7 @@ def _is_list(f):
     return typing.get_origin(kind) is tuple or (args and typing.get_origin(args[0]) is tuple)
 
 
-def split_overrides(text):
+def split_overrides(text: str | None) -> list[str]:
     """The STEP.SETTING=VALUE items of a --set text: split at the commas that start a new
     item, so a value may hold commas (poison.poison_fractions=0.1,0.3,inception.weights=/w.h5)."""
     if not text:
@@ -136,7 +138,7 @@ def split_overrides(text):
     return [item.strip() for item in re.split(r",(?=\s*[A-Za-z_][\w-]*\.[\w.]+=)", text) if item.strip()]
 
 
-def apply_overrides(document, overrides, path):
+def apply_overrides(document: dict[str, Any], overrides: Iterable[str], path: Path | str) -> dict[str, Any]:
     """The document with each "step.setting=value" of `overrides` set in that step's `with`
     ("settings.setting=value": in the shared settings); values read as YAML."""
     for item in overrides:
@@ -158,7 +160,7 @@ def apply_overrides(document, overrides, path):
     return document
 
 
-def parse(path, overrides=()):
+def parse(path: Path | str, overrides: Sequence[str] = ()) -> list[StepSpec]:
     """The StepSpecs of a pipeline file, in file order, every name, setting and reference
     checked (ConfigError naming the file and line); `overrides` as apply_overrides."""
     from .. import STEPS

@@ -4,13 +4,13 @@ what is checked before any work, and how the study is driven (study.py runs any 
 import math
 import time
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from ... import attacks, tracking
-from ...config import AttackConfig, DefendConfig, EvaluateConfig, PoisonConfig, TrainConfig
+from ...config import AttackConfig, DefendConfig, EvaluateConfig, PoisonConfig, TrainConfig, TuneConfig
 from ...defenses import parse_spec
 from ...errors import ConfigError, MedrobustError, Stopped
 from ...evaluation.records import ENSEMBLE
@@ -22,12 +22,12 @@ from ..poison import run_poison
 from ..train import run_train
 
 
-def constraint(trial):
+def constraint(trial: optuna.trial.FrozenTrial) -> tuple[float, ...]:
     """A trial's constraint values (<= 0: feasible), as its objective recorded them."""
     return trial.user_attrs.get("constraint", (0.0,))
 
 
-def tpe(config, seed, constrained=False):
+def tpe(config: TuneConfig, seed: int, constrained: bool = False) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3, constraints_func=constraint if constrained else None)
 
 
@@ -35,7 +35,7 @@ class Pruned(Stopped):
     """Raised inside a trial's steps when Optuna's pruner stops it: the runs end KILLED."""
 
 
-def reporter(trial, key="val_macro_recall"):
+def reporter(trial: optuna.Trial, key: str = "val_macro_recall") -> Callable[[int, dict[str, float]], None]:
     """An on_epoch hook: report the epoch's figure to Optuna and stop the trial if pruned."""
     def on_epoch(epoch, logs):
         if key in logs:
@@ -45,20 +45,21 @@ def reporter(trial, key="val_macro_recall"):
     return on_epoch
 
 
-def optimize(config, study, objective, context):
+def optimize(config: TuneConfig, study: optuna.Study, objective: Callable[[optuna.Trial], float | tuple[float, ...]],
+             context: dict[str, Any]) -> dict[str, Any]:
     """Run config.n_trials trials with the study's sampler (heartbeats on); a trial that fails on
     bad input or diverges is a failed trial, not a failed study. Returns the summary so far."""
     study.optimize(objective, n_trials=config.n_trials, timeout=config.timeout, catch=(MedrobustError,))
     return context
 
 
-def eps_grid(config):
+def eps_grid(config: TuneConfig) -> list[float]:
     """attack_eps: the budgets searched, multiples of eps_step up to eps_max."""
     n = math.floor(config.eps_max / config.eps_step + 1e-9)  # no point above eps_max
     return [(k + 1) * config.eps_step for k in range(n)]
 
 
-def trial_attack_eps(trial, config, context):
+def trial_attack_eps(trial: optuna.Trial, config: TuneConfig, context: dict[str, Any]) -> float:
     # An integer index on the grid: a float range with a step must divide exactly, and
     # 16/255 by 1/255 does not in binary.
     grid = eps_grid(config)
@@ -74,7 +75,8 @@ def trial_attack_eps(trial, config, context):
     return eps if reached else config.eps_max + (config.target_fooling_rate - rate)
 
 
-def bisect(config, study, objective, context):
+def bisect(config: TuneConfig, study: optuna.Study, objective: Callable[[optuna.Trial], float | tuple[float, ...]],
+           context: dict[str, Any]) -> dict[str, Any]:
     """attack_eps: bisect the eps grid, each point an enqueued trial asked and told here, in
     order (a bisection is sequential, so this objective runs without Optuna's heartbeats).
     Points a finished trial of the study already measured are not measured again. Returns the
@@ -122,7 +124,7 @@ def _train_config(config, **changes):
                        register=False, alias=None, **changes)
 
 
-def trial_poison(trial, config, context):
+def trial_poison(trial: optuna.Trial, config: TuneConfig, context: dict[str, Any]) -> float:
     fraction = trial.suggest_float("fraction", 0.05, config.fraction_max, step=0.05)
     base = _train_config(config)
     result = run_poison(PoisonConfig(**{f.name: getattr(base, f.name) for f in fields(TrainConfig)},
@@ -136,7 +138,7 @@ def trial_poison(trial, config, context):
     return 100 * rise / flipped
 
 
-def trial_defense(trial, config, context):
+def trial_defense(trial: optuna.Trial, config: TuneConfig, context: dict[str, Any]) -> float | tuple[float, float]:
     names = parse_spec(config.defense)
     settings = {"ratio": trial.suggest_float("ratio", 0.1, 1.0, step=0.1),
                 "rounds": trial.suggest_int("rounds", 1, config.max_rounds),
@@ -172,7 +174,7 @@ TRAIN_SPACE = {"learning_rate": (3e-4, 5e-3), "weight_decay": (1e-3, 0.3), "drop
                "batch_size": (32, 64, 128)}
 
 
-def train_defaults():
+def train_defaults() -> dict[str, Any]:
     """Today's TrainConfig values of the searched settings, as the first trial's parameters
     (weight decay 0 lies outside the log range: the search's `use_weight_decay` says off)."""
     d = TrainConfig()
@@ -180,7 +182,7 @@ def train_defaults():
             "width": d.width, "class_weight": d.class_weight, "augment": d.augment, "batch_size": d.batch_size}
 
 
-def trial_train(trial, config, context):
+def trial_train(trial: optuna.Trial, config: TuneConfig, context: dict[str, Any]) -> float:
     space = TRAIN_SPACE
     changes = {"learning_rate": trial.suggest_float("learning_rate", *space["learning_rate"], log=True),
                "weight_decay": (trial.suggest_float("weight_decay", *space["weight_decay"], log=True)

@@ -3,6 +3,7 @@
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,14 @@ import optuna
 from optuna.trial import TrialState
 
 from ... import plots, tracking
-from ...config import flatten
+from ...config import TuneConfig, flatten
 from ...errors import ConfigError
 from .objectives import OBJECTIVES, Pruned, constraint
 
 log = logging.getLogger(__name__)
 
 
-def default_storage():
+def default_storage() -> str:
     """optuna.db beside the SQLite tracking store, else in the working folder."""
     uri = tracking.tracking_uri()
     if uri.startswith("sqlite:///"):
@@ -25,7 +26,7 @@ def default_storage():
     return "sqlite:///optuna.db"
 
 
-def open_study(config, directions):
+def open_study(config: TuneConfig, directions: Sequence[str]) -> tuple[optuna.Study, str]:
     """(study, storage URL); ConfigError naming a storage that cannot be reached, before any run."""
     url = config.storage or default_storage()
     for attempt in range(3):
@@ -61,20 +62,20 @@ def open_study(config, directions):
     return study, url
 
 
-def study_settings(config):
+def study_settings(config: TuneConfig) -> dict[str, str]:
     """What a study answers: every setting but the worker's own (trials, time, storage, names)."""
     own = ("n_trials", "timeout", "study_name", "storage", "heartbeat", "experiment", "run_name", "data.cache_dir")
     return {k: str(v) for k, v in flatten(config).items() if k not in own}
 
 
-def sampler_seed(seed, n_existing):
+def sampler_seed(seed: int, n_existing: int) -> int:
     """The sampler's seed for a worker that opens a study holding `n_existing` trials: `seed` for
     a new study (deterministic by seed), else one drawn from (seed, n_existing), so that a resumed
     study or a worker joining later does not draw the first worker's parameters again."""
     return seed if n_existing == 0 else int(np.random.SeedSequence([seed, n_existing]).generate_state(1)[0])
 
 
-def sampler_for(config, n_existing=0):
+def sampler_for(config: TuneConfig, n_existing: int = 0) -> optuna.samplers.BaseSampler:
     """The objective's sampler, seeded by sampler_seed."""
     return OBJECTIVES[config.objective].sampler(config, sampler_seed(config.seed, n_existing))
 
