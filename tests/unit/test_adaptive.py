@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+import medrobust.attacks.art_reference as art_reference
 import medrobust.attacks.gradient as gradient
 from medrobust.attacks import ATTACKS, check_attack, craft
 from medrobust.evaluation import adaptive
@@ -137,7 +138,7 @@ def test_targeted_apgd_moves_images_to_the_target(trained):
 def test_autoattack_runs_every_member_of_arts_ensemble_on_our_classifier(trained, monkeypatch):
     """At 16/255 some images resist APGD-CE, so APGD-DLR, DeepFool and Square run too (each
     with a small budget here: ART's 100 x 5 APGD steps and 5 x 5000 Square queries take minutes)."""
-    class SmallAutoAttack(gradient.AutoAttack):
+    class SmallAutoAttack(art_reference.AutoAttack):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             apgd_ce, apgd_dlr, deepfool, square = self.attacks
@@ -152,9 +153,9 @@ def test_autoattack_runs_every_member_of_arts_ensemble_on_our_classifier(trained
         ran.append((type(attack).__name__, getattr(attack, "loss_type", None), int(robust.sum())))
         return run_attack(x, y, robust, attack, *args, **kwargs)
 
-    run_attack = gradient.run_attack
-    monkeypatch.setattr(gradient, "AutoAttack", SmallAutoAttack)
-    monkeypatch.setattr(gradient, "run_attack", recording)
+    run_attack = art_reference.run_attack
+    monkeypatch.setattr(art_reference, "AutoAttack", SmallAutoAttack)
+    monkeypatch.setattr(art_reference, "run_attack", recording)
     model, _, _, x, y = trained
     x_adv, _ = craft("autoattack_art", model, x, EPS, "inf", y=y)
     assert [(name, loss) for name, loss, _ in ran] == [
@@ -171,7 +172,7 @@ def test_autoattack_refuses_a_target_when_called_directly(trained):
     with pytest.raises(ConfigError, match="autoattack has no targeted mode"):
         gradient.autoattack(model, x[:2], y=y[:2], eps=EPS, target=1)
     with pytest.raises(ConfigError, match="autoattack_art has no targeted mode"):
-        gradient.autoattack_art(model, x[:2], y=y[:2], eps=EPS, target=1)
+        art_reference.autoattack_art(model, x[:2], y=y[:2], eps=EPS, target=1)
 
 
 # --- PGD against classifier and detector --------------------------------------------------
