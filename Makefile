@@ -11,13 +11,21 @@ PY := $(VENV)/bin/python
 override MEDROBUST_DATA := $(abspath $(or $(MEDROBUST_DATA),../shared/data/ham10000))
 export MEDROBUST_DATA
 
-.PHONY: install run baseline test bench clean
+.PHONY: install install-dev run baseline test bench clean
 
+# What the steps need (`make run`, `make baseline`); the test tools (pytest, a notebook kernel,
+# Playwright, the Kubernetes client) come on top, for `make test` only.
 install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -28,7 +36,7 @@ baseline: install
 	$(PY) -m medrobust baseline
 
 # The system tests' servers (PostgreSQL, Chromium) are installed first where absent.
-test: install
+test: install-dev
 	tests/install_services.sh
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
