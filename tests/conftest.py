@@ -85,8 +85,8 @@ def small_store(tmp_path_factory, ham_dir):
     from medrobust.steps.pipeline import run_pipeline
     from small_pipeline import write_pipeline
 
-    def make():
-        path = write_pipeline(Path.cwd(), SMALL_STORE_STEPS, data=ham_dir, name="small.yaml")
+    def make(folder):
+        path = write_pipeline(folder, SMALL_STORE_STEPS, data=ham_dir, name="small.yaml")
         return run_pipeline(PipelineConfig(file=str(path), experiment="small"))
 
     store, result = made_once(tmp_path_factory, make)

@@ -17,16 +17,17 @@ def image_cache(tmp_path_factory):
 
 
 def made_once(tmp_path_factory, make):
-    """(SQLite file, make()) with make run once in a store of its own: for a module-scoped
-    fixture that trains the network its tests share (training per test cost minutes of the suite).
-    A test then starts from a copy of that store (`start_from`), so what it adds stays its own."""
+    """(SQLite file, make(folder)): make run once, in a folder of its own and tracking into a store
+    there; for a module-scoped fixture that trains the network its tests share (training it per
+    test cost minutes of the suite). A test then starts from a copy of that store (`start_from`),
+    so what it adds stays its own."""
     folder = tmp_path_factory.mktemp("made-once")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / STORE}")
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         patch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))
         patch.chdir(folder)
-        made = make()
+        made = make(folder)
     for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         os.environ.pop(leaked, None)
     return folder / STORE, made
@@ -34,8 +35,9 @@ def made_once(tmp_path_factory, make):
 
 def start_from(store, tmp_path):
     """Make `store` this test's own store (isolated_stores' file in tmp_path), before the test opens
-    it. Runs, registered versions and aliases come along; their artifacts stay where they were
-    logged (the stores share no file but those, and each run writes under its own id)."""
+    it. Runs, registered versions and aliases come along; artifacts stay in the made-once folder,
+    and a test's new runs of an experiment made there write theirs there too, each under its own
+    run id: a test must not delete artifacts it did not log."""
     source, copy = sqlite3.connect(store), sqlite3.connect(tmp_path / STORE)
     try:
         source.backup(copy)  # consistent even if SQLite kept part of it in a journal

@@ -15,7 +15,7 @@ from stores import made_once, start_from
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory, ham_dir):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40)
-    return made_once(tmp_path_factory, lambda: (data, run_train(TrainConfig(data=data, epochs=6, batch_size=32,
+    return made_once(tmp_path_factory, lambda folder: (data, run_train(TrainConfig(data=data, epochs=6, batch_size=32,
                                                                             class_weight="balanced", experiment="test"))))
 
 

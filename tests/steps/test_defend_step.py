@@ -29,7 +29,7 @@ EPS = 8 / 255  # large enough that FGSM clearly hurts the small test model
 def trained_once(tmp_path_factory, ham_dir):
     # 100 images a class and a 30 % test split: ~210 test images, enough for a margin to mean something.
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=100, fractions=(0.6, 0.1, 0.3))
-    return made_once(tmp_path_factory, lambda: (data, run_train(TrainConfig(data=data, epochs=8, batch_size=32,
+    return made_once(tmp_path_factory, lambda folder: (data, run_train(TrainConfig(data=data, epochs=8, batch_size=32,
                                                                             class_weight="balanced", experiment="test"))))
 
 

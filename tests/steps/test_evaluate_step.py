@@ -27,7 +27,7 @@ from stores import made_once, start_from
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory, ham_dir):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
-    return made_once(tmp_path_factory, lambda: (data, run_train(TrainConfig(data=data, epochs=4, batch_size=32,
+    return made_once(tmp_path_factory, lambda folder: (data, run_train(TrainConfig(data=data, epochs=4, batch_size=32,
                                                                             class_weight="balanced", experiment="test"))))
 
 

@@ -1,5 +1,5 @@
-"""The project files agree with the step table, and the CLI is generated from the
-configs (tests/system/test_entry_points.py runs each entry point as `mlflow run` does)."""
+"""The project files agree with the step table, and the CLI is generated from the configs
+(tests/system/test_entry_points.py runs main, attack, defend, promote and tune with `mlflow run`)."""
 
 import re
 import shlex

@@ -1,6 +1,6 @@
-"""Each entry point as a user or a scheduler starts it, in a child process: the CLI (bad input,
-`predict`), `mlflow run` of every MLproject entry point with its defaults, and a pipeline killed
-by SIGTERM and resumed. The same steps run in-process, faster, in tests/steps/."""
+"""Entry points as a user or a scheduler starts them, in a child process: the CLI (bad input,
+`predict`), `mlflow run` of main, attack, defend, promote and tune, and a pipeline killed by
+SIGTERM and resumed. The same steps run in-process, faster, in tests/steps/."""
 
 import signal
 import subprocess
@@ -28,7 +28,7 @@ NAME = "medrobust-small_cnn"
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory, ham_dir):
     data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40)
-    return made_once(tmp_path_factory, lambda: (data, run_train(TrainConfig(data=data, epochs=6, batch_size=32,
+    return made_once(tmp_path_factory, lambda folder: (data, run_train(TrainConfig(data=data, epochs=6, batch_size=32,
                                                                             class_weight="balanced", experiment="test"))))
 
 

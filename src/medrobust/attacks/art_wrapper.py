@@ -3,14 +3,18 @@
 import contextlib
 import random
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 from art.estimators.classification import TensorFlowV2Classifier
 
+if TYPE_CHECKING:
+    from .art_reference import _Compiled
 
-def as_art_classifier(model: "keras.Model") -> TensorFlowV2Classifier:
-    """Wrap a Keras model that takes [0, 1] images and outputs logits.
+
+def as_art_classifier(model: "keras.Model | _Compiled") -> TensorFlowV2Classifier:
+    """Wrap a Keras model (or its compiled forward pass) that takes [0, 1] images and outputs logits.
 
     The loss is categorical cross-entropy on logits; clip values (0, 1) make every ART attack
     keep images valid.

@@ -72,6 +72,8 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
             raise MlflowException(f"model_config output must be 'table' or one of the columns "
                                   f"{', '.join(RESPONSE_COLUMNS)}, got {self.output!r}", error_code=INVALID_PARAMETER_VALUE)
 
+    # No type hints here: MLflow reads predict's hints to validate and convert what is served,
+    # which would change the serving contract (docs/serving.md).
     def predict(self, context, model_input, params=None):
         from ..errors import DataError
         from ..predict import IMAGE_ROOT_ENV, predict_frame
