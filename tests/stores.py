@@ -44,3 +44,26 @@ def start_from(store, tmp_path):
     finally:
         source.close()
         copy.close()
+
+
+def shared_network(*, epochs: int, **data):
+    """The fixtures `trained_once` (module scope: small_cnn trained once on a real HAM10000 subset,
+    32 px, `data` as DataConfig settings, in a store of its own) and `trained` ((DataConfig,
+    TrainResult), the test tracking into a copy of that store). A module takes both:
+    `trained_once, trained = shared_network(epochs=6, per_class_limit=40)`."""
+    @pytest.fixture(scope="module")
+    def trained_once(tmp_path_factory, ham_dir):
+        from medrobust.config import DataConfig, TrainConfig
+        from medrobust.steps.train import run_train
+
+        config = DataConfig(path=str(ham_dir), image_size=32, **data)
+        return made_once(tmp_path_factory, lambda folder: (config, run_train(TrainConfig(
+            data=config, epochs=epochs, batch_size=32, class_weight="balanced", experiment="test"))))
+
+    @pytest.fixture
+    def trained(trained_once, tmp_path):
+        store, made = trained_once
+        start_from(store, tmp_path)
+        return made
+
+    return trained_once, trained

@@ -7,10 +7,6 @@ and keeps its traceback. Each class is also a ValueError, so callers that catch 
 """
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .steps.promote import PromoteResult
 
 
 class MedrobustError(ValueError):
@@ -52,7 +48,7 @@ class GateFailed(MedrobustError):
 
     exit_status = 1
 
-    def __init__(self, message: str, result: "PromoteResult | None" = None) -> None:
+    def __init__(self, message: str, result: object = None) -> None:
         super().__init__(message)
         self.result = result
 

@@ -4,26 +4,15 @@ import numpy as np
 import pytest
 
 from medrobust import tracking
-from medrobust.config import AttackConfig, DataConfig, TrainConfig
+from medrobust.config import AttackConfig, TrainConfig
 from medrobust.defenses import DefendedClassifier
 from medrobust.steps.attack import run_attack
 from medrobust.steps.train import run_train
 
-from stores import made_once, start_from
+from stores import shared_network
 
 
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory, ham_dir):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40)
-    return made_once(tmp_path_factory, lambda folder: (data, run_train(TrainConfig(data=data, epochs=6, batch_size=32,
-                                                                            class_weight="balanced", experiment="test"))))
-
-
-@pytest.fixture
-def trained(trained_once, tmp_path):
-    store, made = trained_once
-    start_from(store, tmp_path)
-    return made
+trained_once, trained = shared_network(epochs=6, per_class_limit=40)
 
 
 def test_fgsm_attack_run_logs_everything(trained):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from medrobust.attacks.art_wrapper import as_art_classifier, seeded_globals
-from medrobust.attacks.art_reference import _Compiled
+from medrobust.attacks.art_wrapper import CompiledForward
 from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, TrainConfig
 from medrobust.data import load_dataset, malignant_mask
 from medrobust.evaluation import Condition, ENSEMBLE, harm, measure, paired_difference, worst_predictions, worst_scores
@@ -161,7 +161,7 @@ def _art_autoattack(keras_model, x, y, eps):
     """ART's APGD-CE and APGD-DLR on the true labels (the first two members of ART's AutoAttack,
     40 iterations, 1 start each), each on what the other left: robust (N,) bool."""
     from art.attacks.evasion import AutoProjectedGradientDescent
-    classifier = as_art_classifier(_Compiled(keras_model))
+    classifier = as_art_classifier(CompiledForward(keras_model))
     y_hot = np.eye(7, dtype=np.float32)[y]
     x_adv = x.copy()
     robust = classifier.predict(x).argmax(axis=1) == y

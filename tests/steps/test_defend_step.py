@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from medrobust import tracking
-from medrobust.config import AttackConfig, DataConfig, DefendConfig, TrainConfig
+from medrobust.config import AttackConfig, DataConfig, DefendConfig
 from medrobust.data import CLASSES, load_dataset, stratified_subset
 from medrobust.defenses import DefendedClassifier, parse_spec
 from medrobust.errors import ConfigError
@@ -18,26 +18,14 @@ from medrobust.evaluation import by_condition, flat_metrics
 from medrobust.predict import RESPONSE_COLUMNS, predict_frame
 from medrobust.steps.attack import run_attack
 from medrobust.steps.defend import run_defend
-from medrobust.steps.train import run_train
 
-from stores import made_once, start_from
+from stores import shared_network
 
 EPS = 8 / 255  # large enough that FGSM clearly hurts the small test model
 
 
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory, ham_dir):
-    # 100 images a class and a 30 % test split: ~210 test images, enough for a margin to mean something.
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=100, fractions=(0.6, 0.1, 0.3))
-    return made_once(tmp_path_factory, lambda folder: (data, run_train(TrainConfig(data=data, epochs=8, batch_size=32,
-                                                                            class_weight="balanced", experiment="test"))))
-
-
-@pytest.fixture
-def trained(trained_once, tmp_path):
-    store, made = trained_once
-    start_from(store, tmp_path)
-    return made
+# 100 images a class and a 30 % test split: ~210 test images, enough for a margin to mean something.
+trained_once, trained = shared_network(epochs=8, per_class_limit=100, fractions=(0.6, 0.1, 0.3))
 
 
 def _defend(data, model, defense, **kw):

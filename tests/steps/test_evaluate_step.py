@@ -21,21 +21,10 @@ from medrobust.steps.evaluate import operating_threshold, run_evaluate, suite_co
 from medrobust.steps.promote import run_promote
 from medrobust.steps.train import run_train
 
-from stores import made_once, start_from
+from stores import shared_network
 
 
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory, ham_dir):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
-    return made_once(tmp_path_factory, lambda folder: (data, run_train(TrainConfig(data=data, epochs=4, batch_size=32,
-                                                                            class_weight="balanced", experiment="test"))))
-
-
-@pytest.fixture
-def trained(trained_once, tmp_path):
-    store, made = trained_once
-    start_from(store, tmp_path)
-    return made
+trained_once, trained = shared_network(epochs=4, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
 
 
 def _by_condition(records, model="target"):

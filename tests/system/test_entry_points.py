@@ -20,23 +20,20 @@ from medrobust.steps.pipeline import KEY_TAG, run_pipeline
 from medrobust.steps.train import run_train
 
 from small_pipeline import write_pipeline
-from stores import made_once, start_from
+from stores import shared_network
 
 NAME = "medrobust-small_cnn"
+TRAIN_THEN_ATTACK = """\
+     train:
+       step: train
+       with: {epochs: 1, alias: none}
+     attack:
+       step: attack
+       with: {model_uri: "${train}", method: fgsm}
+"""
 
 
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory, ham_dir):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40)
-    return made_once(tmp_path_factory, lambda folder: (data, run_train(TrainConfig(data=data, epochs=6, batch_size=32,
-                                                                            class_weight="balanced", experiment="test"))))
-
-
-@pytest.fixture
-def trained(trained_once, tmp_path):
-    store, made = trained_once
-    start_from(store, tmp_path)
-    return made
+trained_once, trained = shared_network(epochs=6, per_class_limit=40)
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path, child_env):
@@ -128,14 +125,7 @@ def test_mlflow_run_tune_with_only_data(small_ham, mlflow_project):
 
 
 def test_mlflow_run_main_is_the_pipeline_and_resumes_in_the_experiment_mlflow_run_chose(tmp_path, ham_dir, mlflow_project):
-    path = write_pipeline(tmp_path, """\
-     train:
-       step: train
-       with: {epochs: 1, alias: none}
-     attack:
-       step: attack
-       with: {model_uri: "${train}", method: fgsm}
-     """, data=ham_dir)
+    path = write_pipeline(tmp_path, TRAIN_THEN_ATTACK, data=ham_dir)
     for attempt in range(2):
         done = mlflow_project("main", {"file": str(path)})  # `mlflow run .`: the entry point main
         assert done.returncode == 0, done.stderr[-3000:]
@@ -173,13 +163,7 @@ def test_after_a_pipeline_that_trains_with_alias_baseline_the_attack_entry_point
 
 
 def test_a_pipeline_killed_after_its_second_step_resumes_without_redoing_them(tmp_path, ham_dir, child_env):
-    path = write_pipeline(tmp_path, """\
-     train:
-       step: train
-       with: {epochs: 1, alias: none}
-     attack:
-       step: attack
-       with: {model_uri: "${train}", method: fgsm}
+    path = write_pipeline(tmp_path, TRAIN_THEN_ATTACK + """\
      poison:
        step: poison
        with: {epochs: 20, patience: 0, poison_fractions: [0.5], register: false}

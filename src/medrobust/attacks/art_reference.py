@@ -1,18 +1,17 @@
 """ART's own implementations of the gradient attacks and of AutoAttack, kept as the independent
 check of ours (attacks/gradient.py, attacks/compiled.py, attacks/random_search.py): tests and
 benchmarks run both on the same images. ART calls its model eagerly at every step, so each is
-handed the model's forward pass compiled once (`_Compiled`)."""
+handed the model's forward pass compiled once (art_wrapper.CompiledForward)."""
 
 from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 from art.attacks.evasion import (AutoAttack, AutoProjectedGradientDescent, FastGradientMethod,
                                  ProjectedGradientDescent, SquareAttack)
 from art.attacks.evasion.auto_attack import run_attack
 
 from ..errors import ConfigError
-from .art_wrapper import as_art_classifier, seeded_globals
+from .art_wrapper import CompiledForward, as_art_classifier, seeded_globals
 from .budget import art_norm
 
 if TYPE_CHECKING:
@@ -27,20 +26,6 @@ def _art_y(classifier, y, target):
     """ART's y: the true labels one-hot (untargeted), or the target class for every image."""
     labels = np.full(len(y), target) if target is not None else y
     return _one_hot(labels, classifier.nb_classes)
-
-
-class _Compiled:
-    """A Keras model's inference forward pass as one compiled graph, for ART: ART calls its
-    model eagerly at every step, which costs most of an iteration on small inputs (APGD-CE on 8
-    images of 16 px: 4.1 s eager, 1.6 s compiled, the same images). Gradients flow through it
-    as through the model, BPDA layers included."""
-
-    def __init__(self, model):
-        self.input_shape, self.output_shape, self.name = model.input_shape, model.output_shape, model.name
-        self._forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
-
-    def __call__(self, images, training=False):
-        return self._forward(images)  # attacks never train: training is always False here
 
 
 def fgsm_art(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
@@ -75,7 +60,7 @@ def apgd_art(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, 
              batch_size: int = 128, seed: int = 0) -> np.ndarray:
     """ART's AutoProjectedGradientDescent on the cross-entropy (APGD-CE), true labels y or a
     target class; kept to check `apgd` against (tests/steps/test_counting.py, benchmarks)."""
-    classifier = as_art_classifier(_Compiled(model))
+    classifier = as_art_classifier(CompiledForward(model))
     attack = AutoProjectedGradientDescent(
         classifier, norm=art_norm(norm), eps=eps, eps_step=step_size or 2 * eps, max_iter=steps,
         targeted=target is not None, nb_random_init=restarts, batch_size=batch_size, loss_type="cross_entropy",
@@ -95,7 +80,7 @@ def square_art(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float
         raise ConfigError(f"attack square_art has no {norm} norm; it supports inf")
     if target is not None:
         raise ConfigError("attack square_art has no targeted mode here")
-    classifier = as_art_classifier(_Compiled(model))
+    classifier = as_art_classifier(CompiledForward(model))
     attack = SquareAttack(classifier, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=restarts, p_init=0.8,
                           batch_size=batch_size, verbose=False)
     with seeded_globals(seed):
@@ -114,7 +99,7 @@ def autoattack_art(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: f
     Square queries. Kept as an independent check of `autoattack`."""
     if target is not None:
         raise ConfigError("attack autoattack_art has no targeted mode")
-    classifier = as_art_classifier(_Compiled(model))
+    classifier = as_art_classifier(CompiledForward(model))
     ensemble = AutoAttack(classifier, norm=art_norm(norm), eps=eps, eps_step=2 * eps, batch_size=batch_size,
                           targeted=False).attacks
     x_adv = np.array(x, dtype=np.float32)

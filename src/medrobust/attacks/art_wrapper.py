@@ -1,19 +1,31 @@
-"""Our Keras networks as ART classifiers, and seeding for ART attacks that take no seed."""
+"""Our Keras networks as ART classifiers (their forward pass compiled once, for ART's attacks), and
+seeding for ART attacks that take no seed."""
 
 import contextlib
 import random
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
+import tensorflow as tf
 from art.estimators.classification import TensorFlowV2Classifier
 
-if TYPE_CHECKING:
-    from .art_reference import _Compiled
+
+class CompiledForward:
+    """A Keras model's inference forward pass as one compiled graph, for ART: ART calls its
+    model eagerly at every step, which costs most of an iteration on small inputs (APGD-CE on 8
+    images of 16 px: 4.1 s eager, 1.6 s compiled, the same images). Gradients flow through it
+    as through the model, BPDA layers included."""
+
+    def __init__(self, model: "keras.Model") -> None:
+        self.input_shape, self.output_shape, self.name = model.input_shape, model.output_shape, model.name
+        self._forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+
+    def __call__(self, images, training=False):
+        return self._forward(images)  # attacks never train: training is always False here
 
 
-def as_art_classifier(model: "keras.Model | _Compiled") -> TensorFlowV2Classifier:
+def as_art_classifier(model: "keras.Model | CompiledForward") -> TensorFlowV2Classifier:
     """Wrap a Keras model (or its compiled forward pass) that takes [0, 1] images and outputs logits.
 
     The loss is categorical cross-entropy on logits; clip values (0, 1) make every ART attack

@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -18,10 +18,19 @@ from .labels import CLASSES, HEALTH_MAPS, N_CLASSES, class_index, malignant_mask
 from .sources import DataError, Source, check_all_classes, fingerprint, open_source
 from .split import SPLITS, check_fractions, grouped_stratified_split, stratified_subset, subset_within_splits
 
-if TYPE_CHECKING:
-    from ..config import DataConfig
-
 log = logging.getLogger(__name__)
+
+
+class DataSettings(Protocol):
+    """What load_dataset reads of a config.DataConfig (config/ sits above data/, so data/ names
+    no config class)."""
+
+    path: str | None
+    image_size: int
+    fractions: tuple[float, float, float]
+    split_seed: int
+    per_class_limit: int | None
+    cache_dir: str | None
 
 __all__ = [
     "CLASSES", "HEALTH_MAPS", "N_CLASSES", "SPLITS", "DataError", "Dataset", "Source",
@@ -63,7 +72,7 @@ def resolve_data_path(path: Path | str | None, cache_dir: Path | str | None = No
     return download.dermamnist(Path(cache_dir) if cache_dir else default_cache_dir(), size=size)
 
 
-def load_dataset(config: "DataConfig", progress: bool = True, *, whole: bool = False) -> Dataset:
+def load_dataset(config: DataSettings, progress: bool = True, *, whole: bool = False) -> Dataset:
     """Read, subset, split, decode (or read from cache) and scale the data of a DataConfig.
 
     whole: every image goes to the test split (train and val empty) and a class may have no

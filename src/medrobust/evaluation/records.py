@@ -19,13 +19,7 @@ are `clean_*` and its attacked ones `adv_<attack>_<threat>_*`; another model's c
 import csv
 import io
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, TypedDict
-
-import numpy as np
-import pandas as pd
-
-if TYPE_CHECKING:
-    from .suite import Evaluation
+from typing import TypedDict
 
 FIELDS = ("model", "attack", "threat", "eps", "metric", "value")
 CLEAN = "none"  # the attack of a clean row
@@ -135,14 +129,3 @@ def read_records_csv(text: str) -> list[Record]:
         raise ValueError(f"expected the columns {', '.join(FIELDS)}, got {', '.join(reader.fieldnames or ())}")
     return [record(r["model"], r["attack"], r["threat"], float(r["eps"]), r["metric"], float(r["value"]))
             for r in reader]
-
-
-def per_image_csv(ids: np.ndarray, y: np.ndarray, evaluation: "Evaluation", model: str) -> str:
-    """CSV text: per image its id, true label, and the measured model's counted prediction on
-    the clean row and each ensemble row of `model` (columns `attack@threat@eps`): what a paired comparison
-    with another model's run on the same images needs (steps/report.py)."""
-    kept = [m for m in evaluation.measurements if m.model == model and (m.threat == "clean" or m.attack == ENSEMBLE)]
-    frame = pd.DataFrame({"image_id": ids, "label": y})
-    for m in kept:
-        frame[f"{m.attack}@{m.threat}@{float(m.eps)!r}"] = m.counted  # repr: eps read back exactly
-    return frame.to_csv(index=False)

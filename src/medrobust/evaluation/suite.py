@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from scipy import special
 
 from .. import attacks
@@ -262,3 +263,14 @@ def ensembles(evaluation: Evaluation) -> list[Measurement]:
 
 
 __all__ = ["ATTACKED", "Condition", "add_measurement", "Evaluation", "Measurement", "ensembles", "measure", "suite"]
+
+
+def per_image_csv(ids: np.ndarray, y: np.ndarray, evaluation: Evaluation, model: str) -> str:
+    """CSV text: per image its id, true label, and the measured model's counted prediction on
+    the clean row and each ensemble row of `model` (columns `attack@threat@eps`): what a paired comparison
+    with another model's run on the same images needs (steps/report.py)."""
+    kept = [m for m in evaluation.measurements if m.model == model and (m.threat == "clean" or m.attack == ENSEMBLE)]
+    frame = pd.DataFrame({"image_id": ids, "label": y})
+    for m in kept:
+        frame[f"{m.attack}@{m.threat}@{float(m.eps)!r}"] = m.counted  # repr: eps read back exactly
+    return frame.to_csv(index=False)

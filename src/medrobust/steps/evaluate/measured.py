@@ -17,10 +17,10 @@ from ...evaluation.adaptive import joint_pgd
 from ...evaluation.intervals import paired_difference
 from ...evaluation.operating_point import malignancy_score, operating_summary, roc
 from ...evaluation.certified import certified_curve, measure_certified
-from ...evaluation.records import CERTIFIED, CORRUPTION, MEAN, is_corruption, measured_apart, per_image_csv
+from ...evaluation.records import CERTIFIED, CORRUPTION, MEAN, is_corruption, measured_apart
 from ...evaluation.report import condition_label, format_eps, headline, render_html, rows, security_curves
 from ...evaluation.shift import corruption_grid, corruption_summary, measure_corruptions
-from ...evaluation.suite import add_measurement, ensembles
+from ...evaluation.suite import add_measurement, ensembles, per_image_csv
 from .conditions import MODEL, SURROGATE, corruption_names, suite_conditions, wants_corruptions
 
 if TYPE_CHECKING:
