@@ -14,6 +14,7 @@ Every problem raises DataError naming the file and, where there is one, the CSV 
 """
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,12 +99,22 @@ def _line(row_position):
 
 
 def _index_images(folder):
-    """{stem: path} for every image file up to two folders below `folder`."""
-    index = {}
-    for pattern in ("*", "*/*", "*/*/*"):
-        for p in folder.glob(pattern):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                index.setdefault(p.stem, p)
+    """{stem: path} for every image file up to two folders below `folder`, the shallower first.
+    Made on every load; os.scandir rather than Path.glob, whose Path objects for HAM10000's
+    10,015 files cost about five times as much."""
+    index, level = {}, [str(folder)]
+    for _ in range(3):
+        below = []
+        for directory in level:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        below.append(entry.path)
+                        continue
+                    stem, suffix = os.path.splitext(entry.name)
+                    if suffix.lower() in IMAGE_SUFFIXES:
+                        index.setdefault(stem, entry.path)
+        level = below
     return index
 
 
@@ -129,7 +140,7 @@ def _attach_files(csv, folder, records):
                 f"{csv}: line {_line(pos)}: image {image_id} is listed but no {image_id}.jpg/.png "
                 f"exists under {folder}"
             )
-        files.append(str(index[image_id]))
+        files.append(index[image_id])
     records["file"] = files
     return records
 
