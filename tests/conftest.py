@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from stores import STORE, image_cache, made_once
+from stores import STORE, empty_store, image_cache, made_once, start_empty
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,9 @@ def ham_metadata(ham_dir):
 
 @pytest.fixture(autouse=True)
 def isolated_stores(tmp_path, monkeypatch, tmp_path_factory):
-    """Each test tracks into its own SQLite store; decoded images share one session cache."""
+    """Each test tracks into its own SQLite store (a copy of an empty one, made once per worker);
+    decoded images share one session cache."""
+    start_empty(empty_store(tmp_path_factory), tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / STORE}")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))

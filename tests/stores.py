@@ -16,12 +16,36 @@ def image_cache(tmp_path_factory):
     return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "image-cache"
 
 
+def empty_store(tmp_path_factory):
+    """An SQLite tracking store with MLflow's tables made, once per worker: creating them (the
+    schema's migrations) takes MLflow over a second, paid by every test that tracks; copying this
+    one (`start_empty`) takes milliseconds."""
+    folder = tmp_path_factory.getbasetemp() / "empty-store"
+    if not (folder / STORE).exists():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        folder.mkdir(exist_ok=True)
+        SqlAlchemyStore(f"sqlite:///{folder / STORE}", str(folder / "mlruns")).engine.dispose()
+    return folder / STORE
+
+
+def start_empty(store, folder):
+    """Make a copy of `empty_store` the store in `folder`, as MLflow would have made it there: its
+    Default experiment keeps its artifacts in `folder`/mlruns/0, not in the original's folder."""
+    start_from(store, folder)
+    with sqlite3.connect(folder / STORE) as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   (str(folder / "mlruns" / "0"),))
+    db.close()
+
+
 def made_once(tmp_path_factory, make):
     """(SQLite file, make(folder)): make run once, in a folder of its own and tracking into a store
     there; for a module-scoped fixture that trains the network its tests share (training it per
     test cost minutes of the suite). A test then starts from a copy of that store (`start_from`),
     so what it adds stays its own."""
     folder = tmp_path_factory.mktemp("made-once")
+    start_empty(empty_store(tmp_path_factory), folder)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / STORE}")
         patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
@@ -33,12 +57,11 @@ def made_once(tmp_path_factory, make):
     return folder / STORE, made
 
 
-def start_from(store, tmp_path):
-    """Make `store` this test's own store (isolated_stores' file in tmp_path), before the test opens
-    it. Runs, registered versions and aliases come along; artifacts stay in the made-once folder,
+def start_from(store, folder):
+    """Make a copy of `store` the store in `folder` (a test's tmp_path), before the test opens it. Runs, registered versions and aliases come along; artifacts stay in the made-once folder,
     and a test's new runs of an experiment made there write theirs there too, each under its own
     run id: a test must not delete artifacts it did not log."""
-    source, copy = sqlite3.connect(store), sqlite3.connect(tmp_path / STORE)
+    source, copy = sqlite3.connect(store), sqlite3.connect(folder / STORE)
     try:
         source.backup(copy)  # consistent even if SQLite kept part of it in a journal
     finally:
