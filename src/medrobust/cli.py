@@ -9,15 +9,13 @@ one set of types, defaults and checks. Nothing else happens here.
 
 import argparse
 import logging
-import os
-import signal
 import sys
-import threading
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, Field, fields, is_dataclass
 from typing import Any
 
+from . import stopping
 from .config import Settings, non_empty
 from .errors import GateFailed, MedrobustError
 from .steps import STEPS
@@ -120,59 +118,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     console.configure(verbose)
     step = STEPS[command]
-    # SIGTERM (a scheduler, `timeout`, a container stop) unwinds like Ctrl-C: every open run
-    # is ended KILLED and nothing half-done is registered.
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM stops at the next checkpoint and unwinds like Ctrl-C (stopping.py): every open
+    # run is ended KILLED and nothing half-done is registered.
     try:
-        step.run(step.config.from_dict(args))
+        with stopping.stop_on_sigterm():
+            step.run(step.config.from_dict(args))
     except MedrobustError as e:
         # Expected: bad input. One line naming the file, row, parameter or URI; no traceback.
         log.error("medrobust %s: %s: %s", command, "failed" if isinstance(e, GateFailed) else "error", e)
         return getattr(e, "exit_status", 2)
     except KeyboardInterrupt as e:
         log.error("medrobust %s: stopped (%s); its runs are marked KILLED", command, str(e) or "interrupted")
-        return 143 if isinstance(e, Terminated) else 130  # 128 + the signal, as shells report it
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return 143 if isinstance(e, stopping.Terminated) else 130  # 128 + the signal, as shells report it
     return 0
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that context managers close their runs."""
-
-
-def _terminate(signum, frame):
-    if frame is not None and _must_not_be_interrupted(frame):
-        # Raised inside a finalizer, Python prints and drops the exception (seen in CI: a
-        # pipeline ran on after SIGTERM); raised inside a database call, it leaves SQLAlchemy
-        # closing a half-read cursor and printing a traceback (seen in CI), or a half-written
-        # row. Deliver it again once that call has returned.
-        _send_again(signum)
-        return
-    raise Terminated("SIGTERM")
-
-
-# Code that a signal must not interrupt: finalizers, and the tracking store's database driver.
-_UNINTERRUPTIBLE_FILES = ("weakref.py", "_weakrefset.py")
-_UNINTERRUPTIBLE_PACKAGES = ("/sqlalchemy/", "/sqlite3/", "/psycopg2/", "/alembic/")
-
-
-def _must_not_be_interrupted(frame):
-    """True when `frame` or any frame that called it is a finalizer or a database call."""
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "__del__" or code.co_filename.endswith(_UNINTERRUPTIBLE_FILES):
-            return True
-        if any(part in code.co_filename for part in _UNINTERRUPTIBLE_PACKAGES):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _send_again(signum, delay=0.05):
-    timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
-    timer.daemon = True
-    timer.start()
 
 
 if __name__ == "__main__":

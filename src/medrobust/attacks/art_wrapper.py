@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from art.estimators.classification import TensorFlowV2Classifier
 
+from .. import stopping
+
 
 class CompiledForward:
     """A Keras model's inference forward pass as one compiled graph, for ART: ART calls its
@@ -22,6 +24,7 @@ class CompiledForward:
         self._forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
 
     def __call__(self, images, training=False):
+        stopping.checkpoint()  # ART's attacks call the network at every step; SIGTERM stops them there
         return self._forward(images)  # attacks never train: training is always False here
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
+from .. import stopping
 from ..errors import ConfigError
 from ..models.training import predict_logits
 
@@ -150,6 +151,7 @@ def _run_batch(fns, x, labels, targets, *, eps, steps, step_size, momentum, adap
     marks = dict(checkpoints(steps)) if adaptive else {}
     best_at_check, reduced_at_check = loss.numpy(), np.ones(n, bool)
     for i in range(1, steps + 1):
+        stopping.checkpoint()
         m = tf.constant(1.0 if (i == 1 or not adaptive) else momentum, tf.float32)
         x_adv, x_prev, grad, loss, best, loss_best, found, fooled_at, better = step(
             x_t, x_adv, x_prev, grad, tf.constant(sizes), m, eps_t, labels_t, targets_t, best, loss_best, found,

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .. import stopping
 from ..data import malignant_mask
 from ..errors import ConfigError
 from . import compiled
@@ -62,6 +63,7 @@ def fgsm(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm
     labels = np.full(len(x), target) if target is not None else np.asarray(y)
     out = np.empty_like(x)
     for i in range(0, len(x), batch_size):
+        stopping.checkpoint()
         out[i:i + batch_size] = step(tf.constant(x[i:i + batch_size]), tf.constant(eps, tf.float32),
                                      tf.constant(labels[i:i + batch_size], tf.int32)).numpy()
     return out
@@ -129,6 +131,7 @@ def cw_pgd(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, no
             start = np.clip(start + rng.uniform(-eps, eps, size=start.shape).astype(np.float32), 0, 1)
         xb = tf.constant(start)
         for _ in range(steps):
+            stopping.checkpoint()
             xb = step(xb, x0, tf.constant(eps, tf.float32), alpha, labels)
         out[i:i + batch_size] = xb.numpy()
     return out

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
+from .. import stopping
+
 if TYPE_CHECKING:
     import keras
 
@@ -43,6 +45,7 @@ def _search(forward, x, labels, *, eps, queries, p_init, rng):
     best = np.clip(x + eps * rng.choice([-1.0, 1.0], size=(n, 1, w, c)), 0.0, 1.0).astype(np.float32)
     margin = _margins(forward, best, labels)
     for iteration in range(queries - 1):
+        stopping.checkpoint()
         active = np.flatnonzero(margin > 0)
         if not len(active):
             break

@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 from art.attacks.evasion import UniversalPerturbation
 
+from .. import stopping
 from ..errors import ConfigError
 from ..models.training import predict_logits
 from .art_wrapper import as_art_classifier, seeded_globals
@@ -88,6 +89,7 @@ def uap_fast(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, 
     order = rng.permutation(len(x))
     cursor = 0
     for step in range(1, max_steps + 1):
+        stopping.checkpoint()
         if cursor + batch_size > len(order):
             order, cursor = rng.permutation(len(x)), 0
         idx = order[cursor:cursor + batch_size]

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import attacks
+from .. import stopping
 from ..config import DefendConfig, TrainConfig
 from ..errors import ConfigError
 from ..models.training import check_finite, class_weights, fit, optimizer, training_dataset
@@ -122,6 +123,7 @@ def train_on_the_fly(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_c
     for epoch in range(epochs):
         total = 0.0
         for _ in range(steps):
+            stopping.checkpoint()
             xb, yb = next(batches)
             total += float(train_step(xb, tf.cast(yb, tf.int32)))
         history["loss"].append(total / steps)

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from scipy import stats
 
+from .. import stopping
 from ..config import DefendConfig, TrainConfig
 from ..models.training import fit
 from .spec import Hooks, training_config
@@ -54,6 +55,7 @@ def vote_counts(classify: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, 
     counts = None
     per_batch = max(1, batch_size // samples)
     for start in range(0, len(x), per_batch):
+        stopping.checkpoint()
         chunk = x[start:start + per_batch]
         noise = np.concatenate([np.random.default_rng(s).normal(0.0, sigma, size=(samples, *chunk.shape[1:]))
                                 for s in seeds[start:start + per_batch]]).astype(np.float32)

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .. import stopping
 from ..defenses.transforms import TRANSFORMS
 from ..errors import ConfigError
 from ..attacks.budget import apply_budget, check_norm
@@ -140,6 +141,7 @@ def joint_pgd(model: keras.Model, detector: keras.Model, x: np.ndarray, *, y: np
         best = x_adv.numpy()
         best_level = np.full(len(best), -1)
         for k in range(steps + 1):
+            stopping.checkpoint()
             if k < steps:
                 x_next, fooled, passed = step(x_clean, x_adv, labels)
             else:

@@ -10,7 +10,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from .. import metrics
+from .. import metrics, stopping
 from ..config import CLASS_WEIGHTS, TrainConfig
 from ..errors import ConfigError, TrainingError
 from .zoo import backbone
@@ -142,6 +142,14 @@ class StopOnNonFinite(keras.callbacks.Callback):
         check_finite(self.model, float((logs or {}).get("loss", 0.0)), f"{self.phase} epoch {epoch + 1}")
 
 
+class StopOnRequest(keras.callbacks.Callback):
+    """Stops training after the batch in which SIGTERM arrived (stopping.py), not at the end of
+    an epoch, which at 224 px on a CPU lasts minutes."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        stopping.checkpoint()
+
+
 class EpochHook(keras.callbacks.Callback):
     def __init__(self, fn, offset=0):
         super().__init__()
@@ -212,7 +220,8 @@ def fit(model: "keras.Model", x_train: np.ndarray, y_train: np.ndarray, x_val: n
         if base is not None:
             base.trainable = base_trainable
         _compile(model, lr, epochs * steps, loss, weight_decay=config.weight_decay)
-        callbacks = [StopOnNonFinite(name), ValidationMetrics(x_val, y_val, n_classes), EpochLog(name, epochs)]
+        callbacks = [StopOnRequest(), StopOnNonFinite(name), ValidationMetrics(x_val, y_val, n_classes),
+                     EpochLog(name, epochs)]
         stopper = None
         if name != "head" and config.patience:  # patience 0: every epoch, the last weights kept
             stopper = keras.callbacks.EarlyStopping(monitor="val_macro_recall", mode="max", patience=config.patience,

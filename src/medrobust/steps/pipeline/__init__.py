@@ -40,6 +40,7 @@ from ... import tracking
 from ...config import PipelineConfig, flatten
 from ...errors import GateFailed
 from .. import STEPS
+from ... import stopping
 from .cache import KEY_TAG, NAME_TAG, OUTPUT_TAG, _finished, _reuse, code_identity, instance_key, moving_inputs, plan
 from .instances import build_config, check, expand
 from .spec import parse, split_overrides
@@ -72,6 +73,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         tracking.log_params(flatten(config) | {f"code.{k}": v for k, v in code.items()})
         tracking.log_text(Path(config.file).read_text(encoding="utf-8"), f"pipeline/{Path(config.file).name}")
         for n, instance in enumerate(instances, 1):
+            stopping.checkpoint()
             step = STEPS[instance.spec.step]
             step_config = build_config(instance, config)
             instance.key = instance_key(step.name, step_config, [u.run_id for u in instance.upstream], code,
