@@ -45,6 +45,7 @@ bench: install
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_attacks.py
 	$(PY) benchmarks/bench_defenses.py
+	$(PY) benchmarks/bench_tracing.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlflow.db.lock mlruns mlartifacts
