@@ -25,7 +25,9 @@ def empty_store(tmp_path_factory):
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
         folder.mkdir(exist_ok=True)
-        SqlAlchemyStore(f"sqlite:///{folder / STORE}", str(folder / "mlruns")).engine.dispose()
+        partial = folder / f"{STORE}.partial"  # renamed once whole: a failed start leaves no half-made store
+        SqlAlchemyStore(f"sqlite:///{partial}", str(folder / "mlruns")).engine.dispose()
+        partial.rename(folder / STORE)
     return folder / STORE
 
 

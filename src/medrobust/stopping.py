@@ -1,14 +1,16 @@
 """SIGTERM (a scheduler, `timeout`, a container stop) as a request to stop.
 
-The handler only sets a flag. The program stops at its next checkpoint, in its own code: between
-pipeline steps and tune trials, after each training batch, at each iteration of an attack and
-each call an ART attack makes of a network, in each chunk a defense transforms. There it raises
+The handler only sets a flag. The program stops at its next checkpoint, in its own code: before
+each training batch, at each iteration of our attacks, at each call an ART attack makes of its
+classifier, per vote chunk of randomized smoothing, per image chunk decoded, before a run is
+opened or a version registered, between pipeline steps and between tune trials. There it raises
 `Terminated`, which unwinds like Ctrl-C: every open run is ended KILLED and nothing half-done is
 registered. An exception raised by the handler itself landed wherever the program was, inside
 a database call (SQLAlchemy left a half-read cursor) or a finalizer (Python dropped it, and a
-pipeline ran on), both seen in CI. The checkpoints are at most a training batch or an attack
-iteration apart, well inside a scheduler's grace period (Kubernetes: 30 s). A second SIGTERM
-stops at once.
+pipeline ran on), both seen in CI. A second SIGTERM stops at once. Not yet checked: the
+corruption loop of `evaluate --suites corruptions` and ART's certification of a smoothed model
+(seconds at `make run`'s sizes, minutes at 224 px), and a validation pass after an epoch; a
+SIGTERM that arrives after a step's last checkpoint lets it finish (exit status 0).
 
 The flag is the one piece of state outside the configuration: a signal is the whole process's.
 """

@@ -170,7 +170,7 @@ def test_a_promote_waits_for_a_live_lock_and_then_names_its_holder(small_ham, mo
 
 
 def test_an_interrupt_between_the_alias_moves_is_undone_at_once(monkeypatch):
-    """SIGTERM (a KeyboardInterrupt here) between @robust and @previous: the move is put back
+    """Ctrl-C (a KeyboardInterrupt here) between @robust and @previous: the move is put back
     before the command stops, and the lock is released."""
     from mlflow.tracking import MlflowClient
 

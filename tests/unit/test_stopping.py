@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import sqlalchemy
 
-from medrobust import stopping
+from medrobust import stopping, tracking
 from medrobust.attacks import gradient
-from medrobust.attacks.art_wrapper import CompiledForward
+from medrobust.attacks.art_reference import square_art
+from medrobust.attacks.art_wrapper import CompiledForward, as_art_classifier
+from medrobust.data.images import decode_files
 from medrobust.config import DataConfig, TrainConfig
 from medrobust.models import create_model
 from medrobust.models.training import fit
@@ -69,16 +71,36 @@ def test_training_stops_at_the_batch_after_sigterm_not_after_its_epochs():
     assert epochs == [0]
 
 
-def test_attacks_stop_at_their_next_iteration_and_arts_at_its_next_call_of_the_network():
+def test_attacks_stop_at_their_next_iteration_and_arts_at_their_next_call_of_the_classifier():
     rng = np.random.default_rng(0)
     x, y = rng.random((8, 16, 16, 3), dtype=np.float32), np.arange(8) % 7
     model = create_model("small_cnn", (16, 16, 3), 7)
-    forward = CompiledForward(model)
+    classifier = as_art_classifier(CompiledForward(model))
     with stopping.stop_on_sigterm():
-        assert forward(x).shape == (8, 7)
+        assert classifier.predict(x).shape == (8, 7)  # traced here: later calls run ART's graph, not our code
         _sigterm()
-        for attack in (gradient.fgsm, gradient.pgd, gradient.apgd, gradient.cw_pgd, gradient.square):
+        for attack in (gradient.fgsm, gradient.pgd, gradient.apgd, gradient.cw_pgd, gradient.square, square_art):
             with pytest.raises(stopping.Terminated):
                 attack(model, x, y=y, eps=2 / 255)
+        for call in (classifier.predict, lambda z: classifier.loss_gradient(z, np.eye(7)[y]),
+                     lambda z: classifier.class_gradient(z, label=0)):
+            with pytest.raises(stopping.Terminated):
+                call(x)
+
+
+def test_no_run_is_opened_and_nothing_registered_after_sigterm():
+    with stopping.stop_on_sigterm():
+        _sigterm()
+        with pytest.raises(stopping.Terminated), tracking.run("stopped"):
+            pass
         with pytest.raises(stopping.Terminated):
-            forward(x)
+            tracking.register_model("runs:/0123/model", "never")
+    assert tracking.search_runs("stopped") == [] and tracking.model_versions("never") == []
+
+
+def test_decoding_stops_at_the_next_image(ham_metadata, ham_dir):
+    files = [ham_dir / "images" / f"{i}.jpg" for i in ham_metadata.image_id[:400]]
+    with stopping.stop_on_sigterm():
+        _sigterm()
+        with pytest.raises(stopping.Terminated):
+            decode_files(files, 32, progress=False)

@@ -24,8 +24,24 @@ class CompiledForward:
         self._forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
 
     def __call__(self, images, training=False):
-        stopping.checkpoint()  # ART's attacks call the network at every step; SIGTERM stops them there
         return self._forward(images)  # attacks never train: training is always False here
+
+
+class _StoppableClassifier(TensorFlowV2Classifier):
+    """ART's classifier, with SIGTERM's checkpoint (stopping.py) at each call an attack makes of
+    it: ART's attacks loop inside ART, where no checkpoint of ours is."""
+
+    def predict(self, x, *args, **kwargs):
+        stopping.checkpoint()
+        return super().predict(x, *args, **kwargs)
+
+    def loss_gradient(self, x, y, *args, **kwargs):
+        stopping.checkpoint()
+        return super().loss_gradient(x, y, *args, **kwargs)
+
+    def class_gradient(self, x, *args, **kwargs):
+        stopping.checkpoint()
+        return super().class_gradient(x, *args, **kwargs)
 
 
 def as_art_classifier(model: "keras.Model | CompiledForward") -> TensorFlowV2Classifier:
@@ -34,7 +50,7 @@ def as_art_classifier(model: "keras.Model | CompiledForward") -> TensorFlowV2Cla
     The loss is categorical cross-entropy on logits; clip values (0, 1) make every ART attack
     keep images valid.
     """
-    return TensorFlowV2Classifier(
+    return _StoppableClassifier(
         model=model,
         nb_classes=int(model.output_shape[-1]),
         input_shape=tuple(model.input_shape[1:]),

@@ -21,6 +21,7 @@ import PIL
 import simplejpeg
 from PIL import Image
 
+from .. import stopping
 from ..console import progress as progress_bar
 from .sources import DataError, Source, load_medmnist_arrays
 
@@ -112,8 +113,13 @@ def decode_files(files: Sequence[Path | str], size: int, workers: int | None = N
 
     bar = progress_bar(total=len(files), desc=f"decode {size}px", unit="img", enabled=progress)
     with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(work, range(len(files)), chunksize=64):
-            bar.update()
+        try:
+            for _ in pool.map(work, range(len(files)), chunksize=64):
+                stopping.checkpoint()  # decoding all of HAM10000 at 224 px takes a while
+                bar.update()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # else leaving the block waits for every image
+            raise
     bar.close()
     if errors:
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""

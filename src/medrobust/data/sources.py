@@ -101,19 +101,23 @@ def _line(row_position):
 def _index_images(folder):
     """{stem: path} for every image file up to two folders below `folder`, the shallower first.
     Made on every load; os.scandir rather than Path.glob, whose Path objects for HAM10000's
-    10,015 files cost about five times as much."""
+    10,015 files cost about twice as much. An unreadable folder is skipped, as Path.glob skips
+    it: an image listed there is then named as missing."""
     index, level = {}, [str(folder)]
     for _ in range(3):
         below = []
         for directory in level:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.is_dir():
-                        below.append(entry.path)
-                        continue
-                    stem, suffix = os.path.splitext(entry.name)
-                    if suffix.lower() in IMAGE_SUFFIXES:
-                        index.setdefault(stem, entry.path)
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir():
+                    below.append(entry.path)
+                    continue
+                stem, suffix = os.path.splitext(entry.name)
+                if suffix.lower() in IMAGE_SUFFIXES:
+                    index.setdefault(stem, entry.path)
         level = below
     return index
 

@@ -143,10 +143,11 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 class StopOnRequest(keras.callbacks.Callback):
-    """Stops training after the batch in which SIGTERM arrived (stopping.py), not at the end of
-    an epoch, which at 224 px on a CPU lasts minutes."""
+    """Stops training before the batch after SIGTERM (stopping.py), not at the end of an epoch,
+    which at 224 px on a CPU lasts minutes. At a batch's beginning, not its end: a batch-end hook
+    makes Keras wait for every batch's figures."""
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+    def on_train_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
         stopping.checkpoint()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from .. import stopping
 from ..errors import ConfigError
 from .process import HOST_TAG, PID_TAG, SINCE_TAG, gone, this_process
 from .store import configure
@@ -26,6 +27,7 @@ def register_model(model_uri: str, name: str, tags: Mapping[str, object] | None 
     given, point `alias` (e.g. candidate) at it; returns the version. The version @alias held
     before is recorded on the new one (REPLACED_TAG), so that deleting the new version, should
     its run fail, gives the alias back."""
+    stopping.checkpoint()  # SIGTERM during a step's last evaluation: its run ends KILLED, nothing registered
     client = MlflowClient()
     tags = {k: str(v) for k, v in (tags or {}).items()}
     if alias:

@@ -15,6 +15,7 @@ import numpy as np
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
+from .. import stopping
 from ..errors import Stopped
 from . import registry
 from .process import HOST_TAG, PID_TAG, gone, this_process
@@ -39,12 +40,13 @@ def run(experiment: str, run_name: str | None = None, tags: dict[str, str] | Non
       steps opens one run itself (run_baseline) and nests the steps in it.
     - Otherwise a new top-level run in `experiment`.
 
-    An exception inside marks the run FAILED (KILLED for an interrupt: Ctrl-C, or SIGTERM as the
-    CLI turns it into one, and for errors.Stopped: a pruned trial), tags it with the reason (`medrobust.error`) and propagates, so
+    An exception inside marks the run FAILED (KILLED for an interrupt: Ctrl-C, or SIGTERM at a
+    checkpoint (stopping.py), and for errors.Stopped: a pruned trial), tags it with the reason (`medrobust.error`) and propagates, so
     nothing after the failure, registration included, happens; a version it registered before
     the failure is deleted. Before a top-level run starts, the store is recovered from killed
     processes (recover_store).
     """
+    stopping.checkpoint()  # SIGTERM before a step opened its run: no run is made
     configure()
     parent = mlflow.active_run()
     if parent is None:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from ... import attacks, tracking
+from ... import attacks, stopping, tracking
 from ...config import AttackConfig, DefendConfig, EvaluateConfig, PoisonConfig, TrainConfig, TuneConfig
 from ...defenses import parse_spec
 from ...errors import ConfigError, MedrobustError, Stopped
@@ -49,8 +49,15 @@ def optimize(config: TuneConfig, study: optuna.Study, objective: Callable[[optun
              context: dict[str, Any]) -> dict[str, Any]:
     """Run config.n_trials trials with the study's sampler (heartbeats on); a trial that fails on
     bad input or diverges is a failed trial, not a failed study. Returns the summary so far."""
-    study.optimize(objective, n_trials=config.n_trials, timeout=config.timeout, catch=(MedrobustError,))
+    study.optimize(objective, n_trials=config.n_trials, timeout=config.timeout, catch=(MedrobustError,),
+                   callbacks=[_stop_between_trials])
     return context
+
+
+def _stop_between_trials(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """SIGTERM during a trial stops it inside; between trials, here, before the next is asked
+    for (checked inside the objective, it would leave a failed trial with no parameters)."""
+    stopping.checkpoint()
 
 
 def eps_grid(config: TuneConfig) -> list[float]:
@@ -89,6 +96,7 @@ def bisect(config: TuneConfig, study: optuna.Study, objective: Callable[[optuna.
     def measure(i):
         nonlocal spent
         while i not in known:
+            stopping.checkpoint()  # before the next trial is asked for, as _stop_between_trials
             study.enqueue_trial({"eps_index": i + 1})
             trial = study.ask()  # may be another waiting trial (a retry): it is measured and kept too
             try:

@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ... import plots, stopping, tracking
+from ... import plots, tracking
 from ...config import TuneConfig, flatten
 from ...errors import ConfigError
 from .objectives import OBJECTIVES, Pruned, constraint
@@ -93,7 +93,6 @@ def _record_failed(trial):
 def _trial_run(config, study, run_trial):
     """Optuna's objective: one nested MLflow run per trial, its state tagged as Optuna's."""
     def objective(trial):
-        stopping.checkpoint()  # SIGTERM between trials: no run is opened for the next one
         tags = {"medrobust.step": "tune-trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number)}
         try:
             with tracking.run(config.experiment, run_name=f"trial {trial.number}", tags=tags):
