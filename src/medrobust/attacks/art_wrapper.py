@@ -11,6 +11,7 @@ import tensorflow as tf
 from art.estimators.classification import TensorFlowV2Classifier
 
 from .. import stopping
+from . import tracing
 
 
 class CompiledForward:
@@ -21,10 +22,11 @@ class CompiledForward:
 
     def __init__(self, model: "keras.Model") -> None:
         self.input_shape, self.output_shape, self.name = model.input_shape, model.output_shape, model.name
-        self._forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+        self._forward = tracing.forward(model)
 
     def __call__(self, images, training=False):
-        return self._forward(images)  # attacks never train: training is always False here
+        # attacks never train: training is always False here. ART hands numpy arrays of its own dtype.
+        return self._forward(tf.cast(images, tf.float32))
 
 
 class _StoppableClassifier(TensorFlowV2Classifier):

@@ -15,6 +15,7 @@ Every loss is per image, (logits (N, K), labels (N,), targets (N,)) -> (N,), and
 the rest, which moves the summed probability of those classes directly.
 """
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import tensorflow as tf
 from .. import stopping
 from ..errors import ConfigError
 from ..models.training import predict_logits
+from . import tracing
 
 if TYPE_CHECKING:
     import keras
@@ -53,8 +55,14 @@ def dlr_targeted_loss(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) 
 
 def margin_loss(mask: np.ndarray) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
     """A loss raising log P(classes in `mask`) - log P(the others), per image: mask bool (K,).
-    With mask = the benign classes it lowers the malignancy score of every image it attacks."""
-    mask = tf.constant(np.asarray(mask, dtype=bool))
+    With mask = the benign classes it lowers the malignancy score of every image it attacks.
+    The same function for the same mask, so that its compiled steps are reused (`trace`)."""
+    return _margin_loss(tuple(bool(b) for b in np.asarray(mask, dtype=bool)))
+
+
+@functools.cache
+def _margin_loss(mask):
+    mask = tf.constant(mask)
 
     def loss(logits, labels, targets):
         inside = tf.reduce_logsumexp(tf.where(mask, logits, -_BIG), axis=1)
@@ -72,7 +80,8 @@ def _fooled(logits, labels):
 
 
 def _compiled(model, loss_fn):
-    """(gradient, step): compiled functions of one model and one loss."""
+    """(gradient, step): compiled functions of one model and one loss, for a batch of any size."""
+    batch, per_image, labels = tracing.images(model), tracing.per_image(), tracing.per_image(tf.int32)
 
     def forward_backward(x_adv, labels, targets):
         with tf.GradientTape() as tape:
@@ -82,11 +91,12 @@ def _compiled(model, loss_fn):
             total = tf.reduce_sum(loss)  # per-image losses: their sum's gradient is each image's own
         return logits, loss, tape.gradient(total, x_adv)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[batch, labels, labels])
     def gradient(x_adv, labels, targets):
         return forward_backward(x_adv, labels, targets)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[batch, batch, batch, batch, per_image, tracing.SCALAR, tracing.SCALAR, labels, labels,
+                                  batch, per_image, tracing.per_image(tf.bool), batch])
     def step(x, x_adv, x_prev, grad, step_size, momentum, eps, labels, targets, best, loss_best, found, fooled_at):
         """One APGD iteration (PGD when momentum is 1): the signed step, projection, momentum,
         then the loss and gradient at the new point and the bookkeeping of the best points."""
@@ -108,8 +118,9 @@ def _compiled(model, loss_fn):
 def trace(model: "keras.Model",
           loss: str | Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]) -> tuple[Callable, Callable]:
     """The compiled (gradient, step) functions of `model` and `loss` (a LOSSES name or a loss
-    function), for `run(..., traced=)`."""
-    return _compiled(model, LOSSES[loss] if isinstance(loss, str) else loss)
+    function), made once per model and loss (attacks/tracing.py)."""
+    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+    return tracing.per_network(model, ("apgd", loss_fn), lambda network: _compiled(network, loss_fn))
 
 
 def checkpoints(steps: int) -> list[tuple[int, int]]:
@@ -180,8 +191,8 @@ def _run_batch(fns, x, labels, targets, *, eps, steps, step_size, momentum, adap
 def run(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, eps: float,
         loss: str | Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor] = "ce", targets: np.ndarray | None = None,
         steps: int = 100, restarts: int = 1, step_size: float | None = None, adaptive: bool = True,
-        momentum: float = 0.75, random_start: bool = True, batch_size: int = 128, seed: int = 0, keep: str = "fooled",
-        traced: tuple[Callable, Callable] | None = None) -> np.ndarray:
+        momentum: float = 0.75, random_start: bool = True, batch_size: int = 128, seed: int = 0,
+        keep: str = "fooled") -> np.ndarray:
     """APGD (adaptive=True, Croce & Hein 2020) or PGD with `restarts` random starts, L-inf.
 
     model: Keras, [0, 1] images in, logits out; x: (N, H, W, 3) float32; labels: (N,) the
@@ -192,19 +203,16 @@ def run(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, eps: float,
     the point of highest loss; a later restart runs only on images not yet fooled); "loss"
     returns the point of highest loss over every restart (for losses whose goal is not a
     change of class, such as the health margin). Random starts are drawn with `seed`.
-    traced: `trace(model, loss)` made once and reused by a caller that runs several attacks with
-    one model and loss (APGD-T's targets), so TensorFlow traces them once.
     """
     if keep not in ("fooled", "loss"):
         raise ConfigError(f"keep must be 'fooled' or 'loss', got {keep!r}")
     if restarts < 1 or steps < 1:
         raise ConfigError(f"steps and restarts must be at least 1, got {steps} and {restarts}")
-    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     x = np.asarray(x, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int32)
     targets = labels if targets is None else np.asarray(targets, dtype=np.int32)
     step_size = step_size or (2 * eps if adaptive else eps / 4)
-    fns = traced or _compiled(model, loss_fn)
+    fns = trace(model, loss)
     rng = np.random.default_rng(seed)
     out = x.copy()
     done = np.zeros(len(x), bool)
@@ -254,7 +262,6 @@ def apgd_targeted(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, ep
     x = np.asarray(x, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int32)
     targets = top_targets(predict_logits(model, x), labels, n_targets_for(int(model.output_shape[-1]), n_targets))
-    traced = trace(model, "dlr_targeted")
     out = x.copy()
     open_ = np.ones(len(x), bool)
     for k, target in enumerate(targets):
@@ -262,7 +269,7 @@ def apgd_targeted(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, ep
         if not len(idx):
             break
         adv = run(model, x[idx], labels[idx], eps=eps, loss="dlr_targeted", targets=target[idx], steps=steps,
-                  restarts=restarts, batch_size=batch_size, seed=seed + k, traced=traced)
+                  restarts=restarts, batch_size=batch_size, seed=seed + k)
         out[idx] = adv
         open_[idx[predicted_classes(model, adv) != labels[idx]]] = False
     return out

@@ -14,6 +14,7 @@ checks that it gives ART's images.
 """
 
 import logging
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -24,6 +25,7 @@ from ..data import malignant_mask
 from ..errors import ConfigError
 from . import compiled
 from . import random_search
+from . import tracing
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,17 @@ def _only_inf(name, norm):
         raise ConfigError(f"attack {name} has no {norm} norm; it supports inf")
 
 
+def fgsm_step(model: "keras.Model", norm: str = "inf", targeted: bool = False) -> Callable:
+    """FGSM's compiled step of `model`, step(images (N, H, W, 3), eps (), labels (N,) int32) ->
+    adversarial images; made once per model, norm and mode (attacks/tracing.py)."""
+    return tracing.per_network(model, ("fgsm", norm, targeted), lambda network: _fgsm_step(network, norm, targeted))
+
+
 def _fgsm_step(model, norm, targeted):
     loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True)
     n_classes = int(model.output_shape[-1])
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tracing.images(model), tracing.SCALAR, tracing.per_image(tf.int32)])
     def step(xb, eps, labels):
         with tf.GradientTape() as tape:
             tape.watch(xb)
@@ -59,7 +67,8 @@ def fgsm(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm
     """One gradient step of size eps (Goodfellow et al. 2015): the sign of the gradient
     (L-inf) or the gradient scaled to length eps (L2), away from the true label y, or towards
     class index `target`. Our compiled version of ART's FastGradientMethod."""
-    step = _fgsm_step(model, norm, target is not None)
+    step = fgsm_step(model, norm, target is not None)
+    x = np.asarray(x, dtype=np.float32)
     labels = np.full(len(x), target) if target is not None else np.asarray(y)
     out = np.empty_like(x)
     for i in range(0, len(x), batch_size):
@@ -92,8 +101,9 @@ def pgd(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm:
 
 def _margin_step(model, targeted):
     n_classes = int(model.output_shape[-1])
+    batch = tracing.images(model)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[batch, batch, tracing.SCALAR, tracing.SCALAR, tracing.per_image(tf.int32)])
     def step(xb, x0, eps, alpha, labels):
         with tf.GradientTape() as tape:
             tape.watch(xb)
@@ -118,8 +128,10 @@ def cw_pgd(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, no
     start drawn with `seed`. The margin loss does not saturate where cross-entropy does. Ours,
     batched and compiled: ART's CarliniLInfMethod (`cw`) optimises one image at a time."""
     _only_inf("cw_pgd", norm)
-    step = _margin_step(model, target is not None)
+    step = tracing.per_network(model, ("cw_pgd", target is not None),
+                               lambda network: _margin_step(network, target is not None))
     rng = np.random.default_rng(seed)
+    x = np.asarray(x, dtype=np.float32)
     alpha = tf.constant(step_size or eps / 4, tf.float32)
     labels_all = np.full(len(x), target) if target is not None else np.asarray(y)
     out = np.empty_like(x)

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import stopping
+from . import tracing
 
 if TYPE_CHECKING:
     import keras
@@ -73,7 +74,7 @@ def square(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, eps: floa
     and signs drawn with `seed`. Returns adversarial images (N, H, W, 3) within eps of x (L-inf)."""
     x = np.asarray(x, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
-    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    forward = tracing.forward(model)
     rng = np.random.default_rng(seed)
     out = x.copy()
     for start in range(0, len(x), batch_size):

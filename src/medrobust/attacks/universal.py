@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..models.training import predict_logits
 from .art_wrapper import as_art_classifier, seeded_globals
 from .budget import art_norm, check_norm, project
+from . import tracing
 
 
 UAP_ATTACKERS = ("fgsm", "pgd", "deepfool")
@@ -52,6 +53,24 @@ def _predict(model, x, batch_size):
     return predict_logits(model, x, batch_size).argmax(axis=1)
 
 
+def _uap_gradient(model):
+    """The compiled gradient of the mean cross-entropy over a batch with respect to the shared
+    perturbation v (1, H, W, C), the batch xb (N, H, W, C) and its labels yb (N,) int64."""
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    batch = tracing.images(model)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, *model.input_shape[1:]], tf.float32), batch,
+                                  tracing.per_image(tf.int64)])
+    def gradient(v, xb, yb):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            logits = model(tf.clip_by_value(xb + v, 0.0, 1.0), training=False)
+            loss = loss_fn(yb, logits)
+        return tape.gradient(loss, v)
+
+    return gradient
+
+
 def uap_fast(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: str = "inf",
              target: int | None = None, step_size: float | None = None, max_steps: int = 200,
              target_fooling_rate: float = 0.8, batch_size: int = 128, seed: int = 0,
@@ -70,15 +89,7 @@ def uap_fast(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, 
     x = np.asarray(x, dtype=np.float32)
     labels = np.asarray(y) if target is None else np.full(len(x), target)
     sign = 1.0 if target is None else -1.0
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function(reduce_retracing=True)
-    def gradient(v, xb, yb):
-        with tf.GradientTape() as tape:
-            tape.watch(v)
-            logits = model(tf.clip_by_value(xb + v, 0.0, 1.0), training=False)
-            loss = loss_fn(yb, logits)
-        return tape.gradient(loss, v)
+    gradient = tracing.per_network(model, "uap_fast", _uap_gradient)
 
     def fooling(v):
         adv = _predict(model, np.clip(x + v, 0.0, 1.0), batch_size)
@@ -94,7 +105,7 @@ def uap_fast(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, 
             order, cursor = rng.permutation(len(x)), 0
         idx = order[cursor:cursor + batch_size]
         cursor += batch_size
-        g = gradient(tf.constant(v), tf.constant(x[idx]), tf.constant(labels[idx])).numpy()
+        g = gradient(tf.constant(v, tf.float32), tf.constant(x[idx]), tf.constant(labels[idx], tf.int64)).numpy()
         if norm == "inf":
             v = v + sign * step_size * np.sign(g)
         else:
