@@ -15,19 +15,22 @@ def confusion_matrix_figure(cm: np.ndarray, labels: Sequence[str], title: str) -
     cm = np.asarray(cm)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    size = 1.0 + 0.75 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    size = max(1.0 + 0.75 * len(labels), 3.5)  # room for a 2x2 health matrix's title and labels
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
-    fig.tight_layout()
+    # Margins in inches (labels, title, the colourbar's label), not tight_layout: it draws the
+    # figure once more to measure it, which doubled its cost, and steps draw one per condition.
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=1.0 / width, bottom=1.0 / height, right=1 - 0.8 / width, top=1 - 0.4 / height)
     return fig
 
 
