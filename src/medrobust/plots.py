@@ -75,7 +75,7 @@ def examples_figure(x: np.ndarray, x_adv: np.ndarray, y_true: np.ndarray, pred_c
             axes[i, j].imshow(image)
             axes[i, j].set_title(title, fontsize=8)
             axes[i, j].axis("off")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93, wspace=0.05, hspace=0.3)  # no second draw
     return fig
 
 
