@@ -3,7 +3,8 @@ saves (attacks/tracing.py): FGSM and PGD (10 steps) on a network seen for the fi
 steps made and traced in the call, as every call paid before the steps were kept) against the
 same call on a network whose steps are already made, side by side in one run, on small_cnn at
 32 px (untrained: tracing does not depend on the weights). Each first call gets a fresh clone of
-the network, made outside the timer.
+the network, made outside the timer. Then prediction: Keras' model.predict (what predict_logits
+called before) against predict_logits (the network's compiled forward pass, kept per network).
 
 Run by hand (never in the test suite): .venv/bin/python benchmarks/bench_tracing.py
 """
@@ -15,6 +16,7 @@ import numpy as np
 
 from medrobust.attacks import gradient
 from medrobust.models import create_model
+from medrobust.models.training import predict_logits
 
 
 def median_seconds(call, prepare=lambda: None, repeats=5):
@@ -42,6 +44,13 @@ def main():
             first = median_seconds(attack, prepare=lambda: keras.models.clone_model(model))
             later = median_seconds(lambda _: attack(model))
             print(f"| {name} | {n} | {first:.3f} | {later:.3f} | {first / later:.1f} |")
+    print("\n| prediction | images | model.predict (s) | predict_logits (s) | ratio |")
+    print("|---|---|---|---|---|")
+    for n in (8, 200, 1000):
+        x = np.random.default_rng(0).random((n, 32, 32, 3), dtype=np.float32)
+        keras_s = median_seconds(lambda _: model.predict(x, batch_size=256, verbose=0))
+        ours_s = median_seconds(lambda _: predict_logits(model, x))
+        print(f"| logits | {n} | {keras_s:.4f} | {ours_s:.4f} | {keras_s / ours_s:.1f} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import weakref
 import keras
 import numpy as np
 
-from medrobust.attacks import compiled, gradient, tracing
+from medrobust.attacks import compiled, gradient
+from medrobust.models import tracing
 from medrobust.models import create_model
 from medrobust.models.training import set_seed
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from art.estimators.classification import TensorFlowV2Classifier
 
 from .. import stopping
-from . import tracing
+from ..models import tracing
 
 
 class CompiledForward:

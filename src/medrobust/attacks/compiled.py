@@ -25,7 +25,7 @@ import tensorflow as tf
 from .. import stopping
 from ..errors import ConfigError
 from ..models.training import predict_logits
-from . import tracing
+from ..models import tracing
 
 if TYPE_CHECKING:
     import keras

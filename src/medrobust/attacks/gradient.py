@@ -25,7 +25,7 @@ from ..data import malignant_mask
 from ..errors import ConfigError
 from . import compiled
 from . import random_search
-from . import tracing
+from ..models import tracing
 
 log = logging.getLogger(__name__)
 

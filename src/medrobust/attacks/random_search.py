@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import stopping
-from . import tracing
+from ..models import tracing
 
 if TYPE_CHECKING:
     import keras

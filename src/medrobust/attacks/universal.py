@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..models.training import predict_logits
 from .art_wrapper import as_art_classifier, seeded_globals
 from .budget import art_norm, check_norm, project
-from . import tracing
+from ..models import tracing
 
 
 UAP_ATTACKERS = ("fgsm", "pgd", "deepfool")
