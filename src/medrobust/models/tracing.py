@@ -1,10 +1,12 @@
-"""Compiled attack steps, traced once per network and kept while the network lives.
+"""A network's compiled functions (its forward pass, the attacks' steps), each traced once per
+network and kept while the network lives.
 
 Tracing a tf.function costs more than running it on a few images (FGSM on 20 images: 0.195 s
-traced anew, 0.012 s reused; benchmarks/bench_tracing.py), and each attack call used to make
-and trace its step again, for every eps and every attack of a suite on the same network.
+traced anew, 0.012 s reused; benchmarks/bench_tracing.py). Each attack call used to make and
+trace its step again, for every eps and every attack of a suite on the same network, and
+Keras' model.predict sets up a data pipeline on every call.
 
-Each step is traced once for a batch of any size (`images(model)`: [None, H, W, C]), not
+Each function is traced once for a batch of any size (`images(model)`: [None, H, W, C]), not
 for the first batch's size: with reduce_retracing, which graph ran (the first shape's or the
 relaxed one) depended on the batch sizes seen before, and the two differ in the last float
 bit, so a reused step would have made an attack's images depend on what ran earlier.
