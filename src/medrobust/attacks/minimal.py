@@ -1,7 +1,8 @@
 """Minimal-perturbation attacks through ART: Carlini-Wagner and DeepFool.
 
 They search for the smallest perturbation that flips the prediction; the step clips the result
-to the eps budget afterwards, so a perturbation that needed more than eps is cut back.
+to the eps budget afterwards, so a perturbation that needed more than eps is cut back. ART is handed
+the network's compiled forward pass (art_wrapper.CompiledForward): it calls the model at every step.
 """
 
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ import numpy as np
 from art.attacks.evasion import CarliniL2Method, CarliniLInfMethod, DeepFool
 
 from ..errors import ConfigError
-from .art_wrapper import as_art_classifier
+from .art_wrapper import CompiledForward, as_art_classifier
 from .budget import check_norm
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def cw(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm: 
     """Carlini-Wagner (2017), L2 or L-inf: `steps` optimisation iterations (and, for L2,
     `search_steps` binary-search steps over the trade-off constant), away from the true labels y
     or towards `target`."""
-    classifier = as_art_classifier(model)
+    classifier = as_art_classifier(CompiledForward(model))
     targeted = target is not None
     if check_norm(norm) == "2":
         attack = CarliniL2Method(classifier, targeted=targeted, max_iter=steps, binary_search_steps=search_steps,
@@ -43,5 +44,5 @@ def deepfool(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, 
         raise ConfigError(f"attack deepfool has no {check_norm(norm)} norm; it supports 2")
     if target is not None:
         raise ConfigError("attack deepfool has no targeted mode")
-    attack = DeepFool(as_art_classifier(model), max_iter=steps, batch_size=batch_size, verbose=False)
+    attack = DeepFool(as_art_classifier(CompiledForward(model)), max_iter=steps, batch_size=batch_size, verbose=False)
     return attack.generate(x=x)

@@ -16,7 +16,7 @@ from art.attacks.evasion import UniversalPerturbation
 from .. import stopping
 from ..errors import ConfigError
 from ..models.training import predict_logits
-from .art_wrapper import as_art_classifier, seeded_globals
+from .art_wrapper import CompiledForward, as_art_classifier, seeded_globals
 from .budget import art_norm, check_norm, project
 from ..models import tracing
 
@@ -39,7 +39,7 @@ def uap(model: "keras.Model", x: np.ndarray, *, y: np.ndarray, eps: float, norm:
               "pgd": {"eps": attacker_eps or eps, "norm": art_norm(norm), "verbose": False},
               "deepfool": {"verbose": False}}[uap_attacker]
     attack = UniversalPerturbation(
-        as_art_classifier(model), attacker=uap_attacker, attacker_params=params, delta=uap_delta,
+        as_art_classifier(CompiledForward(model)), attacker=uap_attacker, attacker_params=params, delta=uap_delta,
         max_iter=uap_max_iter, eps=eps, norm=art_norm(norm), batch_size=batch_size, verbose=False,
     )
     # ART takes no seed: it visits the images in an order from Python's global generator
