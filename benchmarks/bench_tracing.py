@@ -1,5 +1,5 @@
 """What TensorFlow's tracing costs an attack call, and what keeping the compiled steps per network
-saves (attacks/tracing.py): FGSM and PGD (10 steps) on a network seen for the first time (its
+saves (models/tracing.py): FGSM and PGD (10 steps) on a network seen for the first time (its
 steps made and traced in the call, as every call paid before the steps were kept) against the
 same call on a network whose steps are already made, side by side in one run, on small_cnn at
 32 px (untrained: tracing does not depend on the weights). Each first call gets a fresh clone of
@@ -48,6 +48,7 @@ def main():
     print("|---|---|---|---|---|")
     for n in (8, 200, 1000):
         x = np.random.default_rng(0).random((n, 32, 32, 3), dtype=np.float32)
+        np.testing.assert_array_equal(predict_logits(model, x), model.predict(x, batch_size=256, verbose=0))
         keras_s = median_seconds(lambda _: model.predict(x, batch_size=256, verbose=0))
         ours_s = median_seconds(lambda _: predict_logits(model, x))
         print(f"| logits | {n} | {keras_s:.4f} | {ours_s:.4f} | {keras_s / ours_s:.1f} |")

@@ -58,8 +58,10 @@ MAX_IMAGE_BYTES = 8 * 2**20
 MAX_IMAGE_PIXELS = 40_000_000
 REQUEST_FORMATS = ("JPEG", "PNG")
 SERVED_FILE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
-# Up to this many images (a served request), the network is called at once, not through
-# model.predict, whose set-up per call is 4 times a 32-px image's work (benchmarks/README.md).
+# Up to this many images (a served request), the network is called at once, eagerly: a freshly
+# loaded version then answers its first request without tracing its compiled forward pass (the
+# path of larger inputs, models.training.predict_logits). Measured against Keras' model.predict,
+# which predict_logits no longer uses (benchmarks/README.md).
 DIRECT_CALL_IMAGES = 64
 # What every registered version answers, one row per image, whatever its defense (docs/serving.md).
 RESPONSE_COLUMNS = (*(f"p_{c}" for c in CLASSES), "predicted", "malignancy_score", "malignant_at_threshold", "rejected")

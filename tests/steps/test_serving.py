@@ -91,7 +91,7 @@ def test_the_response_has_the_same_columns_with_and_without_a_defense_or_a_detec
         # rejected is the detector's verdict: every image at threshold 0, none without a detector
         assert frame["rejected"].dtype == bool and list(frame["rejected"]) == [classifier.detector is not None] * 3
         assert (frame["malignant_at_threshold"] == (frame["malignancy_score"] >= 0.3)).all()
-        # A request's few images skip model.predict; the network answers the same either way.
+        # A request's few images skip the compiled forward pass; the network answers the same either way.
         np.testing.assert_allclose(classifier.logits(x, direct=True), classifier.logits(x), rtol=1e-5, atol=1e-6)
 
 

@@ -1,5 +1,5 @@
 """Compiled attack steps are made once per network, give the same images whatever ran before, and go
-with their network (attacks/tracing.py)."""
+with their network (models/tracing.py)."""
 
 import gc
 import weakref
@@ -61,3 +61,11 @@ def test_a_networks_steps_go_with_it():
     del model
     gc.collect()
     assert network() is None  # nothing kept it: the steps hold their network weakly
+
+
+def test_predict_logits_gives_what_keras_predict_gives():
+    from medrobust.models.training import predict_logits
+
+    model, x, _ = _network_and_images(300)  # two batches of 256: a full one and a part
+    np.testing.assert_array_equal(predict_logits(model, x), model.predict(x, batch_size=256, verbose=0))
+    assert predict_logits(model, x[:0]).shape == (0, 7)

@@ -118,7 +118,9 @@ def _compiled(model, loss_fn):
 def trace(model: "keras.Model",
           loss: str | Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]) -> tuple[Callable, Callable]:
     """The compiled (gradient, step) functions of `model` and `loss` (a LOSSES name or a loss
-    function), made once per model and loss (attacks/tracing.py)."""
+    function), made once per model and loss (models/tracing.py). A loss function is known by its
+    identity: pass a module-level or memoised one (margin_loss), not a new closure per call, or
+    every call traces and keeps a pair of graphs for as long as the network lives."""
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     return tracing.per_network(model, ("apgd", loss_fn), lambda network: _compiled(network, loss_fn))
 

@@ -37,7 +37,7 @@ def _only_inf(name, norm):
 
 def fgsm_step(model: "keras.Model", norm: str = "inf", targeted: bool = False) -> Callable:
     """FGSM's compiled step of `model`, step(images (N, H, W, 3), eps (), labels (N,) int32) ->
-    adversarial images; made once per model, norm and mode (attacks/tracing.py)."""
+    adversarial images; made once per model, norm and mode (models/tracing.py)."""
     return tracing.per_network(model, ("fgsm", norm, targeted), lambda network: _fgsm_step(network, norm, targeted))
 
 

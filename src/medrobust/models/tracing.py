@@ -33,7 +33,9 @@ SCALAR = tf.TensorSpec([], tf.float32)
 def per_network(model: "keras.Model", key: Hashable, build: "Callable[[keras.Model], Step]") -> Step:
     """build(model) the first time (model, key) is asked for, the same object after. `key`
     names everything but the network that the step's graph depends on (the attack, its loss, a
-    norm); `build` receives a weak proxy of the network, so that the step does not keep it alive."""
+    norm); `build` receives a weak proxy of the network, so that the step does not keep it alive:
+    a caller keeps the network for as long as it uses the step (a step whose network is gone
+    raises ReferenceError)."""
     made = _BY_NETWORK.setdefault(model, {})
     if key not in made:
         made[key] = build(weakref.proxy(model))
