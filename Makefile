@@ -3,8 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 # pytest-xdist workers for `make test`: 2 on a 2-core machine (much of the suite waits on child
-# processes and I/O); each test module runs on one worker, so its fixtures are made once, and
-# modules start in the order conftest.py sorts them (heavy layers first), not by their test count.
+# processes and I/O); each test module runs on one worker, so its fixtures are made once.
 TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 # The real HAM10000 beside the checkout, unless MEDROBUST_DATA says otherwise; made absolute
@@ -39,7 +38,7 @@ baseline: install
 # The system tests' servers (PostgreSQL, Chromium) are installed first where absent.
 test: install-dev
 	tests/install_services.sh
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 bench: install
 	$(PY) benchmarks/bench_data.py

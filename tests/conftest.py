@@ -26,13 +26,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.parent.name == "system":
             item.add_marker(pytest.mark.system)
-    # Heavy layers first: pytest-xdist (`--dist loadscope --no-loadscope-reorder`) hands modules to
-    # its workers in this order, so the last to start are unit modules of seconds, not a step
-    # module of a minute that one worker runs alone while the other waits.
-    items.sort(key=lambda item: LAYERS.index(item.path.parent.name) if item.path.parent.name in LAYERS else len(LAYERS))
-
-
-LAYERS = ("system", "steps", "unit")
 
 
 def ham10000_dir():
