@@ -2,7 +2,7 @@
 
 The handler only sets a flag. The program stops at its next checkpoint, in its own code: before
 each training batch, at each iteration of our attacks, at each call an ART attack makes of its
-classifier, per vote chunk of randomized smoothing, per image chunk decoded, before a run is
+classifier, per vote chunk of randomized smoothing, per image decoded, before a run is
 opened or a version registered, between pipeline steps and between tune trials. There it raises
 `Terminated`, which unwinds like Ctrl-C: every open run is ended KILLED and nothing half-done is
 registered. An exception raised by the handler itself landed wherever the program was, inside
