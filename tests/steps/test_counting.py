@@ -181,7 +181,8 @@ def test_the_ensemble_is_no_more_robust_than_arts_autoattack_says(ham_models, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     uri = plain_uri if which == "undefended" else llt_uri
     result = run_evaluate(EvaluateConfig(model_uri=uri, data=data, suites=("standard", "health"), eps=EPS,
-                                         max_images=N_IMAGES, n_resamples=50, apgd_steps=25, square_queries=200))
+                                         max_images=N_IMAGES, n_resamples=50, apgd_steps=25, square_queries=200,
+                                         health_restarts=2))
     ensemble = next(r for r in rows(result.records, model="target") if r["attack"] == ENSEMBLE)
     # ART on the very images evaluate read, through the real WebP + flip by BPDA for llt
     model = tracking.load_classifier(uri)
