@@ -140,14 +140,19 @@ def load_classifier(model_uri: str) -> "DefendedClassifier":
     configure()
     _check_uri(model_uri)
     try:
-        flavors = mlflow.models.get_model_info(model_uri).flavors
+        info = mlflow.models.get_model_info(model_uri)
+        flavors = info.flavors
         if "keras" in flavors:
             return DefendedClassifier(mlflow.keras.load_model(model_uri))
         parts = flavors.get("python_function", {}).get("artifacts", {}).get("defended", {}).get("path")
         if parts:
+            # Only the saved parts: the whole model folder also holds medrobust's source, shipped
+            # for serving (about 100 files, 5 times the time). A logged model's own location, as
+            # models:/m-<id> takes no sub-path.
+            root = mlflow.get_logged_model(info.model_id).artifact_location if info.model_id else model_uri
             with tempfile.TemporaryDirectory() as tmp:  # every part is read into memory before it goes
-                local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-                return load_defended(Path(local) / parts)
+                local = mlflow.artifacts.download_artifacts(artifact_uri=f"{root.rstrip('/')}/{parts}", dst_path=tmp)
+                return load_defended(local)
     except ModelError:
         raise
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:  # ValueError: an http:// URI MLflow cannot split
