@@ -1,9 +1,6 @@
 """The defend step and `predict` on a model trained on a real HAM10000 subset."""
 
-import json
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -87,7 +84,7 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_path, child_env, monkeypatch):
+def test_defended_model_round_trips_through_the_registry(trained, ham_dir, monkeypatch):
     data, model = trained
     lines, logger = _Lines(), logging.getLogger("medrobust.steps.defend")
     logger.addHandler(lines)
@@ -145,15 +142,7 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, tmp_p
     assert float(version_tags["operating_threshold"]) == pytest.approx(threshold, abs=1e-6)
     assert version_tags["operating_point_run"] == result.run_id
     assert (pyfunc["malignant_at_threshold"] == (pyfunc["malignancy_score"] >= threshold)).all()
-    # And from the command line, in MLflow's own CLI.
-    (tmp_path / "input.csv").write_text("path\n" + "\n".join(map(str, files)) + "\n")
-    done = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", "models:/medrobust-small_cnn@candidate",
-                           "-i", str(tmp_path / "input.csv"), "-t", "csv", "--env-manager", "local",
-                           "-o", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300, env=child_env())
-    assert done.returncode == 0, done.stderr[-2000:]
-    served = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
-    np.testing.assert_allclose(served.filter(like="p_").to_numpy(), pyfunc.filter(like="p_").to_numpy(), rtol=1e-5)
-    assert list(served["malignant_at_threshold"]) == list(pyfunc["malignant_at_threshold"])
+    # From MLflow's own CLI (a child process): tests/system/test_serving_http.py.
     # The attack step takes the defended model by its URI and attacks it whole (LLT by BPDA).
     attacked = run_attack(AttackConfig(model_uri="models:/medrobust-small_cnn@candidate", data=data, method="fgsm",
                                        eps=EPS, max_images=16, experiment="test"))

@@ -127,7 +127,8 @@ def test_a_request_reads_no_image_over_the_pixel_budget_nor_other_formats(monkey
 def test_versions_logged_before_the_contract_still_load_but_are_not_promoted(ham_dir):
     network = create_model("small_cnn", (16, 16, 3), 7)
     with tracking.run("old"):  # this test's store (MLflow's own calls alone would keep the last one set)
-        old = mlflow.keras.log_model(network, name="model")  # what train logged before
+        # what train logged before; its requirements given, or MLflow loads it in a child process to find them
+        old = mlflow.keras.log_model(network, name="model", pip_requirements=["tensorflow"])
         new_uri = tracking.log_classifier(DefendedClassifier(network, info={"operating_threshold": 0.5}))[1]
         tracking.register_model(old.model_uri, NAME)
     loaded = tracking.load_classifier(f"models:/{NAME}/1")

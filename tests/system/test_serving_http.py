@@ -1,10 +1,13 @@
 """The serving contract over real HTTP: `mlflow models serve` of @robust on 127.0.0.1 answers a
 `path` and an `image` request alike, refuses bad requests with a 400 naming the row and keeps
 serving; after a promotion moves @robust from a defended version to a trained one and the
-server restarts, the same request gets the same columns and the new version's numbers."""
+server restarts, the same request gets the same columns and the new version's numbers. MLflow's
+`mlflow models predict` answers as the server does."""
 
 import base64
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -102,6 +105,13 @@ def test_served_robust_version_keeps_its_contract_across_a_promotion(ham_dir, tm
         status, again = invoke(url, by_path)  # it kept serving
         assert status == 200
         pd.testing.assert_frame_equal(answered(again), first)
+    # MLflow's own CLI answers as the server does
+    (tmp_path / "input.csv").write_text("path\n" + "\n".join(map(str, files)) + "\n")
+    done = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", f"models:/{NAME}@robust",
+                           "-i", str(tmp_path / "input.csv"), "-t", "csv", "--env-manager", "local",
+                           "-o", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"]), first)
 
     # The trained version (no defense) becomes @robust; the service restarts and is asked the same.
     run_promote(PromoteConfig(model_uri=f"models:/{NAME}/1", **gate))
