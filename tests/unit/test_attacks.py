@@ -35,7 +35,9 @@ def tiny():
 @pytest.mark.parametrize("method,norm", [(m, n) for m in sorted(ATTACKS) for n in ATTACKS[m].norms])
 def test_every_attack_keeps_budget_and_box(tiny, method, norm):
     model, x = tiny
-    eps = 8 / 255 if norm == "inf" else 0.5
+    # L2 1.0: a budget the tiny network gives way to at once (at 0.5 ART's AutoAttack went on to
+    # its later members: 16 s of the inner loop against 2.3); the budget must hold either way
+    eps = 8 / 255 if norm == "inf" else 1.0
     x_adv, perturbation = craft(method, model, x, eps, norm, **FAST_PARAMS.get(method, {}))
     assert x_adv.shape == x.shape and x_adv.dtype == np.float32
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
