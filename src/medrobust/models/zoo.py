@@ -118,7 +118,8 @@ def _backbone_classifier(base_fn, preprocess, min_size, input_shape, n_classes, 
         _fast_batchnorm_statistics(base)
     # With pretrained weights the backbone's BatchNorm stays in inference mode, also once
     # unfrozen for fine-tuning: updating ImageNet statistics from small batches of lesions
-    # would wreck the features the transfer is for.
+    # would wreck the features the transfer is for. Keras 3's fit overrides this training=False,
+    # so training.fit also keeps those layers frozen (keep_batchnorm_frozen).
     x = base(x, training=False) if weights_path else base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
