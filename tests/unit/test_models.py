@@ -173,5 +173,13 @@ def test_transfer_learning_freezes_then_fine_tunes(tmp_path):
     moved = {v.path.split("/")[-1] for v, a, b in zip(donor.weights, seen[1], donor_weights) if not np.array_equal(a, b)}
     # then fine-tuned, but its BatchNorm stays as pretrained, statistics included (zoo.py): Keras
     # 3's fit overrides the training=False the backbone is called with (keras-team/keras#20285)
-    assert moved == {"kernel", "bias"}, moved
+    print("RETRAIN MOVED", moved); assert moved == {"kernel", "bias"}, moved
     assert not np.array_equal(model.get_layer("logits").get_weights()[0], head_before)
+    # and in any later fit, given no weights file (defend's retraining), also of a version whose
+    # BatchNorm was left trainable (fine-tuned before this fix): the model's own momentum says its
+    # statistics are pretrained (zoo.pretrained_batchnorm)
+    fresh = _backbone_classifier(_tiny_backbone, lambda v: v, 8, (32, 32, 3), 7, str(path), 0.3, "tiny")
+    fit(fresh, x, y, x[:14], y[:14], TrainConfig(data=DataConfig(image_size=32), epochs=1, batch_size=16))
+    moved = {v.path.split("/")[-1] for v, b in zip(fresh.get_layer("backbone").weights, donor_weights)
+             if not np.array_equal(np.array(v), b)}
+    assert moved == {"kernel", "bias"}, moved

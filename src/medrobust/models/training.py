@@ -14,7 +14,7 @@ from .. import metrics, stopping
 from ..config import CLASS_WEIGHTS, TrainConfig
 from ..errors import ConfigError, TrainingError
 from . import tracing
-from .zoo import backbone
+from .zoo import backbone, pretrained_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -201,17 +201,6 @@ def _compile(model, learning_rate, total_steps, loss=None, weight_decay=0.0):
     model.optimizer.build(model.trainable_variables)
 
 
-def keep_batchnorm_frozen(base: "keras.Model") -> None:
-    """Every BatchNormalization layer of `base` not trainable, so in inference mode: Keras 3's fit
-    calls the model with training=True, which overrides the training=False a backbone was called
-    with (keras-team/keras#20285), so an unfrozen base would update the moving statistics."""
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-        elif isinstance(layer, keras.Model):
-            keep_batchnorm_frozen(layer)
-
-
 def fit(model: "keras.Model", x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
         config: TrainConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         loss: "keras.losses.Loss | None" = None, labels_for_weights: np.ndarray | None = None) -> dict[str, list]:
@@ -232,9 +221,8 @@ def fit(model: "keras.Model", x_train: np.ndarray, y_train: np.ndarray, x_val: n
     steps = math.ceil(len(x_train) / config.batch_size)
     data = training_dataset(x_train, y_train, config.batch_size, config.seed, config.augment)
     base = backbone(model)
-    pretrained = base is not None and config.weights not in (None, "none")
     phases = []
-    if pretrained and config.head_epochs > 0:
+    if base is not None and config.weights not in (None, "none") and config.head_epochs > 0:
         phases.append(("head", config.head_epochs, config.learning_rate, False))
         phases.append(("fine_tune", config.epochs, config.learning_rate * config.fine_tune_lr_factor, True))
     else:
@@ -243,8 +231,11 @@ def fit(model: "keras.Model", x_train: np.ndarray, y_train: np.ndarray, x_val: n
     for name, epochs, lr, base_trainable in phases:
         if base is not None:
             base.trainable = base_trainable
-            if pretrained:  # its BatchNorm keeps the ImageNet statistics (zoo.py), also when unfrozen
-                keep_batchnorm_frozen(base)
+            # Pretrained BatchNorm stays frozen, in inference mode, also when the base is unfrozen
+            # (fine-tuning, retraining): Keras 3's fit calls the model with training=True, which
+            # overrides the backbone's training=False (keras-team/keras#20285).
+            for layer in pretrained_batchnorm(model):
+                layer.trainable = False
         _compile(model, lr, epochs * steps, loss, weight_decay=config.weight_decay)
         callbacks = [StopOnRequest(), StopOnNonFinite(name), ValidationMetrics(x_val, y_val, n_classes),
                      EpochLog(name, epochs)]

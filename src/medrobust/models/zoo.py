@@ -118,8 +118,8 @@ def _backbone_classifier(base_fn, preprocess, min_size, input_shape, n_classes, 
         _fast_batchnorm_statistics(base)
     # With pretrained weights the backbone's BatchNorm stays in inference mode, also once
     # unfrozen for fine-tuning: updating ImageNet statistics from small batches of lesions
-    # would wreck the features the transfer is for. Keras 3's fit overrides this training=False,
-    # so training.fit also keeps those layers frozen (keep_batchnorm_frozen).
+    # would wreck the features the transfer is for. Keras 3's fit overrides this training=False
+    # (keras-team/keras#20285), so training.fit also keeps those layers frozen (pretrained_batchnorm).
     x = base(x, training=False) if weights_path else base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
@@ -131,6 +131,18 @@ def _fast_batchnorm_statistics(model):
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = SCRATCH_BN_MOMENTUM
+
+
+def pretrained_batchnorm(model: "keras.Model") -> list:
+    """The BatchNormalization layers of `model`'s backbone that hold pretrained statistics: a
+    base loaded with weights keeps keras.applications' momentum, one from scratch takes
+    SCRATCH_BN_MOMENTUM (_fast_batchnorm_statistics); the momentum travels with a saved model.
+    Training keeps these frozen (training.fit)."""
+    base = backbone(model)
+    if base is None:
+        return []
+    return [layer for layer in base.layers
+            if isinstance(layer, layers.BatchNormalization) and layer.momentum != SCRATCH_BN_MOMENTUM]
 
 
 def resnet50(input_shape: tuple[int, ...], n_classes: int, weights: str | None = "none",
