@@ -140,7 +140,7 @@ def load_classifier(model_uri: str) -> "DefendedClassifier":
     configure()
     _check_uri(model_uri)
     try:
-        info = mlflow.models.get_model_info(model_uri)
+        info = mlflow.models.Model.load(model_uri)  # the MLmodel file alone (get_model_info also asks the store)
         flavors = info.flavors
         if "keras" in flavors:
             return DefendedClassifier(mlflow.keras.load_model(model_uri))
