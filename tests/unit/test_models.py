@@ -173,7 +173,7 @@ def test_transfer_learning_freezes_then_fine_tunes(tmp_path):
     moved = {v.path.split("/")[-1] for v, a, b in zip(donor.weights, seen[1], donor_weights) if not np.array_equal(a, b)}
     # then fine-tuned, but its BatchNorm stays as pretrained, statistics included (zoo.py): Keras
     # 3's fit overrides the training=False the backbone is called with (keras-team/keras#20285)
-    print("RETRAIN MOVED", moved); assert moved == {"kernel", "bias"}, moved
+    assert moved == {"kernel", "bias"}, moved
     assert not np.array_equal(model.get_layer("logits").get_weights()[0], head_before)
     # and in any later fit, given no weights file (defend's retraining), also of a version whose
     # BatchNorm was left trainable (fine-tuned before this fix): the model's own momentum says its
