@@ -94,6 +94,13 @@ def test_config_round_trips_through_a_dict(config):
     assert type(config).from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config  # as a pipeline file
 
 
+def test_none_means_no_value_from_python_as_from_the_cli():
+    # A literal "none" alias once reached the registry as an alias named none.
+    assert DefendConfig(alias="none").alias is None and DefendConfig.from_dict({"alias": "none"}).alias is None
+    assert TrainConfig(alias="None").alias is None and TrainConfig(alias="robust").alias == "robust"
+    assert TrainConfig(weights="none").weights == "none"  # a choice named none, not an absent value
+
+
 def test_every_step_config_is_in_the_table():
     assert {s.config for s in STEPS.values()} == {type(c) for c in CONFIGS}
 

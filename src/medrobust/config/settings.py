@@ -132,6 +132,10 @@ def coerce(value: Any, kind: Any, name: str) -> Any:
     raise TypeError(f"no coercion to {kind} for setting {name}")  # a field type we do not handle: a bug
 
 
+def _optional(kind) -> bool:
+    return typing.get_origin(kind) in (types.UnionType, typing.Union) and type(None) in typing.get_args(kind)
+
+
 def _type_name(kind):
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (types.UnionType, typing.Union):
@@ -147,6 +151,9 @@ class Settings:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, str) and value.strip() in NONE_TEXT and _optional(f.type):
+                object.__setattr__(self, f.name, None)  # "none" means no value from Python as from the CLI
+                continue
             if value is None or is_dataclass(value):
                 continue
             choices = f.metadata.get("choices")
