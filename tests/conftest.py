@@ -55,6 +55,12 @@ def isolated_stores(tmp_path, monkeypatch, tmp_path_factory):
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))
     monkeypatch.chdir(tmp_path)
+    # In-process MLflow keeps the last store it was pointed at, ahead of the environment: a test
+    # calling MLflow before any medrobust step would otherwise use the previous test's store.
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / STORE}")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / STORE}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI")  # exported by set_registry_uri; set, it would pin the registry
     yield
     for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         os.environ.pop(leaked, None)  # mlflow sets these in-process; they point into this test's store
