@@ -1,7 +1,10 @@
 """The tests' tracking stores: each test's own (conftest's isolated_stores), and one made once for
 a module's tests to start from."""
 
+import fcntl
+import hashlib
 import os
+import pickle
 import sqlite3
 
 import pytest
@@ -41,12 +44,13 @@ def start_empty(store, folder):
     db.close()
 
 
-def made_once(tmp_path_factory, make):
+def made_once(tmp_path_factory, make, *, folder=None):
     """(SQLite file, make(folder)): make run once, in a folder of its own and tracking into a store
     there; for a module-scoped fixture that trains the network its tests share (training it per
     test cost minutes of the suite). A test then starts from a copy of that store (`start_from`),
     so what it adds stays its own."""
-    folder = tmp_path_factory.mktemp("made-once")
+    folder = folder or tmp_path_factory.mktemp("made-once")
+    folder.mkdir(parents=True, exist_ok=True)
     start_empty(empty_store(tmp_path_factory), folder)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / STORE}")
@@ -72,18 +76,14 @@ def start_from(store, folder):
 
 
 def shared_network(*, epochs: int, **data):
-    """The fixtures `trained_once` (module scope: small_cnn trained once on a real HAM10000 subset,
-    32 px, `data` as DataConfig settings, in a store of its own) and `trained` ((DataConfig,
+    """The fixtures `trained_once` (module scope: small_cnn trained on a real HAM10000 subset,
+    32 px, `data` as DataConfig settings, in a store of its own; trained once per session for
+    every module that asks for the same settings, `network_once`) and `trained` ((DataConfig,
     TrainResult), the test tracking into a copy of that store). A module takes both:
     `trained_once, trained = shared_network(epochs=6, per_class_limit=40)`."""
     @pytest.fixture(scope="module")
     def trained_once(tmp_path_factory, ham_dir):
-        from medrobust.config import DataConfig, TrainConfig
-        from medrobust.steps.train import run_train
-
-        config = DataConfig(path=str(ham_dir), image_size=32, **data)
-        return made_once(tmp_path_factory, lambda folder: (config, run_train(TrainConfig(
-            data=config, epochs=epochs, batch_size=32, class_weight="balanced", experiment="test"))))
+        return network_once(tmp_path_factory, ham_dir, epochs=epochs, **data)
 
     @pytest.fixture
     def trained(trained_once, tmp_path):
@@ -92,3 +92,28 @@ def shared_network(*, epochs: int, **data):
         return made
 
     return trained_once, trained
+
+
+def network_once(tmp_path_factory, ham_dir, *, epochs: int, **data):
+    """(SQLite file, (DataConfig, TrainResult)) of small_cnn trained for `epochs` on `data`, made
+    once per session, whichever pytest-xdist worker asks first (the others wait on a file lock and
+    read what it made): training the same network in several modules cost the inner loop half a
+    minute."""
+    from medrobust.config import DataConfig, TrainConfig
+    from medrobust.steps.train import run_train
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    key = hashlib.sha256(repr((epochs, sorted(data.items()))).encode()).hexdigest()[:16]
+    folder = shared / f"network-{key}"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if making fails
+        if not (folder / "made.pickle").exists():
+            config = DataConfig(path=str(ham_dir), image_size=32, **data)
+            _, made = made_once(tmp_path_factory, lambda where: (config, run_train(TrainConfig(
+                data=config, epochs=epochs, batch_size=32, class_weight="balanced", experiment="test"))),
+                                folder=folder / "made")
+            (folder / "made.pickle.partial").write_bytes(pickle.dumps(made))
+            (folder / "made.pickle.partial").rename(folder / "made.pickle")
+    return folder / "made" / STORE, pickle.loads((folder / "made.pickle").read_bytes())

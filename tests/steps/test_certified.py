@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 
 from medrobust import tracking
-from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, TrainConfig
+from medrobust.config import DefendConfig, EvaluateConfig
 from medrobust.steps.defend import run_defend
 from medrobust.steps.evaluate import run_evaluate
-from medrobust.steps.train import run_train
+
+from stores import shared_network
+
+# trained once per session for every module asking for these settings (stores.network_once)
+trained_once, trained = shared_network(epochs=4, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
 
 
-def test_a_smoothed_version_is_certified_and_no_attack_inside_its_radius_changes_its_answer(ham_dir):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
-    trained = run_train(TrainConfig(data=data, epochs=3, batch_size=32, experiment="test"))
+def test_a_smoothed_version_is_certified_and_no_attack_inside_its_radius_changes_its_answer(trained):
+    data, trained = trained
     defended = run_defend(DefendConfig(model_uri=trained.model_uri, data=data, defense="smoothing", sigma=0.12,
                                        smoothing_epochs=1, smoothing_samples=16, eval_attacks=("fgsm",), max_images=12,
                                        alias="none", experiment="test"))

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from medrobust.attacks.art_wrapper import as_art_classifier, seeded_globals
 from medrobust.attacks.art_wrapper import CompiledForward
-from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, TrainConfig
+from medrobust.config import DefendConfig, EvaluateConfig
 from medrobust.data import load_dataset, malignant_mask
 from medrobust.evaluation import Condition, ENSEMBLE, harm, measure, paired_difference, worst_predictions, worst_scores
 from medrobust.evaluation.operating_point import malignancy_score
@@ -18,8 +18,9 @@ from medrobust.models.training import predict_logits, set_seed
 from medrobust.models.zoo import small_cnn
 from medrobust.steps.defend import run_defend
 from medrobust.steps.evaluate import images, run_evaluate
-from medrobust.steps.train import run_train
 from medrobust import tracking
+
+from stores import STORE, network_once, start_from
 
 MALIGNANT = malignant_mask("clinical")  # akiec, bcc, mel
 
@@ -145,16 +146,17 @@ N_IMAGES = 56
 
 @pytest.fixture(scope="module")
 def ham_models(ham_dir, tmp_path_factory):
-    """A small_cnn trained on a HAM10000 subset at 32 px and its llt defense, in one store."""
+    """A small_cnn trained on a HAM10000 subset at 32 px (once for this module and test_tune) and
+    its llt defense, in one store."""
+    store, (data, trained) = network_once(tmp_path_factory, ham_dir, epochs=6, per_class_limit=60)
     folder = tmp_path_factory.mktemp("counting")
+    start_from(store, folder)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / STORE}")
         patch.chdir(folder)
-        data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=60)
-        trained = run_train(TrainConfig(data=data, epochs=6, batch_size=32, class_weight="balanced", alias="none"))
         defended = run_defend(DefendConfig(model_uri=trained.model_uri, data=data, defense="llt",
                                            eval_attacks=("fgsm",), max_images=20, alias="none"))
-        yield data, trained.model_uri, defended.model_uri, f"sqlite:///{folder / 'mlflow.db'}"
+        yield data, trained.model_uri, defended.model_uri, f"sqlite:///{folder / STORE}"
 
 
 def _art_autoattack(keras_model, x, y, eps):

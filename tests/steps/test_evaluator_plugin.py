@@ -10,22 +10,25 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from medrobust import tracking
-from medrobust.config import DataConfig, EvaluateConfig, TrainConfig
+from medrobust.config import EvaluateConfig
 from medrobust.evaluation.records import read_records_csv
 from medrobust.steps.evaluate import run_evaluate
-from medrobust.steps.train import run_train
 
-URI = "models:/medrobust-small_cnn/1"  # what run_train registers first in a test's own store
+from stores import shared_network
+
+URI = "models:/medrobust-small_cnn/1"  # the network trained once for this module and others, in this test's copy of its store
 SUITE = {"suites": ["adaptive", "health", "corruptions"], "corruptions": ["jpeg", "hair"], "severities": [3],
          "pgd_steps": 3, "apgd_steps": 4, "n_resamples": 100}
 
 
+trained_once, trained = shared_network(epochs=4, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
+
+
 @pytest.fixture
-def measured(ham_dir):
+def measured(trained):
     """A trained version, its `medrobust evaluate` run on 30 test images, and those images' table
     (in this test's own store, as every test's)."""
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
-    run_train(TrainConfig(data=data, epochs=3, batch_size=32, experiment="test"))
+    data, _ = trained
     threshold = float(tracking.model_version_tags(URI)["operating_threshold"])
     result = run_evaluate(EvaluateConfig(model_uri=URI, data=data, max_images=30, threshold=threshold,
                                          experiment="test", **{k: tuple(v) if isinstance(v, list) else v

@@ -11,6 +11,11 @@ from medrobust.steps.defend import run_defend
 from medrobust.steps.promote import judge, run_promote
 from medrobust.steps.train import run_train
 
+from stores import shared_network
+
+# trained once per session for every module asking for these settings (stores.network_once)
+trained_once, trained = shared_network(epochs=4, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
+
 NAME = "medrobust-small_cnn"
 LENIENT = dict(min_robust_macro_recall=0.0, max_attacked_fnr=1.0, max_accuracy_loss=1.0)
 
@@ -20,9 +25,8 @@ def _defend(data, model):
                                    max_images=8, experiment="test"))
 
 
-def test_promotion_moves_aliases_only_on_a_pass(ham_dir):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
-    model = run_train(TrainConfig(data=data, epochs=2, batch_size=32, experiment="test"))
+def test_promotion_moves_aliases_only_on_a_pass(trained):
+    data, model = trained
     first = _defend(data, model)
     gate = dict(data=data, suites=("adaptive",), max_images=16, apgd_steps=10, experiment="test")
     passed = run_promote(PromoteConfig(**gate, **LENIENT))

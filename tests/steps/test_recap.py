@@ -6,7 +6,7 @@ import math
 import pytest
 
 from medrobust import tracking
-from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, ReportConfig, TrainConfig
+from medrobust.config import DefendConfig, EvaluateConfig, ReportConfig
 from medrobust.errors import ConfigError
 from medrobust.evaluation import record, records_csv
 from medrobust.evaluation.recap import comparison, comparison_text, shared_conditions, stages
@@ -14,7 +14,11 @@ from medrobust.evaluation.records import read_records_csv
 from medrobust.steps.defend import run_defend
 from medrobust.steps.evaluate import run_evaluate
 from medrobust.steps.report import recap_order, run_report
-from medrobust.steps.train import run_train
+
+from stores import shared_network
+
+# trained once per session for every module asking for these settings (stores.network_once)
+trained_once, trained = shared_network(epochs=4, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
 
 E = 2 / 255
 
@@ -63,9 +67,8 @@ def test_recap_order_is_the_thesis_order():
     assert sorted(labels, key=recap_order) == ["undefended", "retrain", "llt", "retrain+llt"]
 
 
-def test_report_step_recaps_evaluate_runs_of_real_models(ham_dir, tmp_path):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30, fractions=(0.6, 0.2, 0.2))
-    model = run_train(TrainConfig(data=data, epochs=1, batch_size=32, experiment="test"))
+def test_report_step_recaps_evaluate_runs_of_real_models(trained, tmp_path):
+    data, model = trained
     # A spec with '+': MLflow refuses such a parameter name, so the recap must not make one.
     defended = run_defend(DefendConfig(model_uri=model.model_uri, data=data, defense="squeeze+llt",
                                        eval_attacks=("fgsm",), max_images=8, experiment="test", register=False))

@@ -13,14 +13,18 @@ import pytest
 from PIL import Image
 
 from medrobust import tracking
-from medrobust.config import DataConfig, PromoteConfig, TrainConfig
+from medrobust.config import DataConfig, PromoteConfig
 from medrobust.data.images import decode_image
 from medrobust.defenses import DefendedClassifier
 from medrobust.errors import ConfigError, DataError, ModelError
 from medrobust.models import create_model
 from medrobust.predict import MAX_IMAGE_BYTES, RESPONSE_COLUMNS, predict_frame, read_request
 from medrobust.steps.promote import run_promote
-from medrobust.steps.train import run_train
+
+from stores import shared_network
+
+# trained once per session for every module asking for these settings (stores.network_once)
+trained_once, trained = shared_network(epochs=4, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
 
 NAME = "medrobust-small_cnn"
 LENIENT = dict(min_robust_macro_recall=0.0, max_attacked_fnr=1.0, max_accuracy_loss=1.0)
@@ -141,9 +145,8 @@ def test_versions_logged_before_the_contract_still_load_but_are_not_promoted(ham
         tracking.log_classifier(DefendedClassifier(network))
 
 
-def test_mlflow_evaluate_runs_on_a_version_through_the_contract(ham_dir, monkeypatch):
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=30)
-    trained = run_train(TrainConfig(data=data, epochs=1, batch_size=32, experiment="test"))
+def test_mlflow_evaluate_runs_on_a_version_through_the_contract(trained, ham_dir, monkeypatch):
+    _, trained = trained
     table = pd.read_csv(ham_dir / "HAM10000_metadata.csv").groupby("dx").head(4)
     frame = pd.DataFrame({"path": [str(ham_dir / "images" / f"{i}.jpg") for i in table.image_id],
                           "label": table.dx.to_list()})
