@@ -26,8 +26,7 @@ def test_a_step_is_traced_once_for_every_batch_size_and_budget():
         gradient.fgsm(model, x[:n], y=y[:n], eps=eps, batch_size=64)
         compiled.run(model, x[:n], y[:n], eps=eps, steps=2, batch_size=64)
     assert gradient.fgsm_step(model).experimental_get_tracing_count() == 1
-    grad, step = compiled.trace(model, "ce")
-    assert (grad.experimental_get_tracing_count(), step.experimental_get_tracing_count()) == (1, 1)
+    assert compiled.trace(model, "ce").experimental_get_tracing_count() == 1  # one function: the start is a step of 0
     assert compiled.trace(model, "dlr") is not compiled.trace(model, "ce")  # a loss is part of the graph
 
 

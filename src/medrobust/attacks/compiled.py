@@ -80,7 +80,9 @@ def _fooled(logits, labels):
 
 
 def _compiled(model, loss_fn):
-    """(gradient, step): compiled functions of one model and one loss, for a batch of any size."""
+    """The compiled step of one model and one loss, for a batch of any size. One function, not
+    a second for the starting point's gradient: tracing costs more than a small batch's run,
+    and a step of size 0 from the start computes the same (`_run_batch`)."""
     batch, per_image, labels = tracing.images(model), tracing.per_image(), tracing.per_image(tf.int32)
 
     def forward_backward(x_adv, labels, targets):
@@ -90,10 +92,6 @@ def _compiled(model, loss_fn):
             loss = loss_fn(logits, labels, targets)
             total = tf.reduce_sum(loss)  # per-image losses: their sum's gradient is each image's own
         return logits, loss, tape.gradient(total, x_adv)
-
-    @tf.function(input_signature=[batch, labels, labels])
-    def gradient(x_adv, labels, targets):
-        return forward_backward(x_adv, labels, targets)
 
     @tf.function(input_signature=[batch, batch, batch, batch, per_image, tracing.SCALAR, tracing.SCALAR, labels, labels,
                                   batch, per_image, tracing.per_image(tf.bool), batch])
@@ -112,15 +110,14 @@ def _compiled(model, loss_fn):
         fooled_at = tf.where(first[:, None, None, None], new, fooled_at)
         return new, x_adv, new_grad, loss, best, loss_best, found | fooled, fooled_at, better
 
-    return gradient, step
+    return step
 
 
-def trace(model: "keras.Model",
-          loss: str | Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]) -> tuple[Callable, Callable]:
-    """The compiled (gradient, step) functions of `model` and `loss` (a LOSSES name or a loss
-    function), made once per model and loss (models/tracing.py). A loss function is known by its
+def trace(model: "keras.Model", loss: str | Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]) -> Callable:
+    """The compiled step of `model` and `loss` (a LOSSES name or a loss function), made once
+    per model and loss (models/tracing.py). A loss function is known by its
     identity: pass a module-level or memoised one (margin_loss), not a new closure per call, or
-    every call traces and keeps a pair of graphs for as long as the network lives."""
+    every call traces and keeps a graph for as long as the network lives."""
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     return tracing.per_network(model, ("apgd", loss_fn), lambda network: _compiled(network, loss_fn))
 
@@ -145,19 +142,21 @@ def _start(x, eps, rng):
     return np.clip(x + eps * t, 0.0, 1.0).astype(np.float32)
 
 
-def _run_batch(fns, x, labels, targets, *, eps, steps, step_size, momentum, adaptive, x_start):
+def _run_batch(step, x, labels, targets, *, eps, steps, step_size, momentum, adaptive, x_start):
     """One random start of APGD (adaptive) or PGD on one batch. Returns numpy
     (fooled_at, found, best, loss_best): the first point that changed the prediction from
     `labels` and whether there was one, and the point of highest loss."""
-    gradient, step = fns
     n = len(x)
     eps_t = tf.constant(eps, tf.float32)
     x_t, labels_t, targets_t = tf.constant(x), tf.constant(labels, tf.int32), tf.constant(targets, tf.int32)
     x_adv = tf.constant(x_start)
-    logits, loss, grad = gradient(x_adv, labels_t, targets_t)
-    found = _fooled(logits, labels_t)
-    fooled_at = x_adv
-    best, loss_best, grad_best = x_adv, loss, grad
+    # The starting point's loss and gradient: a step of size 0 with momentum 1 stays at x_adv
+    # (inside the ball: z - x_adv is exactly 0), and any loss beats -inf, so best is the start.
+    zero, minus_inf = tf.zeros_like(x_adv), tf.fill([n], -np.inf)
+    x_adv, _, grad, loss, best, loss_best, found, fooled_at, _ = step(
+        x_t, x_adv, x_adv, zero, tf.zeros([n]), tf.constant(1.0), eps_t, labels_t, targets_t, x_adv, minus_inf,
+        tf.zeros([n], tf.bool), x_adv)
+    grad_best = grad
     sizes = np.full(n, step_size, np.float32)
     x_prev = x_adv
     history = [loss.numpy()]
@@ -214,7 +213,7 @@ def run(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, eps: float,
     labels = np.asarray(labels, dtype=np.int32)
     targets = labels if targets is None else np.asarray(targets, dtype=np.int32)
     step_size = step_size or (2 * eps if adaptive else eps / 4)
-    fns = trace(model, loss)
+    step = trace(model, loss)
     rng = np.random.default_rng(seed)
     out = x.copy()
     done = np.zeros(len(x), bool)
@@ -225,7 +224,7 @@ def run(model: "keras.Model", x: np.ndarray, labels: np.ndarray, *, eps: float,
         for i in range(0, len(todo), batch_size):
             idx = todo[i:i + batch_size]
             fooled_at, found, best, loss_best = _run_batch(
-                fns, x[idx], labels[idx], targets[idx], eps=eps, steps=steps, step_size=step_size, momentum=momentum,
+                step, x[idx], labels[idx], targets[idx], eps=eps, steps=steps, step_size=step_size, momentum=momentum,
                 adaptive=adaptive, x_start=starts[idx])
             improved = loss_best > best_loss[idx]
             out[idx[improved]] = best[improved]
