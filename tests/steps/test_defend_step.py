@@ -117,6 +117,11 @@ def test_defended_model_round_trips_through_the_registry(trained, ham_dir, monke
     artifacts = tracking.list_artifacts(result.run_id)
     assert {"report/records.csv", "report/before_after.txt", "confusion/adv_fgsm_whitebox_7x7.json",
             "confusion/parent_fgsm_2x2.json", "examples/fgsm_whitebox.png", "training/retrain_history.json"} <= set(artifacts)
+    # every condition's matrices as JSON; drawn for each model's clean and per-image worst rows only
+    measured = {a[len("confusion/"):-len("_7x7.json")] for a in artifacts if a.endswith("_7x7.json")}
+    drawn = {a[len("confusion/"):-len("_7x7.png")] for a in artifacts if a.endswith("_7x7.png")}
+    assert len(measured) == 7 and drawn == {c for c in measured if "clean" in c or "ensemble" in c}, (measured, drawn)
+    assert len(drawn) == 4 and {f"confusion/{c}_2x2.png" for c in drawn} <= set(artifacts)
     assert "retrain_loss" in logged and "adv_fgsm_whitebox_fooling_rate" in logged
     loaded = tracking.load_classifier("models:/medrobust-small_cnn@candidate")
     assert loaded.chain == (("llt", {"quality": 60}),)

@@ -11,11 +11,11 @@ import keras
 
 from .. import attacks, plots, tracking
 from ..config import DefendConfig, flatten
-from ..data import CLASSES, N_CLASSES, Dataset, load_dataset, malignant_mask, stratified_subset
+from ..data import CLASSES, N_CLASSES, Dataset, load_dataset, stratified_subset
 from ..defenses import DEFENSES, DefendedClassifier, Hooks, applicable, check_settings, parse_spec
 from ..defenses.retrain import ON_THE_FLY_METHODS
 from ..errors import ConfigError, ModelError
-from ..evaluation import flat_metrics, measure, records_csv, suite, wide_table
+from ..evaluation import ENSEMBLE, flat_metrics, measure, records_csv, suite, wide_table
 from ..models.training import set_seed
 from .logbook import format_table, log_confusion, operating_point
 
@@ -139,10 +139,14 @@ def retrained_network(config: DefendConfig) -> keras.Model | None:
 
 
 def _log_evaluation(evaluation, x):
-    """Metrics, confusion matrices and the white-box example grids of an Evaluation."""
+    """Metrics, confusion matrices and the white-box example grids of an Evaluation. Every
+    condition's matrices as JSON; drawn, as evaluate's report draws them, only each model's clean
+    and per-image worst (ensemble) rows: drawing took a third of a defend run's logging, and the
+    other figures were rarely opened."""
     tracking.log_metrics(evaluation.metrics())
     for m in evaluation.measurements:
-        log_confusion(m.confusion, m.health_confusion, evaluation.health_map, evaluation.name(m))
+        log_confusion(m.confusion, m.health_confusion, evaluation.health_map, evaluation.name(m),
+                      figures=m.threat == "clean" or m.attack == ENSEMBLE)
     clean = evaluation.get(DEFENDED).predictions
     for m in evaluation.measurements:
         if m.model == DEFENDED and m.threat == "whitebox" and m.examples is not None:  # not the ensemble row

@@ -51,9 +51,10 @@ def log_evaluation(y_true: np.ndarray, y_pred: np.ndarray, health_map: str = "cl
     return values
 
 
-def log_confusion(cm: np.ndarray, cm2: np.ndarray, health_map: str, condition: str) -> None:
+def log_confusion(cm: np.ndarray, cm2: np.ndarray, health_map: str, condition: str, *, figures: bool = True) -> None:
     """Log the 7x7 matrix `cm` and the 2x2 health matrix `cm2` of `condition` as
-    confusion/<condition>_7x7.json/.png and confusion/<condition>_2x2.json/.png."""
+    confusion/<condition>_7x7.json/.png and confusion/<condition>_2x2.json/.png (the .png
+    only with `figures`)."""
     tracking.log_json(
         {"labels": list(CLASSES), "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
         f"confusion/{condition}_7x7.json",
@@ -63,6 +64,8 @@ def log_confusion(cm: np.ndarray, cm2: np.ndarray, health_map: str, condition: s
          "matrix": cm2.tolist()},
         f"confusion/{condition}_2x2.json",
     )
+    if not figures:
+        return
     for matrix, labels, name in ((cm, CLASSES, "7x7"), (cm2, ("benign", "malignant"), "2x2")):
         fig = plots.confusion_matrix_figure(matrix, labels, f"{condition} ({health_map} health map)" if name == "2x2" else condition)
         tracking.log_figure(fig, f"confusion/{condition}_{name}.png")
