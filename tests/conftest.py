@@ -60,10 +60,12 @@ def isolated_stores(tmp_path, monkeypatch, tmp_path_factory):
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / STORE}")
     mlflow.set_registry_uri(f"sqlite:///{tmp_path / STORE}")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI")  # exported by set_registry_uri; set, it would pin the registry
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)  # exported by set_registry_uri; set, it would pin the registry
     yield
-    for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        os.environ.pop(leaked, None)  # mlflow sets these in-process; they point into this test's store
+    # MLflow sets these in-process (set_registry_uri, a step's configure(), a run): they point into
+    # this test's store; monkeypatch then puts back whatever was set before the test.
+    for leaked in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(leaked, None)
 
 
 SMALL_STORE_STEPS = """\

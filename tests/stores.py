@@ -53,8 +53,9 @@ def made_once(tmp_path_factory, make, *, folder=None):
     folder.mkdir(parents=True, exist_ok=True)
     start_empty(empty_store(tmp_path_factory), folder)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / STORE}")
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        # the registry too, set (not left unset): a step exports it, and undoing a set removes it
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            patch.setenv(name, f"sqlite:///{folder / STORE}")
         patch.setenv("MEDROBUST_CACHE", str(image_cache(tmp_path_factory)))
         patch.chdir(folder)
         made = make(folder)

@@ -152,7 +152,8 @@ def ham_models(ham_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("counting")
     start_from(store, folder)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / STORE}")
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            patch.setenv(name, f"sqlite:///{folder / STORE}")
         patch.chdir(folder)
         defended = run_defend(DefendConfig(model_uri=trained.model_uri, data=data, defense="llt",
                                            eval_attacks=("fgsm",), max_images=20, alias="none"))

@@ -140,9 +140,8 @@ def retrained_network(config: DefendConfig) -> keras.Model | None:
 
 def _log_evaluation(evaluation, x):
     """Metrics, confusion matrices and the white-box example grids of an Evaluation. Every
-    condition's matrices as JSON; drawn, as evaluate's report draws them, only each model's clean
-    and per-image worst (ensemble) rows: drawing took a third of a defend run's logging, and the
-    other figures were rarely opened."""
+    condition's matrices as JSON; drawn only for each model's clean and per-image worst (ensemble)
+    rows, the rows evaluate's report draws too: drawing took a third of a defend run's logging."""
     tracking.log_metrics(evaluation.metrics())
     for m in evaluation.measurements:
         log_confusion(m.confusion, m.health_confusion, evaluation.health_map, evaluation.name(m),
