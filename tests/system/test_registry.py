@@ -3,7 +3,9 @@ finished, and alias moves are a checked transaction. Each fault is a real proces
 SIGKILL at a patched registry call, or two real promote processes at once."""
 
 import logging
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -112,6 +114,26 @@ def _wait_for(predicate, seconds=300):
         time.sleep(0.1)
 
 
+def _freeze_between_writes(child):
+    """SIGSTOP `child` at a moment it holds no lock on this test's SQLite store: frozen inside a
+    transaction (its lock's heartbeat writes now and then) it would lock every other process out
+    ('database is locked' once, in 1 of many runs)."""
+    store = os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):]
+    for _ in range(200):
+        child.send_signal(signal.SIGSTOP)
+        db = sqlite3.connect(store, timeout=0.1, isolation_level=None)
+        try:
+            db.execute("BEGIN EXCLUSIVE")  # granted only while no other connection reads or writes
+            db.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            child.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            db.close()
+    raise AssertionError("the child never left the store alone")
+
+
 def _promote(version, data_dir):
     return ["promote", "--model-uri", f"models:/{NAME}/{version}", "--data", str(data_dir), *GATE]
 
@@ -123,7 +145,7 @@ def test_two_promotes_at_once_keep_every_version_in_the_chain(small_ham, child_e
     _wait_for(lambda: tracking.registry.lock_holder(NAME) is not None or first.poll() is not None)
     # The first holds the lock (its gate is under way): freeze it there, so the second
     # certainly finds the lock held, whatever the machine's speed, then let it go on.
-    first.send_signal(signal.SIGSTOP)
+    _freeze_between_writes(first)
     second = _start(_promote(3, small_ham), child_env())
     try:
         _wait_for(lambda: "waiting for run" in "".join(second.said) or second.poll() is not None)
