@@ -11,6 +11,16 @@ from stores import STORE, empty_store, image_cache, made_once, start_empty
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Each pytest-xdist worker gets its share of the cores for TensorFlow's thread pools (read when
+# TensorFlow starts, so here, before any test imports it). With TensorFlow's default in every
+# worker, as many threads as cores, two workers oversubscribed two cores and spun waiting on each
+# other's threads: the inner loop took 592 s of CPU and 5 min 41 s, against 538 s and 5 min 04 s.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    for _pool in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_pool, str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
+
 # Read once, before any test changes folder: a relative MEDROBUST_DATA (as a user types it)
 # must mean the same folder in every test and child process.
 if os.environ.get("MEDROBUST_DATA"):
@@ -26,6 +36,46 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.parent.name == "system":
             item.add_marker(pytest.mark.system)
+    seconds = _module_seconds(config)
+    if seconds:  # the longest modules first; one not timed yet may be long too
+        items.sort(key=lambda item: -seconds.get(_module(item.nodeid), float("inf")))
+
+
+# pytest-xdist (--dist loadscope) hands each worker a whole module at a time, in collection order:
+# with the longest first (their seconds in the last run, kept in pytest's cache), the short ones fill
+# in at the end, where by xdist's own order (most tests first) one worker finished a long module
+# alone for the last 34 s of the inner loop. Without a last run, xdist's order.
+MODULE_SECONDS = "medrobust/module-seconds"
+
+
+def _module(nodeid):
+    return nodeid.split("::")[0]
+
+
+def _module_seconds(config):
+    return config.cache.get(MODULE_SECONDS, {}) if getattr(config, "cache", None) else {}
+
+
+def pytest_configure(config):
+    if _module_seconds(config):
+        config.option.loadscopereorder = False  # keep the collection order above
+    if getattr(config, "cache", None) is not None and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(ModuleClock(config))  # the controller sees every worker's reports
+
+
+class ModuleClock:
+    """Adds up each module's seconds (setup, call and teardown of its tests) into the cache."""
+
+    def __init__(self, config):
+        self.config, self.ran = config, {}
+
+    def pytest_runtest_logreport(self, report):
+        self.ran[_module(report.nodeid)] = self.ran.get(_module(report.nodeid), 0.0) + report.duration
+
+    def pytest_sessionfinish(self):
+        if self.ran:
+            self.config.cache.set(MODULE_SECONDS, _module_seconds(self.config)
+                                  | {name: round(seconds, 1) for name, seconds in self.ran.items()})
 
 
 def ham10000_dir():
