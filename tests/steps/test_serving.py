@@ -5,6 +5,7 @@ evaluator through it. Over real HTTP: tests/system/test_serving_http.py."""
 
 import base64
 import io
+import tempfile
 
 import mlflow
 import numpy as np
@@ -143,6 +144,21 @@ def test_versions_logged_before_the_contract_still_load_but_are_not_promoted(ham
                                   **LENIENT))
     with pytest.raises(ModelError, match="must carry its operating threshold"):
         tracking.log_classifier(DefendedClassifier(network))
+
+
+def test_loading_a_version_leaves_no_folder_in_the_temporary_folder(tmp_path, monkeypatch):
+    network = create_model("small_cnn", (16, 16, 3), 7)
+    with tracking.run("load") as run_id:
+        runs_uri, model_uri = tracking.log_classifier(DefendedClassifier(network, info={"operating_threshold": 0.5}))
+    tracking.register_model(runs_uri, NAME)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where MLflow makes its download folders
+    for uri in (runs_uri, model_uri, f"models:/{NAME}/1"):
+        assert tracking.load_classifier(uri).n_classes == 7
+        assert tracking.serves_contract(uri) and tracking.model_run_id(uri) == run_id
+    # MLflow's Model.load downloaded each MLmodel into a folder of its own and left it there
+    assert list(temporary.iterdir()) == []
 
 
 def test_mlflow_evaluate_runs_on_a_version_through_the_contract(trained, ham_dir, monkeypatch):

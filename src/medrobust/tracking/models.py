@@ -7,6 +7,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
@@ -140,7 +141,7 @@ def load_classifier(model_uri: str) -> "DefendedClassifier":
     configure()
     _check_uri(model_uri)
     try:
-        info = mlflow.models.Model.load(model_uri)  # the MLmodel file alone (get_model_info also asks the store)
+        info = _mlmodel(model_uri)
         flavors = info.flavors
         if "keras" in flavors:
             return DefendedClassifier(mlflow.keras.load_model(model_uri))
@@ -166,7 +167,7 @@ def serves_contract(model_uri: str) -> bool:
     configure()
     _check_uri(model_uri)
     try:
-        signature = mlflow.models.get_model_info(model_uri).signature
+        signature = _mlmodel(model_uri).signature
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:
         raise _unresolved(model_uri, e) from e
     return signature is not None and signature.to_dict() == serving_signature().to_dict()
@@ -182,6 +183,20 @@ def load_keras_model(model_uri: str) -> "keras.Model":
     """The Keras network of the model at `model_uri` (without its input transformations), for
     attacks, transfer and benchmarks. A URI that does not resolve raises ModelError naming it."""
     return load_classifier(model_uri).network
+
+
+def _mlmodel(model_uri: str) -> mlflow.models.Model:
+    """The MLmodel file of the model at `model_uri`, read through a folder of ours:
+    Model.load and get_model_info download it into a temporary folder they never remove (one
+    left in /tmp per call: about 100 after one run of the inner test loop)."""
+    root = model_uri.rstrip("/")
+    if urlparse(root).scheme in ("", "file"):  # a folder: read where it lies, nothing downloaded
+        return mlflow.models.Model.load(root)
+    logged = root[len("models:/"):] if root.startswith("models:/") else ""
+    if logged and "/" not in logged and "@" not in logged:  # models:/<model id>, as MLflow tells it from a name
+        root = mlflow.get_logged_model(logged).artifact_location
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.models.Model.load(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=tmp))
 
 
 def _check_uri(model_uri):
@@ -217,7 +232,7 @@ def model_run_id(model_uri: str) -> str | None:
     configure()
     _check_uri(model_uri)
     try:
-        return mlflow.models.get_model_info(model_uri).run_id
+        return _mlmodel(model_uri).run_id
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:
         raise _unresolved(model_uri, e) from e
 
