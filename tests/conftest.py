@@ -12,14 +12,19 @@ from stores import STORE, empty_store, image_cache, made_once, start_empty
 REPO = Path(__file__).resolve().parents[1]
 
 
-# Each pytest-xdist worker gets its share of the cores for TensorFlow's thread pools (read when
-# TensorFlow starts, so here, before any test imports it). With TensorFlow's default in every
-# worker, as many threads as cores, two workers oversubscribed two cores and spun waiting on each
-# other's threads: the inner loop took 592 s of CPU and 5 min 41 s, against 538 s and 5 min 04 s.
+# Each pytest-xdist worker runs TensorFlow, OpenMP and BLAS on its share of the cores (read when
+# they start, so here, before any test imports them). The longest modules first (below) put the
+# heaviest side by side, and with every library's default, as many threads as cores in each
+# worker, they spun waiting on each other's threads: the inner loop took 592 s of CPU and 5 min
+# 41 s that way, 479 s and 4 min 31 s this way. Setting only TensorFlow's pools from Python gave
+# back 569 s. A system test's child process (`mlflow run`, a server) is a whole program and gets the
+# user's settings back (subprocess_env).
+USER_THREADS = {name: os.environ.get(name) for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                                                         "OMP_NUM_THREADS")}
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    for _pool in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-        os.environ.setdefault(_pool, str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+    for _name in USER_THREADS:
+        os.environ.setdefault(_name, str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 
 # Read once, before any test changes folder: a relative MEDROBUST_DATA (as a user types it)
@@ -174,6 +179,11 @@ def subprocess_env():
     """This test's environment for a child process: its tracking store, the venv's tools on
     PATH, and none of the run ids in-process MLflow leaves behind (a child must choose its own)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name, value in USER_THREADS.items():  # this worker's share of the cores, undone
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     for inherited in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         env.pop(inherited, None)
