@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # they start, so here, before any test imports them). The longest modules first (below) put the
 # heaviest side by side, and with every library's default, as many threads as cores in each
 # worker, they spun waiting on each other's threads: the inner loop took 592 s of CPU and 5 min
-# 41 s that way, 479 s and 4 min 31 s this way. Setting only TensorFlow's pools from Python gave
+# 41 s that way, 479 s and 4 min 33 s this way. Setting only TensorFlow's pools from Python gave
 # back 569 s. A system test's child process (`mlflow run`, a server) is a whole program and gets the
 # user's settings back (subprocess_env).
 USER_THREADS = {name: os.environ.get(name) for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
 # pytest-xdist (--dist loadscope) hands each worker a whole module at a time, in collection order:
 # the longest first, so that the short ones fill in at the end. By xdist's own order (most tests
 # first) one worker finished a long module alone for the last 34 s of the inner loop, which took
-# 5 min 11 s against 4 min 31 s this way. A module's seconds: its last run's, kept in pytest's cache
+# 5 min 13 s against 4 min 33 s this way. A module's seconds: its last run's, kept in pytest's cache
 # by ModuleClock, else MODULE_SECONDS_FILE's (measured on a 2-core machine), else unknown, and first.
 MODULE_SECONDS = "medrobust/module-seconds"
 MODULE_SECONDS_FILE = Path(__file__).with_name("module_seconds.json")
