@@ -134,6 +134,25 @@ def test_training_is_deterministic_by_seed():
     assert not all(np.array_equal(u, v) for u, v in zip(a, c))
 
 
+def test_fit_traces_its_train_step_once_a_phase():
+    # A variable made in a tf.function's first trace (Keras builds the compiled metrics there
+    # unless a distribution strategy is set) makes TensorFlow trace it again: 0.7 s a fit.
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 16, 16, 3), dtype=np.float32)
+    y = np.arange(32) % 7
+    model = create_model("small_cnn", (16, 16, 3), 7)
+    traced = []
+    step = model.train_step
+
+    def counted(data):
+        traced.append(1)
+        return step(data)
+
+    model.train_step = counted
+    history = fit(model, x, y, x[:14], y[:14], TrainConfig(data=DataConfig(image_size=16), epochs=2, batch_size=16))
+    assert len(history["loss"]) == 2 and len(traced) == 1
+
+
 def _tiny_backbone(include_top=False, weights=None, input_shape=None):
     """A keras.applications-shaped base (conv, BatchNorm, ReLU twice), to load `weights` as theirs do."""
     inputs = keras.Input(input_shape)

@@ -91,6 +91,7 @@ def train_on_the_fly(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_c
     weight_of = tf.constant([weights[k] for k in range(n_classes)], dtype=tf.float32)
     steps = math.ceil(len(x) / train_config.batch_size)
     opt = optimizer(train_config.learning_rate, steps * epochs, train_config.weight_decay)
+    opt.build(model.trainable_variables)  # its slots made inside train_step's trace would make TensorFlow trace it twice
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     data = training_dataset(x, y, train_config.batch_size, seed, train_config.augment)
     n_steps = 1 if method == "fgsm" else pgd_steps
