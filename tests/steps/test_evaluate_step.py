@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medrobust import tracking
-from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, PromoteConfig, TrainConfig
+from medrobust.config import DataConfig, DefendConfig, EvaluateConfig, PromoteConfig
 from medrobust.data import CLASSES, load_dataset, malignant_mask
 from medrobust.data.labels import ISIC2018_COLUMNS
 from medrobust.errors import ConfigError, DataError, GateFailed
@@ -19,9 +19,8 @@ from medrobust.evaluation.suite import softmax
 from medrobust.steps.defend import run_defend
 from medrobust.steps.evaluate import operating_threshold, run_evaluate, suite_conditions
 from medrobust.steps.promote import run_promote
-from medrobust.steps.train import run_train
 
-from stores import shared_network
+from stores import network_once, shared_network, start_from
 
 
 trained_once, trained = shared_network(epochs=4, per_class_limit=40, fractions=(0.6, 0.2, 0.2))
@@ -264,10 +263,12 @@ def test_the_operating_point_is_stored_with_the_model_and_used_by_predict(traine
     np.testing.assert_allclose(frame["malignancy_score"], frame[["p_akiec", "p_bcc", "p_mel"]].sum(axis=1), rtol=1e-6)
 
 
-def test_the_joint_attack_gets_more_images_past_the_detector(ham_dir):
-    # More images than the other tests: a detector needs them (as in test_defend_step).
-    data = DataConfig(path=str(ham_dir), image_size=32, per_class_limit=100, fractions=(0.6, 0.1, 0.3))
-    model = run_train(TrainConfig(data=data, epochs=4, batch_size=32, class_weight="balanced", experiment="test"))
+def test_the_joint_attack_gets_more_images_past_the_detector(ham_dir, tmp_path_factory, tmp_path):
+    # More images than the other tests: a detector needs them; test_defend_step's network (trained
+    # once for both modules).
+    store, (data, model) = network_once(tmp_path_factory, ham_dir, epochs=8, per_class_limit=100,
+                                        fractions=(0.6, 0.1, 0.3))
+    start_from(store, tmp_path)
     defended = run_defend(DefendConfig(model_uri=model.model_uri, data=data, defense="detector", detector_eps=8 / 255,
                                        detector_attacks=("pgd",), detector_epochs=6, eval_attacks=("pgd",),
                                        eval_eps=8 / 255, max_images=8, experiment="test", register=False))
