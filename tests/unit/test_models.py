@@ -134,7 +134,7 @@ def test_training_is_deterministic_by_seed():
     assert not all(np.array_equal(u, v) for u, v in zip(a, c))
 
 
-def test_fit_traces_its_train_step_once_a_phase():
+def test_fit_traces_its_train_step_once():
     # A variable made in a tf.function's first trace (Keras builds the compiled metrics there
     # unless a distribution strategy is set) makes TensorFlow trace it again: 0.7 s a fit.
     rng = np.random.default_rng(0)
