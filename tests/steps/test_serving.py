@@ -161,6 +161,23 @@ def test_loading_a_version_leaves_no_folder_in_the_temporary_folder(tmp_path, mo
     assert list(temporary.iterdir()) == []
 
 
+def test_a_version_read_again_is_the_same_network_with_settings_of_its_own():
+    # the same Keras network, so the steps compiled for it are reused (models/tracing.py), and
+    # what one caller changes in its settings stays its own
+    network = create_model("small_cnn", (16, 16, 3), 7)
+    with tracking.run("load"):
+        runs_uri, model_uri = tracking.log_classifier(
+            DefendedClassifier(network, chain=(("llt", {"quality": 50}),), info={"operating_threshold": 0.5}))
+        _, other_uri = tracking.log_classifier(DefendedClassifier(network, info={"operating_threshold": 0.5}), "other")
+    first = tracking.load_classifier(runs_uri)
+    first.info["operating_threshold"] = 0.9
+    first.chain[0][1]["quality"] = 10
+    again = tracking.load_classifier(model_uri)
+    assert again.network is first.network and again.info["operating_threshold"] == 0.5
+    assert again.chain == (("llt", {"quality": 50}),)
+    assert tracking.load_classifier(other_uri).network is not first.network  # another version: read anew
+
+
 def test_mlflow_evaluate_runs_on_a_version_through_the_contract(trained, ham_dir, monkeypatch):
     _, trained = trained
     table = pd.read_csv(ham_dir / "HAM10000_metadata.csv").groupby("dx").head(4)

@@ -1,9 +1,12 @@
 """Models: every version logged as one pyfunc contract (a network with its defense, if any),
 and loaded back from any model URI with an error that says which command makes a missing one."""
 
+import functools
 import logging
 import os
 import tempfile
+from copy import deepcopy
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,7 +139,7 @@ def load_classifier(model_uri: str) -> "DefendedClassifier":
     """A DefendedClassifier from any model URI: a version logged by log_classifier (its saved
     parts, read without running the pyfunc), or a plain Keras network an earlier version of
     medrobust logged. Raises ModelError naming a URI that does not resolve or holds something else."""
-    from ..defenses import DefendedClassifier, load_defended
+    from ..defenses import DefendedClassifier
 
     configure()
     _check_uri(model_uri)
@@ -150,15 +153,35 @@ def load_classifier(model_uri: str) -> "DefendedClassifier":
             # Only the saved parts: the whole model folder also holds medrobust's source, shipped
             # for serving (about 100 files, 5 times the time). A logged model's own location, as
             # models:/m-<id> takes no sub-path.
-            root = mlflow.get_logged_model(info.model_id).artifact_location if info.model_id else model_uri
-            with tempfile.TemporaryDirectory() as tmp:  # every part is read into memory before it goes
-                local = mlflow.artifacts.download_artifacts(artifact_uri=f"{root.rstrip('/')}/{parts}", dst_path=tmp)
-                return load_defended(local)
+            if not info.model_id:
+                return _read_defended(f"{model_uri.rstrip('/')}/{parts}")
+            location = mlflow.get_logged_model(info.model_id).artifact_location
+            return _own_settings(_read_logged(f"{location.rstrip('/')}/{parts}"))
     except ModelError:
         raise
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as e:  # ValueError: an http:// URI MLflow cannot split
         raise _unresolved(model_uri, e) from e
     raise ModelError(f"model URI {model_uri} is not a medrobust classifier (flavours: {', '.join(flavors)})")
+
+
+def _read_defended(artifact_uri: str) -> "DefendedClassifier":
+    from ..defenses import load_defended
+
+    with tempfile.TemporaryDirectory() as tmp:  # every part is read into memory before it goes
+        return load_defended(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp))
+
+
+# A logged model's files never change, so the last few read are kept, with their Keras networks
+# and the forward passes and attack steps compiled for them (models/tracing.py): each step of a
+# pipeline, a baseline or a tune study read and traced its input model anew (the step tests: 69
+# of 101 loads were of a model the process had read; 17 s of their 336 s of CPU). Nothing changes
+# a loaded network (defend trains a copy); each caller gets its own settings (_own_settings).
+_read_logged = functools.lru_cache(maxsize=4)(_read_defended)
+
+
+def _own_settings(classifier: "DefendedClassifier") -> "DefendedClassifier":
+    return replace(classifier, chain=deepcopy(classifier.chain), info=deepcopy(classifier.info),
+                   smoothing=deepcopy(classifier.smoothing))
 
 
 def serves_contract(model_uri: str) -> bool:
