@@ -2,6 +2,7 @@ import logging
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from medrobust.data import open_source
 from medrobust.data.images import cache_key, decode_files, decode_image, load_images
@@ -69,12 +70,27 @@ def test_a_damaged_cache_is_deleted_and_decoded_again(small_ham, tmp_path, caplo
     assert load_images(source, digest, 16, tmp_path, progress=False)[2]  # and cached again, intact
 
 
-def test_cache_key_holds_the_decoder_version(monkeypatch):
-    import PIL
-
+@pytest.mark.parametrize("decoder", ["PIL", "simplejpeg"])
+def test_cache_key_holds_the_decoder_version(monkeypatch, decoder):
+    module = __import__(decoder)
     before = cache_key("0" * 64, 16)
-    monkeypatch.setattr(PIL, "__version__", "0.0.1")
+    monkeypatch.setattr(module, "__version__", "0.0.1")
     assert cache_key("0" * 64, 16) != before
+
+
+@pytest.mark.parametrize("kind", ["ham10000", "progressive", "grayscale", "png"])
+def test_an_image_decodes_as_pillow_decodes_it(small_ham, tmp_path, kind):
+    # a JPEG's pixels come from the strict check's decode, not from a second one by Pillow
+    source = next((small_ham / "images").glob("*.jpg"))
+    path = tmp_path / f"image.{'png' if kind == 'png' else 'jpg'}"
+    with Image.open(source) as im:
+        if kind == "ham10000":
+            path = source
+        else:
+            (im.convert("L") if kind == "grayscale" else im).save(path, progressive=kind == "progressive")
+    with Image.open(path) as im:
+        expected = np.asarray(im.convert("RGB").resize((24, 24), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(decode_image(path, 24), expected)
 
 
 def test_a_jpeg_with_bytes_overwritten_mid_file_stops_the_run(small_ham):
