@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,6 +49,11 @@ def test_train_logs_metrics_artifacts_and_registers(ham_dir):
     assert tracking.model_aliases("medrobust-small_cnn") == {"baseline": 1} and result.alias == "baseline"
     assert run["tags"]["medrobust.step"] == "train"
     assert tracking.run_inputs(result.run_id)[0]["digest"] == run["params"]["data.fingerprint"][:32]
+    # The logged model carries the test metrics (MLflow 3 shows them on its page)
+    [output] = mlflow.get_run(result.run_id).outputs.model_outputs
+    logged = mlflow.get_logged_model(output.model_id)
+    carried = {m.key: m.value for m in logged.metrics}
+    assert carried["clean_accuracy"] == run["metrics"]["clean_accuracy"] and "clean_fnr" in carried
 
 
 def test_split_artifact_and_registered_model_round_trip(ham_dir, tmp_path):
