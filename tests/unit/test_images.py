@@ -78,7 +78,7 @@ def test_cache_key_holds_the_decoder_version(monkeypatch, decoder):
     assert cache_key("0" * 64, 16) != before
 
 
-@pytest.mark.parametrize("kind", ["ham10000", "progressive", "grayscale", "png"])
+@pytest.mark.parametrize("kind", ["ham10000", "progressive", "grayscale", "cmyk", "png"])
 def test_an_image_decodes_as_pillow_decodes_it(small_ham, tmp_path, kind):
     # a JPEG's pixels come from the strict check's decode, not from a second one by Pillow
     source = next((small_ham / "images").glob("*.jpg"))
@@ -87,7 +87,8 @@ def test_an_image_decodes_as_pillow_decodes_it(small_ham, tmp_path, kind):
         if kind == "ham10000":
             path = source
         else:
-            (im.convert("L") if kind == "grayscale" else im).save(path, progressive=kind == "progressive")
+            mode = {"grayscale": "L", "cmyk": "CMYK"}.get(kind, "RGB")
+            im.convert(mode).save(path, progressive=kind == "progressive")
     with Image.open(path) as im:
         expected = np.asarray(im.convert("RGB").resize((24, 24), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(decode_image(path, 24), expected)

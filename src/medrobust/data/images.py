@@ -27,8 +27,8 @@ from .sources import DataError, Source, load_medmnist_arrays
 
 log = logging.getLogger(__name__)
 
-# Bumped whenever our decoding changes, so old caches are not reused (Pillow's version is in
-# the key too: another libjpeg build can give other pixels).
+# Bumped whenever our decoding changes, so old caches are not reused (Pillow's and simplejpeg's
+# versions are in the key too: another libjpeg build can give other pixels).
 DECODE_VERSION = 2
 RESAMPLE = "bilinear"
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -70,7 +70,9 @@ def decode_bytes(data: bytes, size: int, *, where: Path | str, jpeg: bool | None
                 raise DataError(f"{where}: the image is {im.width} x {im.height} pixels; at most {max_pixels:,} are read")
             if jpeg or (jpeg is None and data[:3] == b"\xff\xd8\xff"):
                 pixels = check_jpeg(data, where)
-                if im.mode == "RGB":  # Pillow's decode of it, bit for bit (all of HAM10000's 10,015), not made twice
+                # Pillow's decode, bit for bit (both bundle libjpeg-turbo; all 10,015 of HAM10000),
+                # not made twice. Not for CMYK, where simplejpeg's RGB differs by 1, nor grayscale.
+                if im.mode == "RGB":
                     im = Image.fromarray(pixels)
             im = im.convert("RGB")
             if im.size != (size, size):

@@ -4,6 +4,7 @@ and loaded back from any model URI with an error that says which command makes a
 import functools
 import logging
 import os
+import random
 import tempfile
 from copy import deepcopy
 from dataclasses import replace
@@ -138,7 +139,10 @@ def _own_requirements():
 def load_classifier(model_uri: str) -> "DefendedClassifier":
     """A DefendedClassifier from any model URI: a version logged by log_classifier (its saved
     parts, read without running the pyfunc), or a plain Keras network an earlier version of
-    medrobust logged. Raises ModelError naming a URI that does not resolve or holds something else."""
+    medrobust logged. Raises ModelError naming a URI that does not resolve or holds something else.
+    A version read again in the same process shares its network and detector with the earlier
+    reads (the settings are each caller's own): copy a network before training it
+    (steps.defend.copy_network)."""
     from ..defenses import DefendedClassifier
 
     configure()
@@ -167,15 +171,24 @@ def load_classifier(model_uri: str) -> "DefendedClassifier":
 def _read_defended(artifact_uri: str) -> "DefendedClassifier":
     from ..defenses import load_defended
 
-    with tempfile.TemporaryDirectory() as tmp:  # every part is read into memory before it goes
-        return load_defended(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp))
+    # Building a Dropout layer draws a seed from Python's random: a read leaves it as it was, so
+    # that what follows does not depend on whether a version was read or found in _read_logged.
+    state = random.getstate()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # every part is read into memory before it goes
+            return load_defended(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp))
+    finally:
+        random.setstate(state)
 
 
-# A logged model's files never change, so the last few read are kept, with their Keras networks
-# and the forward passes and attack steps compiled for them (models/tracing.py): each step of a
-# pipeline, a baseline or a tune study read and traced its input model anew (the step tests: 69
-# of 101 loads were of a model the process had read; 17 s of their 336 s of CPU). Nothing changes
-# a loaded network (defend trains a copy); each caller gets its own settings (_own_settings).
+# A logged model's files never change (its location holds its random id; a copy of a store
+# shares them), so the last few read are kept with their Keras networks and the steps compiled
+# for them (models/tracing.py: the forward pass, and an undefended network's attack steps; a
+# defended model's attack wrapper, as_keras, is built anew): each step of a pipeline, a baseline
+# or a tune study read and traced its input model anew (the step tests: 69 of 101 loads were of
+# a model the process had read; 17 s of their 336 s of CPU). Nothing trains or compiles a loaded
+# network (defend trains a copy); each caller gets its own settings (_own_settings). A version
+# logged without a model id (MLflow 2) is read every time: its run's folder can be written again.
 _read_logged = functools.lru_cache(maxsize=4)(_read_defended)
 
 
@@ -204,7 +217,8 @@ def pyfunc_predict(model_uri: str, model_input: pd.DataFrame) -> pd.DataFrame | 
 
 def load_keras_model(model_uri: str) -> "keras.Model":
     """The Keras network of the model at `model_uri` (without its input transformations), for
-    attacks, transfer and benchmarks. A URI that does not resolve raises ModelError naming it."""
+    attacks, transfer and benchmarks, shared as load_classifier says: copy it before training
+    it. A URI that does not resolve raises ModelError naming it."""
     return load_classifier(model_uri).network
 
 
