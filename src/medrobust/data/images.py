@@ -101,8 +101,8 @@ def decode_files(files: Sequence[Path | str], size: int, workers: int | None = N
                  progress: bool = True) -> np.ndarray:
     """Decode every file into one (N, size, size, 3) uint8 array, on `workers` threads.
 
-    Pillow releases the GIL while it decodes and resizes, so threads use every core without
-    the cost of starting processes next to a loaded TensorFlow. Every unreadable file is
+    Pillow releases the GIL while it resizes (simplejpeg's strict decode holds it), so threads
+    share the cores without the cost of starting processes next to a loaded TensorFlow. Every unreadable file is
     collected and reported together; none is skipped.
     """
     workers = workers or os.cpu_count() or 1
