@@ -102,8 +102,8 @@ def decode_files(files: Sequence[Path | str], size: int, workers: int | None = N
     """Decode every file into one (N, size, size, 3) uint8 array, on `workers` threads.
 
     Pillow releases the GIL while it resizes (simplejpeg's strict decode holds it), so threads
-    share the cores without the cost of starting processes next to a loaded TensorFlow. Every unreadable file is
-    collected and reported together; none is skipped.
+    share the cores without the cost of starting processes next to a loaded TensorFlow. Every
+    unreadable file is collected and reported together; none is skipped.
     """
     workers = workers or os.cpu_count() or 1
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
